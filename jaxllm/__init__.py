@@ -1,0 +1,37 @@
+"""jaxllm: raw text to a trained, aligned and evaluated decoder LM, in JAX/Flax.
+
+The functional API works on (config, params, tokens) and needs no CLI:
+
+    import jax, jaxllm
+    cfg = jaxllm.load_config("gpt2-124m", ["model.num_layers=2"])
+    params = jaxllm.init_params(cfg, jax.random.key(0))
+    logits = jaxllm.forward(cfg, params, tokens)
+"""
+
+from jaxllm.config import Config, ConfigError, load_config
+from jaxllm.model import (
+    count_params,
+    cross_entropy,
+    flops_per_token,
+    forward,
+    init_params,
+    loss,
+    param_logical_axes,
+    param_shapes,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "count_params",
+    "cross_entropy",
+    "flops_per_token",
+    "forward",
+    "init_params",
+    "load_config",
+    "loss",
+    "param_logical_axes",
+    "param_shapes",
+]

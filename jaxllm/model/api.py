@@ -1,0 +1,113 @@
+"""The functional API: (config, params, tokens) in, arrays out. No hidden state.
+
+Parameters are plain nested dicts of arrays (logical-axis metadata is stripped after
+init; `param_logical_axes` gives it back as a separate tree of PartitionSpecs).
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxllm.config import Config, ModelConfig, validate_model
+from jaxllm.model.decoder import Decoder
+
+Params = dict
+
+
+def model_config(config: Config | ModelConfig) -> ModelConfig:
+    """Accept the whole run config or just its model section (validated either way)."""
+    m = config.model if isinstance(config, Config) else config
+    validate_model(m)
+    return m
+
+
+def _init_fn(config: ModelConfig):
+    model = Decoder(config)
+    tokens = jnp.zeros((1, min(8, config.max_seq_len)), jnp.int32)  # shapes only depend on config
+    return lambda rng: model.init({"params": rng}, tokens)["params"]
+
+
+def init_params(config: Config | ModelConfig, rng: jax.Array) -> Params:
+    """Fresh parameters (float32 by default), as one compiled program."""
+    boxed = jax.jit(_init_fn(model_config(config)))(rng)
+    return nn.meta.unbox(boxed)
+
+
+def param_shapes(config: Config | ModelConfig) -> Params:
+    """ShapeDtypeStructs of every parameter, without allocating anything."""
+    boxed = jax.eval_shape(_init_fn(model_config(config)), jax.random.key(0))
+    return nn.meta.unbox(boxed)
+
+
+def param_logical_axes(config: Config | ModelConfig) -> Params:
+    """PartitionSpec of logical axis names for every parameter (same tree as params)."""
+    boxed = jax.eval_shape(_init_fn(model_config(config)), jax.random.key(0))
+    return nn.get_partition_spec(boxed)
+
+
+def forward(
+    config: Config | ModelConfig,
+    params: Params,
+    tokens: jax.Array,
+    *,
+    positions: jax.Array | None = None,
+    segment_ids: jax.Array | None = None,
+    deterministic: bool = True,
+    rng: jax.Array | None = None,
+) -> jax.Array:
+    """Logits (B, T, V) in float32 for tokens (B, T). Dropout needs deterministic=False and rng."""
+    if not deterministic and rng is None:
+        raise ValueError("forward(deterministic=False) applies dropout and needs rng=jax.random.key(...)")
+    rngs = {"dropout": rng} if rng is not None else {}
+    return Decoder(model_config(config)).apply(
+        {"params": params}, tokens, positions, segment_ids, deterministic, rngs=rngs
+    )
+
+
+def cross_entropy(logits: jax.Array, targets: jax.Array, mask: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+    """(sum of token losses, number of counted tokens), both float32.
+
+    Returning the sum and the count, not the mean, is what makes averaging exact over
+    any set of microbatches or hosts: add the sums, add the counts, divide once.
+    """
+    logits = logits.astype(jnp.float32)
+    log_z = jax.nn.logsumexp(logits, axis=-1)  # (B, T)
+    target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    nll = log_z - target_logit
+    weight = jnp.ones_like(nll) if mask is None else mask.astype(jnp.float32)
+    return jnp.sum(nll * weight), jnp.sum(weight)
+
+
+def loss(
+    config: Config | ModelConfig,
+    params: Params,
+    tokens: jax.Array,
+    targets: jax.Array,
+    *,
+    target_mask: jax.Array | None = None,
+    positions: jax.Array | None = None,
+    segment_ids: jax.Array | None = None,
+    deterministic: bool = True,
+    rng: jax.Array | None = None,
+) -> tuple[jax.Array, jax.Array]:
+    """Next-token cross-entropy: (summed loss, token count); the mean is sum / count.
+
+    target_mask (B, T) selects which targets count (e.g. not padding, not the prompt).
+    """
+    logits = forward(
+        config, params, tokens, positions=positions, segment_ids=segment_ids, deterministic=deterministic, rng=rng
+    )
+    return cross_entropy(logits, targets, target_mask)
+
+
+__all__ = [
+    "cross_entropy",
+    "forward",
+    "init_params",
+    "loss",
+    "model_config",
+    "param_logical_axes",
+    "param_shapes",
+]

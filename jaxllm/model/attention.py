@@ -1,0 +1,87 @@
+"""Causal multi-head attention with grouped KV heads (MHA / GQA / MQA).
+
+`num_kv_heads` K divides `num_heads` H: query head h reads KV head h // (H/K).
+K = H is classic multi-head attention, K = 1 is multi-query attention.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxllm.config import ModelConfig
+from jaxllm.model.layers import constrain, dense
+from jaxllm.model.rope import apply_rope, rope_inv_freq
+
+# Masked scores use the most negative finite float32, not -inf: a row whose every key
+# is masked then softmaxes to a uniform distribution instead of NaN.
+MASK_VALUE = float(jnp.finfo(jnp.float32).min)
+
+
+def attention_mask(segment_ids: jax.Array | None, length: int) -> jax.Array:
+    """(B or 1, T, T) bool, True where query t may attend to key s.
+
+    Causal (s <= t) and, with packed sequences, same segment only: segment_ids (B, T)
+    number the documents 1, 2, ... and 0 marks padding, which forms its own segment so
+    real tokens never see it and no row is ever empty (the diagonal is always allowed).
+    """
+    causal = jnp.tril(jnp.ones((length, length), dtype=bool))[None]  # (1, T, T)
+    if segment_ids is None:
+        return causal
+    same_segment = segment_ids[:, :, None] == segment_ids[:, None, :]  # (B, T, T)
+    return causal & same_segment
+
+
+def xla_attention(
+    q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, dropout: nn.Dropout | None = None
+) -> jax.Array:
+    """Reference attention as plain einsums. q (B,T,H,D), k/v (B,S,K,D), mask (B|1,T,S)."""
+    B, T, H, D = q.shape
+    K = k.shape[2]
+    q = q.reshape(B, T, K, H // K, D)  # (B, T, K, G, D): G query heads share a KV head
+    scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
+    scores = scores / jnp.sqrt(jnp.float32(D))
+    scores = jnp.where(mask[:, None, None], scores, MASK_VALUE)  # softmax in float32
+    probs = jax.nn.softmax(scores, axis=-1)
+    if dropout is not None:
+        probs = dropout(probs)
+    out = jnp.einsum("bkgts,bskd->btkgd", probs.astype(v.dtype), v)
+    return out.reshape(B, T, H, D)
+
+
+class Attention(nn.Module):
+    """q/k/v projections, RoPE (if configured), masked attention, output projection."""
+
+    config: ModelConfig
+    deterministic: bool = True
+
+    @nn.compact
+    def __call__(self, x: jax.Array, positions: jax.Array, segment_ids: jax.Array | None) -> jax.Array:
+        cfg = self.config
+        H, K, D = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        q = dense(cfg, (H, D), ("embed", "heads", "head_dim"), name="q_proj")(x)  # (B, T, H, D)
+        k = dense(cfg, (K, D), ("embed", "kv_heads", "head_dim"), name="k_proj")(x)  # (B, T, K, D)
+        v = dense(cfg, (K, D), ("embed", "kv_heads", "head_dim"), name="v_proj")(x)  # (B, T, K, D)
+        if cfg.position == "rope":
+            inv_freq = rope_inv_freq(D, cfg.rope_theta, cfg.rope_scaling)
+            q = apply_rope(q, positions, inv_freq)
+            k = apply_rope(k, positions, inv_freq)
+        q = constrain(q, ("batch", "length", "heads", "head_dim"))
+        k = constrain(k, ("batch", "length", "kv_heads", "head_dim"))
+        v = constrain(v, ("batch", "length", "kv_heads", "head_dim"))
+
+        if cfg.attention_impl == "dot_product":
+            # jax.nn.dot_product_attention picks cuDNN flash attention on GPU when it can;
+            # without packing we pass is_causal instead of a mask so that path stays open.
+            mask = None if segment_ids is None else attention_mask(segment_ids, x.shape[1])[:, None]
+            out = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=segment_ids is None)
+        else:
+            drop = (
+                nn.Dropout(cfg.attention_dropout, deterministic=self.deterministic) if cfg.attention_dropout else None
+            )
+            out = xla_attention(q, k, v, attention_mask(segment_ids, x.shape[1]), drop)
+        out = constrain(out, ("batch", "length", "heads", "head_dim"))
+
+        resid_std = cfg.init_std / (2 * cfg.num_layers) ** 0.5  # GPT-2: residual writes scaled by depth
+        return dense(cfg, cfg.d_model, ("heads", "head_dim", "embed"), axis=(-2, -1), std=resid_std, name="o_proj")(out)

@@ -1,0 +1,39 @@
+"""One transformer block, pre-LN (GPT-2, Llama) or post-LN (the original Transformer)."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+
+from jaxllm.config import ModelConfig
+from jaxllm.model.attention import Attention
+from jaxllm.model.layers import BATCH_LENGTH_EMBED, constrain, norm
+from jaxllm.model.mlp import MLP
+
+
+class Block(nn.Module):
+    """attention + MLP, each a residual branch with dropout.
+
+    pre_ln:  x = x + drop(attn(ln_1(x)));  x = x + drop(mlp(ln_2(x)))
+    post_ln: x = ln_1(x + drop(attn(x)));  x = ln_2(x + drop(mlp(x)))
+
+    Returns (x, None) so it can be the body of `nn.scan` (carry, per-layer output).
+    """
+
+    config: ModelConfig
+    deterministic: bool = True
+
+    @nn.compact
+    def __call__(self, x: jax.Array, positions: jax.Array, segment_ids: jax.Array | None) -> tuple[jax.Array, None]:
+        cfg = self.config
+        drop = nn.Dropout(cfg.dropout, deterministic=self.deterministic)
+        attn = Attention(cfg, self.deterministic, name="attn")
+        mlp = MLP(cfg, name="mlp")
+        ln_1, ln_2 = norm(cfg, "ln_1"), norm(cfg, "ln_2")
+        if cfg.block == "pre_ln":
+            x = x + drop(attn(ln_1(x), positions, segment_ids))
+            x = x + drop(mlp(ln_2(x)))
+        else:
+            x = ln_1(x + drop(attn(x, positions, segment_ids)))
+            x = ln_2(x + drop(mlp(x)))
+        return constrain(x, BATCH_LENGTH_EMBED), None

@@ -1,0 +1,123 @@
+"""The decoder: embeddings -> scanned block stack -> final norm -> LM head.
+
+The blocks are one `nn.scan` over a leading `layers` axis (DESIGN.md §3): block i's
+parameters live at index i of every array under params["blocks"], compile time does
+not grow with depth, and the pipeline schedule can later view the stack as
+[stages, layers/stage, ...].
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxllm.config import ModelConfig
+from jaxllm.model.block import Block
+from jaxllm.model.layers import BATCH_LENGTH_EMBED, constrain, norm, param_init
+
+# What the backward pass may keep from the forward pass of each block; the rest is
+# recomputed. "full" keeps only the block inputs (most memory saved, ~1/3 more compute).
+REMAT_POLICIES = {
+    "full": None,
+    "save_dots": jax.checkpoint_policies.dots_saveable,
+    "save_dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+class LMHead(nn.Module):
+    """Untied output projection (E -> V)."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        cfg = self.config
+        kernel = self.param(
+            "kernel",
+            param_init(nn.initializers.normal(cfg.init_std), ("embed", "vocab")),
+            (cfg.d_model, cfg.vocab_size),
+            jnp.dtype(cfg.param_dtype),
+        )
+        return logits_matmul(x, kernel.astype(x.dtype), "bte,ev->btv")
+
+
+def logits_matmul(x: jax.Array, w: jax.Array, spec: str) -> jax.Array:
+    """Vocabulary projection with float32 output: inputs stay in the compute dtype,
+    accumulation and result are float32, so the softmax/loss never see bf16 logits."""
+    return jnp.einsum(spec, x, w, preferred_element_type=jnp.float32)
+
+
+def block_stack(config: ModelConfig, deterministic: bool) -> nn.Module:
+    """The scanned, optionally rematerialised, stack of `num_layers` blocks."""
+    block = Block
+    if config.remat != "none":
+        # prevent_cse=False is safe (and faster) inside scan, which already stops CSE.
+        block = nn.remat(Block, prevent_cse=False, policy=REMAT_POLICIES[config.remat])
+    stack = nn.scan(
+        block,
+        variable_axes={"params": 0},
+        split_rngs={"params": True, "dropout": True},  # each layer its own init and dropout
+        in_axes=(nn.broadcast, nn.broadcast),  # positions, segment_ids: same for every layer
+        length=config.num_layers,
+        metadata_params={nn.PARTITION_NAME: "layers"},
+    )
+    return stack(config, deterministic, name="blocks")
+
+
+class Decoder(nn.Module):
+    """A decoder-only language model; every architectural choice comes from config."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(
+        self,
+        tokens: jax.Array,
+        positions: jax.Array | None = None,
+        segment_ids: jax.Array | None = None,
+        deterministic: bool = True,
+    ) -> jax.Array:
+        """tokens (B, T) int -> logits (B, T, V) float32.
+
+        positions (B, T): each token's position in its document (default 0..T-1);
+        segment_ids (B, T): document ids for packed rows, 0 = padding (default: one
+        document per row, no padding).
+        """
+        cfg = self.config
+        B, T = tokens.shape
+        dtype, param_dtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
+        if positions is None:
+            positions = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
+
+        wte = nn.Embed(
+            cfg.vocab_size,
+            cfg.d_model,
+            dtype=dtype,
+            param_dtype=param_dtype,
+            embedding_init=param_init(nn.initializers.normal(cfg.init_std), ("vocab", "embed")),
+            name="wte",
+        )
+        x = wte(tokens)  # (B, T, E)
+        if cfg.position == "learned":
+            wpe = nn.Embed(
+                cfg.max_seq_len,
+                cfg.d_model,
+                dtype=dtype,
+                param_dtype=param_dtype,
+                embedding_init=param_init(nn.initializers.normal(cfg.init_std), (None, "embed")),
+                name="wpe",
+            )
+            x = x + wpe(positions)
+        x = nn.Dropout(cfg.dropout, deterministic=deterministic)(x)
+        x = constrain(x, BATCH_LENGTH_EMBED)
+
+        x, _ = block_stack(cfg, deterministic)(x, positions, segment_ids)
+
+        if cfg.final_norm:
+            x = norm(cfg, "ln_f")(x)
+        if cfg.tie_embeddings:
+            logits = logits_matmul(x, wte.embedding.astype(dtype), "bte,ve->btv")  # (B, T, V)
+        else:
+            logits = LMHead(cfg, name="lm_head")(x)
+        return constrain(logits, ("batch", "length", "vocab"))

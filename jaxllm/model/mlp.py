@@ -1,0 +1,29 @@
+"""The position-wise feed-forward network: GELU (GPT-2), ReLU (original), SwiGLU (Llama)."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+
+from jaxllm.config import ModelConfig
+from jaxllm.model.layers import constrain, dense
+
+
+class MLP(nn.Module):
+    """up_proj -> activation -> down_proj; SwiGLU gates up_proj with silu(gate_proj)."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        cfg = self.config
+        h = dense(cfg, cfg.d_ff, ("embed", "mlp"), name="up_proj")(x)  # (B, T, F)
+        if cfg.mlp == "swiglu":
+            h = nn.silu(dense(cfg, cfg.d_ff, ("embed", "mlp"), name="gate_proj")(x)) * h
+        elif cfg.mlp == "gelu":
+            h = nn.gelu(h, approximate=True)  # GPT-2's tanh approximation, not the erf form
+        else:
+            h = nn.relu(h)
+        h = constrain(h, ("batch", "length", "mlp"))
+        resid_std = cfg.init_std / (2 * cfg.num_layers) ** 0.5
+        return dense(cfg, cfg.d_model, ("mlp", "embed"), std=resid_std, name="down_proj")(h)
