@@ -110,15 +110,63 @@ class MeshConfig:
     pipeline: int = 1
 
 
+TokenizerKind = Literal["bpe", "unigram", "char"]
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenizerConfig:
+    """Which tokenizer a run uses, and how `jaxllm tokenizer train` makes one.
+
+    `path` is "byte" (256 byte ids, no training; byte 0 doubles as EOS/PAD) or a
+    sentencepiece `.model` file. The rest only matters when training one.
+    """
+
+    path: str = "byte"
+    kind: TokenizerKind = "bpe"
+    vocab_size: int = 8000
+    byte_fallback: bool = True  # unseen characters become byte pieces: nothing is ever out of vocabulary
+    character_coverage: float = 1.0  # share of characters that get their own piece; the rest fall back to bytes
+    input_sentence_size: int = 0  # lines sampled for training; 0 = all
+    max_sentence_length: int = 65536  # longest training line, in bytes; longer lines are skipped
+
+
+@dataclasses.dataclass(frozen=True)
+class FilterConfig:
+    """Document quality filters applied by `jaxllm data prepare` (see jaxllm/data/clean.py)."""
+
+    min_chars: int = 20
+    max_chars: int = 50_000_000
+    min_alnum_fraction: float = 0.5  # letters+digits over non-whitespace characters
+    max_repeated_line_fraction: float = 0.5  # non-empty lines that repeat an earlier line of the document
+
+
+@dataclasses.dataclass(frozen=True)
+class DedupConfig:
+    """Exact (normalized-text hash) and near (MinHash + LSH) deduplication."""
+
+    exact: bool = True
+    near: bool = True
+    threshold: float = 0.8  # estimated Jaccard similarity of word shingles at which a document is a near-duplicate
+    num_perm: int = 128  # MinHash signature length
+    bands: int = 16  # LSH bands; num_perm / bands rows each
+    shingle_words: int = 5
+
+
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-    """Where tokens come from and how they are cut into sequences."""
+    """Raw text -> prepared shards (`jaxllm data prepare`) -> batches (the grain pipeline)."""
 
-    tokenizer: str = "byte"  # "byte" (256 ids, no training) or a sentencepiece model file
-    train_files: tuple[str, ...] = ()
-    eval_files: tuple[str, ...] = ()
+    path: str = "data/prepared"  # the prepared dataset (manifest.json + shards): prepare writes it, train reads it
+    inputs: tuple[str, ...] = ()  # raw text files, globs, or .jsonl files (one JSON object per line)
+    jsonl_field: str = "text"
+    val_fraction: float = 0.05  # documents held out for validation, chosen by a seeded hash of their text
+    shard_tokens: int = 16_777_216  # tokens per shard file
     seq_len: int = 256
     seed: int = 0
+    num_workers: int = 0  # grain worker processes; 0 reads in the main process
+    prefetch: int = 4  # batches read ahead of the train step
+    filters: FilterConfig = FilterConfig()
+    dedup: DedupConfig = DedupConfig()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,6 +204,7 @@ class Config:
 
     model: ModelConfig = ModelConfig()
     mesh: MeshConfig = MeshConfig()
+    tokenizer: TokenizerConfig = TokenizerConfig()
     data: DataConfig = DataConfig()
     optimizer: OptimizerConfig = OptimizerConfig()
     train: TrainConfig = TrainConfig()
@@ -428,8 +477,37 @@ def validate(cfg: Config) -> None:
             f"model.num_layers={m.num_layers} is not divisible by mesh.pipeline={mesh.pipeline}",
         )
 
+    tok = cfg.tokenizer
+    _need(tok.vocab_size > 0, f"tokenizer.vocab_size={tok.vocab_size} must be positive")
+    _need(
+        0 < tok.character_coverage <= 1, f"tokenizer.character_coverage={tok.character_coverage} must be in (0, 1]"
+    )
+    if tok.path == "byte":
+        _need(
+            m.vocab_size >= 256,
+            f"model.vocab_size={m.vocab_size} is too small for tokenizer.path=byte (256 ids); set it to 256 or more",
+        )
+
     d = cfg.data
     _need(d.seq_len > 0, f"data.seq_len={d.seq_len} must be positive")
+    _need(0 <= d.val_fraction < 1, f"data.val_fraction={d.val_fraction} must be in [0, 1)")
+    _need(d.shard_tokens > 0, f"data.shard_tokens={d.shard_tokens} must be positive")
+    _need(d.num_workers >= 0, f"data.num_workers={d.num_workers} must be >= 0 (0 reads in the main process)")
+    _need(d.prefetch >= 0, f"data.prefetch={d.prefetch} must be >= 0")
+    f = d.filters
+    _need(f.min_chars >= 0, f"data.filters.min_chars={f.min_chars} must be >= 0")
+    _need(f.max_chars >= f.min_chars, f"data.filters.max_chars={f.max_chars} must be >= min_chars={f.min_chars}")
+    for name in ("min_alnum_fraction", "max_repeated_line_fraction"):
+        value = getattr(f, name)
+        _need(0 <= value <= 1, f"data.filters.{name}={value} must be in [0, 1]")
+    dd = d.dedup
+    _need(0 < dd.threshold <= 1, f"data.dedup.threshold={dd.threshold} must be in (0, 1]")
+    _need(dd.num_perm > 0 and dd.bands > 0, f"data.dedup.num_perm={dd.num_perm} and bands={dd.bands} must be positive")
+    _need(
+        dd.num_perm % dd.bands == 0,
+        f"data.dedup.num_perm={dd.num_perm} is not divisible by data.dedup.bands={dd.bands}",
+    )
+    _need(dd.shingle_words > 0, f"data.dedup.shingle_words={dd.shingle_words} must be positive")
     _need(
         d.seq_len <= m.max_seq_len,
         f"data.seq_len={d.seq_len} exceeds model.max_seq_len={m.max_seq_len}; "

@@ -23,7 +23,7 @@ def _run(capsys, *argv):
     ("preset", "overrides"),
     [
         ("shakespeare-char", []),
-        ("gpt2-124m", ["model.num_layers=2", "optimizer.lr=3e-4", "data.train_files=[a.txt,b.txt]"]),
+        ("gpt2-124m", ["model.num_layers=2", "optimizer.lr=3e-4", "data.inputs=[a.txt,b.txt]"]),
         ("llama-8b", ["model.rope_scaling.factor=16", "model.num_kv_heads=null", "train.steps=9"]),
     ],
 )

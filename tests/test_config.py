@@ -26,7 +26,7 @@ PRESETS = list_presets()
 ROUND_TRIP_OVERRIDES = [
     "model.num_layers=2",
     "optimizer.lr=3e-4",
-    "data.train_files=[a.txt,b.txt]",
+    "data.inputs=[a.txt,b.txt]",
     "train.steps=123",
     "model.final_norm=false",
     "optimizer.decay_steps=null",
@@ -76,7 +76,7 @@ def test_preset_round_trips_with_overrides(preset, tmp_path):
     cfg = load_config(preset, ROUND_TRIP_OVERRIDES)
     assert cfg.model.num_layers == 2
     assert cfg.optimizer.lr == 3e-4
-    assert cfg.data.train_files == ("a.txt", "b.txt")
+    assert cfg.data.inputs == ("a.txt", "b.txt")
     assert cfg.model.final_norm is False
     assert cfg.optimizer.decay_steps == 123
     assert cfg != load_config(preset)
@@ -86,14 +86,15 @@ def test_preset_round_trips_with_overrides(preset, tmp_path):
 def test_to_yaml_is_plain_yaml_with_all_sections():
     cfg = load_config("shakespeare-char")
     raw = yaml.safe_load(to_yaml(cfg))
-    assert list(raw) == ["model", "mesh", "data", "optimizer", "train"]
+    assert list(raw) == ["model", "mesh", "tokenizer", "data", "optimizer", "train"]
     assert raw == to_dict(cfg)
     # derived fields are written out concretely, tuples as lists
     assert raw["model"]["head_dim"] == 64
     assert raw["model"]["num_kv_heads"] == 6
     assert raw["model"]["d_ff"] == 4 * 384
     assert raw["optimizer"]["decay_steps"] == 5000
-    assert raw["data"]["train_files"] == []
+    assert raw["data"]["inputs"] == ["../shared/data/tinyshakespeare.txt"]
+    assert raw["data"]["filters"]["min_chars"] == 20  # nested sections are written out too
 
 
 # --------------------------------------------------------------------------- overrides
@@ -147,11 +148,11 @@ def test_override_nested_rope_scaling():
 
 
 def test_override_lists_for_tuple_fields():
-    cfg = load_config("shakespeare-char", ["data.train_files=[a.txt,b.txt]", "data.eval_files=c.txt"])
-    assert cfg.data.train_files == ("a.txt", "b.txt")
-    assert isinstance(cfg.data.train_files, tuple)
-    assert cfg.data.eval_files == ("c.txt",)  # one string is a list of one
-    assert load_config("shakespeare-char", ["data.train_files=[]"]).data.train_files == ()
+    cfg = load_config("shakespeare-char", ["data.inputs=[a.txt,b.txt]"])
+    assert cfg.data.inputs == ("a.txt", "b.txt")
+    assert isinstance(cfg.data.inputs, tuple)
+    assert load_config("shakespeare-char", ["data.inputs=c.txt"]).data.inputs == ("c.txt",)  # one string: a list of one
+    assert load_config("shakespeare-char", ["data.inputs=[]"]).data.inputs == ()
 
 
 def test_override_null_for_optional_fields():
@@ -175,7 +176,7 @@ def test_later_override_wins():
 def test_parse_override():
     assert parse_override("model.num_layers=4") == (["model", "num_layers"], 4)
     assert parse_override("model.rope_scaling.factor=16") == (["model", "rope_scaling", "factor"], 16)
-    assert parse_override("data.train_files=[a,b]") == (["data", "train_files"], ["a", "b"])
+    assert parse_override("data.inputs=[a,b]") == (["data", "inputs"], ["a", "b"])
     assert parse_override("train.out_dir=runs/x=1") == (["train", "out_dir"], "runs/x=1")  # split at the first '='
     assert parse_override("model.head_dim=null") == (["model", "head_dim"], None)
 
@@ -302,7 +303,7 @@ BAD_OVERRIDES = [
     ("gpt2-124m", ["model.num_kv_heads=abc"], ["model.num_kv_heads"]),
     ("gpt2-124m", ["optimizer.lr=fast"], ["optimizer.lr"]),
     ("gpt2-124m", ["optimizer.lr=-1e-3"], ["optimizer.lr"]),
-    ("gpt2-124m", ["data.train_files=3"], ["data.train_files"]),
+    ("gpt2-124m", ["data.inputs=3"], ["data.inputs"]),
     ("gpt2-124m", ["data.seq_len=2048"], ["data.seq_len", "model.max_seq_len"]),
     ("gpt2-124m", ["train.batch_size=10", "train.microbatches=3"], ["train.batch_size", "train.microbatches"]),
     ("gpt2-124m", ["mesh.tensor=5"], ["mesh.tensor"]),
@@ -378,7 +379,7 @@ def test_config_is_hashable_and_frozen():
     b = load_config("gpt2-124m")
     assert isinstance(hash(a), int)
     assert a == b and hash(a) == hash(b)
-    assert hash(load_config("gpt2-124m", ["data.train_files=[x.txt]"])) is not None  # tuple fields hash too
+    assert hash(load_config("gpt2-124m", ["data.inputs=[x.txt]"])) is not None  # tuple fields hash too
     assert len({a, b, load_config("gpt2-124m", ["model.num_layers=2"])}) == 2
     with pytest.raises(dataclasses.FrozenInstanceError):
         a.model.num_layers = 3  # type: ignore[misc]

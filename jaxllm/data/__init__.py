@@ -1,0 +1,1 @@
+"""Data engineering: corpus fetch, tokenizers, cleaning and dedup, shards, the grain pipeline."""
