@@ -29,6 +29,61 @@ def _model_summary(args: argparse.Namespace) -> None:
     print(summary_table(cfg, args.seq_len))
 
 
+def _data_fetch(args: argparse.Namespace) -> None:
+    from jaxllm.data.fetch import fetch
+
+    fetch(args.name, args.out, from_dir=args.from_dir)
+
+
+def _data_prepare(args: argparse.Namespace) -> None:
+    from jaxllm.data.prepare import prepare
+
+    prepare(load_config(args.config, args.overrides))
+
+
+def _data_verify(args: argparse.Namespace) -> None:
+    from jaxllm.data.pipeline import DocumentStore
+
+    cfg = load_config(args.config, args.overrides)
+    for split in ("train", "val"):
+        store = DocumentStore(cfg.data.path, split, verify=True)
+        print(f"{split}: {len(store):,} documents, {int(store.lengths.sum()):,} tokens, checksums ok")
+
+
+def _tokenizer_train(args: argparse.Namespace) -> None:
+    from jaxllm.data.clean import clean_text
+    from jaxllm.data.prepare import ReadReport, read_documents
+    from jaxllm.data.tokenizer import train_sentencepiece
+
+    cfg = load_config(args.config, args.overrides)
+    if cfg.tokenizer.path == "byte":
+        raise ConfigError("tokenizer.path=byte needs no training; set tokenizer.path=FILE.model to write a model")
+    if not cfg.data.inputs:
+        raise ConfigError("data.inputs is empty; name the text files to train on, e.g. data.inputs=[corpus/*.txt]")
+    report = ReadReport()
+    train_sentencepiece((clean_text(d) for d in read_documents(cfg.data, report)), cfg.tokenizer, cfg.tokenizer.path)
+    for path in report.unreadable + report.empty:
+        print(f"warning: skipped {path}", file=sys.stderr)
+
+
+def _tokenizer_encode(args: argparse.Namespace) -> None:
+    from jaxllm.data.tokenizer import load_tokenizer
+
+    text = args.text if args.text is not None else sys.stdin.read()
+    print(" ".join(str(i) for i in load_tokenizer(args.tokenizer).encode(text)))
+
+
+def _tokenizer_decode(args: argparse.Namespace) -> None:
+    from jaxllm.data.tokenizer import load_tokenizer
+
+    ids = args.ids or sys.stdin.read().split()
+    try:
+        values = [int(i) for i in ids]
+    except ValueError:
+        raise ConfigError(f"decode takes integer ids, got {' '.join(ids[:5])!r}") from None
+    sys.stdout.write(load_tokenizer(args.tokenizer).decode(values))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jaxllm", description="Build, train and evaluate decoder LMs in JAX.")
     verbs = parser.add_subparsers(dest="verb", required=True)
@@ -43,15 +98,46 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(summary)
     summary.add_argument("--seq-len", type=int, default=None, help="context for the attention FLOPs (data.seq_len)")
     summary.set_defaults(func=_model_summary)
+
+    data = verbs.add_parser("data", help="fetch and prepare corpora").add_subparsers(dest="action", required=True)
+    fetch = data.add_parser("fetch", help="download a registered corpus and verify its checksum")
+    fetch.add_argument("name", help="tinyshakespeare | shakespeare")
+    fetch.add_argument("--out", required=True, help="directory to put it in")
+    fetch.add_argument("--from", dest="from_dir", default=None, help="copy from a local directory instead")
+    fetch.set_defaults(func=_data_fetch)
+    prep = data.add_parser("prepare", help="clean, filter, dedup and tokenize data.inputs into shards at data.path")
+    _config_args(prep)
+    prep.set_defaults(func=_data_prepare)
+    verify = data.add_parser("verify", help="check every shard of data.path against its manifest checksum")
+    _config_args(verify)
+    verify.set_defaults(func=_data_verify)
+
+    tok = verbs.add_parser("tokenizer", help="train and use tokenizers").add_subparsers(dest="action", required=True)
+    train = tok.add_parser("train", help="train a sentencepiece model on data.inputs, written to tokenizer.path")
+    _config_args(train)
+    train.set_defaults(func=_tokenizer_train)
+    enc = tok.add_parser("encode", help="print the token ids of TEXT (or stdin)")
+    enc.add_argument("--tokenizer", default="byte", help="'byte' or a sentencepiece .model file")
+    enc.add_argument("text", nargs="?", default=None)
+    enc.set_defaults(func=_tokenizer_encode)
+    dec = tok.add_parser("decode", help="print the text of token IDS (or stdin)")
+    dec.add_argument("--tokenizer", default="byte", help="'byte' or a sentencepiece .model file")
+    dec.add_argument("ids", nargs="*")
+    dec.set_defaults(func=_tokenizer_decode)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `jaxllm` console script. Config errors exit 2 with one line."""
+    from jaxllm.data.errors import DataError
+    from jaxllm.data.fetch import FetchError
+    from jaxllm.data.shards import ShardError
+    from jaxllm.data.tokenizer import TokenizerError
+
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except ConfigError as e:
+    except (ConfigError, DataError, FetchError, ShardError, TokenizerError) as e:
         print(f"jaxllm: error: {e}", file=sys.stderr)
         return 2
     return 0

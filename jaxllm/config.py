@@ -480,6 +480,11 @@ def validate(cfg: Config) -> None:
     tok = cfg.tokenizer
     _need(tok.vocab_size > 0, f"tokenizer.vocab_size={tok.vocab_size} must be positive")
     _need(
+        not tok.byte_fallback or tok.vocab_size > 260,
+        f"tokenizer.vocab_size={tok.vocab_size} leaves no room for pieces: byte fallback takes 256 byte ids + 4 "
+        "special ids; use a larger vocab_size (e.g. 1000) or tokenizer.byte_fallback=false",
+    )
+    _need(
         0 < tok.character_coverage <= 1, f"tokenizer.character_coverage={tok.character_coverage} must be in (0, 1]"
     )
     if tok.path == "byte":

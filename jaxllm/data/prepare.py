@@ -1,0 +1,268 @@
+"""`jaxllm data prepare`: raw text -> cleaned, filtered, deduplicated, tokenized shards.
+
+Steps, per document, in order (each counted in the manifest):
+  read      text files (one file = one document), globs, or JSONL (one object per line,
+            text in `data.jsonl_field`). Unreadable paths, empty files, bad JSON lines
+            and non-UTF-8 bytes (decoded as U+FFFD) are reported, never fatal.
+  clean     newline normalization, NUL removal (jaxllm.data.clean.clean_text)
+  filter    length bounds, alphanumeric fraction, repeated-line ratio (data.filters)
+  dedup     exact (hash of normalized text), then near (MinHash + LSH) (data.dedup)
+  split     validation by document: a seeded hash of the normalized text, so a
+            document's split does not depend on input order
+  tokenize  with the configured tokenizer, into shards of ~data.shard_tokens tokens
+
+Atomicity: everything is written into a temporary directory beside `data.path`, the
+manifest last; only then is the directory swapped into place. A crash leaves the old
+dataset (if any) untouched and never a manifest that points at missing shards.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from jaxllm.config import Config, DataConfig
+from jaxllm.data.clean import FilterStats, clean_text, filter_reason
+from jaxllm.data.dedup import ExactDeduplicator, NearDeduplicator, exact_key
+from jaxllm.data.errors import DataError
+from jaxllm.data.shards import ShardWriter, token_dtype
+from jaxllm.data.tokenizer import load_tokenizer
+
+MANIFEST = "manifest.json"
+FORMAT = "jaxllm-shards"
+SPLITS = ("train", "val")
+
+
+@dataclass
+class ReadReport:
+    """What reading the inputs found: every source file and every problem."""
+
+    sources: list[dict[str, Any]] = field(default_factory=list)
+    unreadable: list[str] = field(default_factory=list)
+    empty: list[str] = field(default_factory=list)
+    non_utf8: list[str] = field(default_factory=list)
+    bad_json_lines: int = 0
+
+
+def expand_inputs(inputs: tuple[str, ...] | list[str], report: ReadReport) -> list[Path]:
+    """Files named by paths and globs, sorted and deduplicated; misses go to the report."""
+    files: list[Path] = []
+    for pattern in inputs:
+        matches = sorted(glob.glob(os.path.expanduser(pattern), recursive=True))
+        if not matches:
+            report.unreadable.append(f"{pattern} (no such file or no glob match)")
+        files += [Path(m) for m in matches if not Path(m).is_dir()]
+    seen: set[Path] = set()
+    return [p for p in files if not (p.resolve() in seen or seen.add(p.resolve()))]
+
+
+def read_documents(data: DataConfig, report: ReadReport) -> Iterator[str]:
+    """Yield the raw documents of `data.inputs`, recording sources and problems."""
+    for path in expand_inputs(data.inputs, report):
+        try:
+            raw = path.read_bytes()
+        except OSError as e:
+            report.unreadable.append(f"{path} ({e.strerror or e})")
+            continue
+        source = {"path": str(path), "bytes": len(raw), "sha256": hashlib.sha256(raw).hexdigest(), "docs": 0}
+        report.sources.append(source)
+        if not raw.strip():
+            report.empty.append(str(path))
+            continue
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            report.non_utf8.append(str(path))
+            text = raw.decode("utf-8", errors="replace")
+        if path.suffix in (".jsonl", ".ndjson"):
+            for line in text.splitlines():
+                if not line.strip():
+                    continue
+                try:
+                    value = json.loads(line).get(data.jsonl_field)
+                except (json.JSONDecodeError, AttributeError):
+                    value = None
+                if not isinstance(value, str):
+                    report.bad_json_lines += 1
+                    continue
+                source["docs"] += 1
+                yield value
+        else:
+            source["docs"] += 1
+            yield text
+
+
+def is_validation(text_key: str, seed: int, fraction: float) -> bool:
+    """Deterministic split by content: hash(seed, normalized text) < fraction."""
+    h = hashlib.sha256(f"{seed}:{text_key}".encode()).digest()
+    return int.from_bytes(h[:8], "little") / 2**64 < fraction
+
+
+class _SplitWriter:
+    """Rolls documents of one split into shard files of ~shard_tokens tokens."""
+
+    def __init__(self, out: Path, split: str, dtype: np.dtype, shard_tokens: int):
+        self.out, self.split, self.dtype, self.shard_tokens = out, split, dtype, shard_tokens
+        self.shards: list[dict[str, Any]] = []
+        self._writer: ShardWriter | None = None
+
+    def add(self, tokens: np.ndarray) -> None:
+        if self._writer is None:
+            self._writer = ShardWriter(self.out / f"{self.split}-{len(self.shards):05d}.bin", self.dtype)
+        self._writer.add(tokens)
+        if self._writer.n_tokens >= self.shard_tokens:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._writer is not None and len(self._writer):
+            self.shards.append(self._writer.close())
+        self._writer = None
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "docs": sum(s["docs"] for s in self.shards),
+            "tokens": sum(s["tokens"] for s in self.shards),
+            "shards": self.shards,
+        }
+
+
+def prepare(cfg: Config, log: Callable[[str], None] = print, progress_every_s: float = 5.0) -> Path:
+    """Run the whole preparation; returns the manifest path. See the module docstring."""
+    data = cfg.data
+    if not data.inputs:
+        raise DataError("data.inputs is empty; name text files, globs or .jsonl files, e.g. data.inputs=[corpus/*.txt]")
+    tokenizer = load_tokenizer(cfg.tokenizer.path)
+    out = Path(data.path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        manifest = _prepare_into(tmp, cfg, tokenizer, log, progress_every_s)
+        _swap_into_place(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    for split in SPLITS:
+        s = manifest["splits"][split]
+        log(f"{split}: {s['docs']:,} documents, {s['tokens']:,} tokens in {len(s['shards'])} shards")
+    log(f"wrote {out / MANIFEST}")
+    return out / MANIFEST
+
+
+def _prepare_into(tmp: Path, cfg: Config, tokenizer, log: Callable[[str], None], progress_every_s: float) -> dict:
+    data = cfg.data
+    report = ReadReport()
+    stats = FilterStats()
+    exact = ExactDeduplicator() if data.dedup.exact else None
+    near = NearDeduplicator(data.dedup) if data.dedup.near else None
+    removed = {"exact": 0, "near": 0}
+    dtype = token_dtype(tokenizer.vocab_size)
+    writers = {split: _SplitWriter(tmp, split, dtype, data.shard_tokens) for split in SPLITS}
+    seen = tokens_out = 0
+    start = last = time.monotonic()
+
+    for raw in read_documents(data, report):
+        seen += 1
+        text = clean_text(raw)
+        reason = filter_reason(text, data.filters)
+        stats.record(reason)
+        if reason is not None:
+            continue
+        key = exact_key(text)  # also decides the split, so computed once
+        if exact is not None and exact.is_duplicate_key(key):
+            removed["exact"] += 1
+            continue
+        if near is not None and near.is_duplicate(text):
+            removed["near"] += 1
+            continue
+        split = "val" if is_validation(key, data.seed, data.val_fraction) else "train"
+        ids = tokenizer.encode(text)
+        writers[split].add(ids)
+        tokens_out += ids.size
+        now = time.monotonic()
+        if now - last >= progress_every_s:
+            last = now
+            log(f"  {seen:,} documents read, {tokens_out:,} tokens written, {tokens_out / (now - start):,.0f} tokens/s")
+
+    for w in writers.values():
+        w.flush()
+    for problem, items in (("unreadable", report.unreadable), ("empty", report.empty), ("non-UTF-8", report.non_utf8)):
+        for item in items:
+            log(f"warning: {problem} input: {item}")
+    if report.bad_json_lines:
+        log(f"warning: {report.bad_json_lines} JSONL lines without a string {data.jsonl_field!r} field were skipped")
+    log(
+        f"read {seen:,} documents: filtered {stats.as_dict()}, "
+        f"exact duplicates {removed['exact']:,}, near duplicates {removed['near']:,}"
+    )
+    manifest = {
+        "format": FORMAT,
+        "version": 1,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "tokenizer": {
+            "path": cfg.tokenizer.path,
+            "identity": tokenizer.identity,
+            "vocab_size": tokenizer.vocab_size,
+            "bos_id": tokenizer.bos_id,
+            "eos_id": tokenizer.eos_id,
+            "pad_id": tokenizer.pad_id,
+            "dtype": dtype.name,
+        },
+        "splits": {split: w.summary() for split, w in writers.items()},
+        "documents": {"read": seen, "filtered": stats.as_dict(), "duplicates_removed": removed},
+        "problems": {
+            "unreadable": report.unreadable,
+            "empty": report.empty,
+            "non_utf8": report.non_utf8,
+            "bad_json_lines": report.bad_json_lines,
+        },
+        "sources": report.sources,
+        "settings": {
+            "filters": asdict(data.filters),
+            "dedup": asdict(data.dedup),
+            "val_fraction": data.val_fraction,
+            "seed": data.seed,
+            "jsonl_field": data.jsonl_field,
+        },
+    }
+    if not manifest["splits"]["train"]["docs"]:
+        raise DataError(f"no training documents survived preparation ({manifest['documents']}); check data.inputs")
+    tmp_manifest = tmp / f".{MANIFEST}.tmp"
+    tmp_manifest.write_text(json.dumps(manifest, indent=2))
+    os.replace(tmp_manifest, tmp / MANIFEST)  # written last: its presence means the shards are complete
+    return manifest
+
+
+def _swap_into_place(tmp: Path, out: Path) -> None:
+    """Replace `out` by `tmp`; the old dataset is removed only after the new one is in place."""
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out)
+
+
+def load_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The manifest of a prepared dataset directory, with a clear error if absent."""
+    manifest_path = Path(path) / MANIFEST
+    if not manifest_path.is_file():
+        raise DataError(
+            f"data.path={str(path)!r} has no {MANIFEST}; prepare it first with `jaxllm data prepare CONFIG`"
+        )
+    manifest = json.loads(manifest_path.read_text())
+    if manifest.get("format") != FORMAT:
+        raise DataError(f"{manifest_path} is not a jaxllm dataset manifest")
+    return manifest

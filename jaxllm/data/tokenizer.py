@@ -1,0 +1,171 @@
+"""Tokenizers: a byte-level one for smoke tests, and sentencepiece models trained here.
+
+A tokenizer is named by `tokenizer.path` in the config: the string "byte", or a
+sentencepiece `.model` file written by `jaxllm tokenizer train`. Training settings are
+chosen so that decode(encode(text)) == text exactly:
+
+- normalization "identity", no extra-whitespace removal, no dummy prefix: the text the
+  model sees is the text you gave it, spaces, tabs and newlines included;
+- byte fallback: a character with no piece of its own becomes its UTF-8 bytes, so no
+  input is ever out of vocabulary (newlines, which sentencepiece never sees in training
+  because it reads line by line, become the byte piece <0x0A>);
+- split_digits, as Llama: numbers are spelled digit by digit.
+The one exception is the character U+2581 ("▁"), sentencepiece's own space marker,
+which decodes as a space.
+
+Special ids of trained models: unk 0, bos 1, eos 2, pad 3. The byte tokenizer has
+exactly 256 ids, so it reuses byte 0 (NUL, which cleaning strips from text) as EOS and
+PAD and has no BOS.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from jaxllm.config import TokenizerConfig
+from jaxllm.data.errors import DataError
+
+
+class TokenizerError(DataError):
+    """A tokenizer that cannot be loaded or trained; the message says which and why."""
+
+
+class Tokenizer(Protocol):
+    """What the rest of jaxllm needs from a tokenizer."""
+
+    vocab_size: int
+    bos_id: int | None
+    eos_id: int
+    pad_id: int
+    identity: str  # names the exact vocabulary, recorded in dataset manifests
+
+    def encode(self, text: str) -> np.ndarray: ...
+
+    def decode(self, ids: Sequence[int] | np.ndarray) -> str: ...
+
+
+class ByteTokenizer:
+    """UTF-8 bytes as ids 0..255. No training; byte 0 is EOS and PAD."""
+
+    vocab_size = 256
+    bos_id = None
+    eos_id = 0
+    pad_id = 0
+    identity = "byte"
+
+    def encode(self, text: str) -> np.ndarray:
+        return np.frombuffer(text.encode("utf-8"), dtype=np.uint8).astype(np.int32)
+
+    def decode(self, ids: Sequence[int] | np.ndarray) -> str:
+        return bytes(np.asarray(ids, dtype=np.uint8).tolist()).decode("utf-8", errors="replace")
+
+
+class SentencePieceTokenizer:
+    """A trained sentencepiece model (BPE, unigram or char)."""
+
+    def __init__(self, path: str | os.PathLike[str]):
+        import sentencepiece as spm
+
+        path = Path(path)
+        if not path.is_file():
+            raise TokenizerError(
+                f"tokenizer.path={str(path)!r} does not exist; train one with `jaxllm tokenizer train` or use 'byte'"
+            )
+        data = path.read_bytes()
+        try:
+            self._sp = spm.SentencePieceProcessor(model_proto=data)
+        except Exception as e:  # sentencepiece raises RuntimeError/OSError with C++ messages
+            raise TokenizerError(f"tokenizer.path={str(path)!r} is not a sentencepiece model ({e})") from None
+        self.path = path
+        self.vocab_size = self._sp.vocab_size()
+        self.bos_id = self._sp.bos_id() if self._sp.bos_id() >= 0 else None
+        self.eos_id = self._sp.eos_id()
+        self.pad_id = self._sp.pad_id() if self._sp.pad_id() >= 0 else self.eos_id
+        self.identity = "sentencepiece:" + hashlib.sha256(data).hexdigest()
+        if self.eos_id < 0:
+            raise TokenizerError(
+                f"tokenizer.path={str(path)!r} has no EOS id; retrain it with `jaxllm tokenizer train`"
+            )
+
+    def encode(self, text: str) -> np.ndarray:
+        return np.asarray(self._sp.encode(text), dtype=np.int32)
+
+    def decode(self, ids: Sequence[int] | np.ndarray) -> str:
+        return self._sp.decode([int(i) for i in ids])
+
+    def piece(self, token_id: int) -> str:
+        return self._sp.id_to_piece(int(token_id))
+
+
+def load_tokenizer(path: str) -> ByteTokenizer | SentencePieceTokenizer:
+    """ "byte" or a sentencepiece model file."""
+    return ByteTokenizer() if path == "byte" else SentencePieceTokenizer(path)
+
+
+def train_sentencepiece(
+    documents: Iterable[str],
+    cfg: TokenizerConfig,
+    out_path: str | os.PathLike[str],
+    log: Callable[[str], None] = print,
+) -> SentencePieceTokenizer:
+    """Train a sentencepiece model on `documents` and write it to `out_path` atomically.
+
+    The documents are written to a temporary training file (sentencepiece reads files
+    line by line); the model appears at `out_path` only once training succeeded.
+    """
+    import sentencepiece as spm
+
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".tokenizer-", dir=out_path.parent) as tmp:
+        corpus = Path(tmp) / "corpus.txt"
+        n_docs = n_chars = 0
+        with corpus.open("w", encoding="utf-8") as f:
+            for doc in documents:
+                f.write(doc)
+                f.write("\n")
+                n_docs += 1
+                n_chars += len(doc)
+        if n_chars == 0:
+            raise TokenizerError("no text to train the tokenizer on; check data.inputs")
+        log(f"training a {cfg.kind} tokenizer, vocab {cfg.vocab_size}, on {n_docs} documents ({n_chars:,} chars)")
+        try:
+            spm.SentencePieceTrainer.train(
+                input=str(corpus),
+                model_prefix=str(Path(tmp) / "model"),
+                model_type=cfg.kind,
+                vocab_size=cfg.vocab_size,
+                hard_vocab_limit=False,  # a tiny corpus gets the vocabulary it supports, not an error
+                byte_fallback=cfg.byte_fallback,
+                character_coverage=cfg.character_coverage,
+                input_sentence_size=cfg.input_sentence_size,
+                shuffle_input_sentence=True,
+                max_sentence_length=cfg.max_sentence_length,
+                normalization_rule_name="identity",
+                remove_extra_whitespaces=False,
+                add_dummy_prefix=False,
+                split_digits=True,
+                allow_whitespace_only_pieces=True,
+                unk_id=0,
+                bos_id=1,
+                eos_id=2,
+                pad_id=3,
+                num_threads=os.cpu_count() or 1,
+                minloglevel=2,
+            )
+        except Exception as e:
+            raise TokenizerError(f"sentencepiece training failed: {str(e).splitlines()[0]}") from None
+        tmp_model = out_path.with_name(f".{out_path.name}.tmp")
+        shutil.copyfile(Path(tmp) / "model.model", tmp_model)
+        os.replace(tmp_model, out_path)
+    tok = SentencePieceTokenizer(out_path)
+    log(f"wrote {out_path} (vocab {tok.vocab_size}; bos {tok.bos_id}, eos {tok.eos_id}, pad {tok.pad_id})")
+    return tok

@@ -1,0 +1,1 @@
+"""Parallelism: the device mesh, logical-axis rules, pipeline schedule, multi-host."""
