@@ -203,6 +203,10 @@ def make_dataset(
     ds = grain.MapDataset.source(local).batch(local.local_batch, drop_remainder=True)
     iter_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=max(cfg.data.prefetch, 1)))
     if cfg.data.num_workers > 0:
+        from absl import flags
+
+        if not flags.FLAGS.is_parsed():  # grain's workers read absl flags; a library caller never parsed them
+            flags.FLAGS.mark_as_parsed()
         iter_ds = iter_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=cfg.data.num_workers))
     return iter_ds
 
