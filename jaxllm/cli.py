@@ -51,19 +51,24 @@ def _data_verify(args: argparse.Namespace) -> None:
 
 
 def _tokenizer_train(args: argparse.Namespace) -> None:
-    from jaxllm.data.clean import clean_text
-    from jaxllm.data.prepare import ReadReport, read_documents
-    from jaxllm.data.tokenizer import train_sentencepiece
+    from jaxllm.data.ready import train_tokenizer
+
+    train_tokenizer(load_config(args.config, args.overrides))
+
+
+def _train(args: argparse.Namespace) -> int:
+    from jaxllm.data.ready import ensure_data
+    from jaxllm.train.trainer import train_main
 
     cfg = load_config(args.config, args.overrides)
-    if cfg.tokenizer.path == "byte":
-        raise ConfigError("tokenizer.path=byte needs no training; set tokenizer.path=FILE.model to write a model")
-    if not cfg.data.inputs:
-        raise ConfigError("data.inputs is empty; name the text files to train on, e.g. data.inputs=[corpus/*.txt]")
-    report = ReadReport()
-    train_sentencepiece((clean_text(d) for d in read_documents(cfg.data, report)), cfg.tokenizer, cfg.tokenizer.path)
-    for path in report.unreadable + report.empty:
-        print(f"warning: skipped {path}", file=sys.stderr)
+    ensure_data(cfg)
+    return train_main(cfg)
+
+
+def _plot(args: argparse.Namespace) -> None:
+    from jaxllm.train.plot import plot_run
+
+    print(f"wrote {plot_run(args.run_dir, args.out)}")
 
 
 def _tokenizer_encode(args: argparse.Namespace) -> None:
@@ -112,10 +117,18 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(verify)
     verify.set_defaults(func=_data_verify)
 
-    tok = verbs.add_parser("tokenizer", help="train and use tokenizers").add_subparsers(dest="action", required=True)
-    train = tok.add_parser("train", help="train a sentencepiece model on data.inputs, written to tokenizer.path")
+    train = verbs.add_parser("train", help="train (or resume) a model; prepares missing data first")
     _config_args(train)
-    train.set_defaults(func=_tokenizer_train)
+    train.set_defaults(func=_train)
+    plot = verbs.add_parser("plot", help="PNG of a run's train/val loss and throughput")
+    plot.add_argument("run_dir")
+    plot.add_argument("--out", default=None, help="output PNG (default RUN_DIR/metrics.png)")
+    plot.set_defaults(func=_plot)
+
+    tok = verbs.add_parser("tokenizer", help="train and use tokenizers").add_subparsers(dest="action", required=True)
+    tok_train = tok.add_parser("train", help="train a sentencepiece model on data.inputs, written to tokenizer.path")
+    _config_args(tok_train)
+    tok_train.set_defaults(func=_tokenizer_train)
     enc = tok.add_parser("encode", help="print the token ids of TEXT (or stdin)")
     enc.add_argument("--tokenizer", default="byte", help="'byte' or a sentencepiece .model file")
     enc.add_argument("text", nargs="?", default=None)
@@ -133,14 +146,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     from jaxllm.data.fetch import FetchError
     from jaxllm.data.shards import ShardError
     from jaxllm.data.tokenizer import TokenizerError
+    from jaxllm.train.trainer import NonFiniteLoss
 
     args = build_parser().parse_args(argv)
     try:
-        args.func(args)
-    except (ConfigError, DataError, FetchError, ShardError, TokenizerError) as e:
+        code = args.func(args)
+    except (ConfigError, DataError, FetchError, ShardError, TokenizerError, NonFiniteLoss) as e:
         print(f"jaxllm: error: {e}", file=sys.stderr)
         return 2
-    return 0
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":

@@ -108,6 +108,9 @@ class MeshConfig:
     fsdp: int = 1
     tensor: int = 1
     pipeline: int = 1
+    # Changes to the logical-axis rules table (jaxllm/parallel/rules.py), each
+    # "logical=axis" or "logical=axis1+axis2" or "logical=" (replicated), e.g. ["embed=", "mlp=tensor"].
+    rules: tuple[str, ...] = ()
 
 
 TokenizerKind = Literal["bpe", "unigram", "char"]
@@ -159,7 +162,10 @@ class DataConfig:
     path: str = "data/prepared"  # the prepared dataset (manifest.json + shards): prepare writes it, train reads it
     inputs: tuple[str, ...] = ()  # raw text files, globs, or .jsonl files (one JSON object per line)
     jsonl_field: str = "text"
-    val_fraction: float = 0.05  # documents held out for validation, chosen by a seeded hash of their text
+    val_fraction: float = 0.05  # share held out for validation (see data.split)
+    # "document": whole documents, chosen by a seeded hash of their text;
+    # "tail": the last val_fraction of every document (nanoGPT's split, for a one-document corpus).
+    split: Literal["document", "tail"] = "document"
     shard_tokens: int = 16_777_216  # tokens per shard file
     seq_len: int = 256
     seed: int = 0
@@ -194,7 +200,12 @@ class TrainConfig:
     seed: int = 0
     log_every: int = 10
     eval_every: int = 200
+    eval_batches: int = 20  # validation batches per evaluation
     checkpoint_every: int = 500
+    keep_checkpoints: int = 3  # the most recent N are kept...
+    keep_every: int = 0  # ...plus every checkpoint whose step is a multiple of this (0: none)
+    on_nonfinite: Literal["stop", "skip"] = "stop"  # a NaN/inf loss or gradient: stop the run, or skip that update
+    tensorboard: bool = True
     out_dir: str = "runs/default"
 
 
@@ -459,7 +470,7 @@ def validate(cfg: Config) -> None:
     m = cfg.model
     validate_model(m)
     mesh = cfg.mesh
-    sizes = dataclasses.asdict(mesh)
+    sizes = {name: getattr(mesh, name) for name in ("data", "fsdp", "tensor", "pipeline")}
     for name, value in sizes.items():
         _need(value == -1 or value >= 1, f"mesh.{name}={value} must be >= 1, or -1 for the remaining devices")
     _need(list(sizes.values()).count(-1) <= 1, f"mesh: only one axis may be -1, got {sizes}")
@@ -539,9 +550,13 @@ def validate(cfg: Config) -> None:
         t.batch_size % t.microbatches == 0,
         f"train.batch_size={t.batch_size} is not divisible by train.microbatches={t.microbatches}",
     )
-    for name in ("log_every", "eval_every", "checkpoint_every"):
+    for name in ("log_every", "eval_every", "eval_batches", "checkpoint_every", "keep_checkpoints"):
         value = getattr(t, name)
         _need(value > 0, f"train.{name}={value} must be a positive integer")
+    _need(t.keep_every >= 0, f"train.keep_every={t.keep_every} must be >= 0 (0 keeps none beyond the last N)")
+    from jaxllm.parallel.rules import parse_rules  # the rules table lives with the mesh code
+
+    parse_rules(mesh.rules)
     known = [mesh.data, mesh.fsdp]
     if -1 not in known:
         per_step = t.batch_size // t.microbatches

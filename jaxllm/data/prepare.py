@@ -8,7 +8,9 @@ Steps, per document, in order (each counted in the manifest):
   filter    length bounds, alphanumeric fraction, repeated-line ratio (data.filters)
   dedup     exact (hash of normalized text), then near (MinHash + LSH) (data.dedup)
   split     validation by document: a seeded hash of the normalized text, so a
-            document's split does not depend on input order
+            document's split does not depend on input order; or (data.split=tail)
+            the last data.val_fraction of every document, nanoGPT's split, which
+            a one-document corpus like tinyshakespeare needs
   tokenize  with the configured tokenizer, into shards of ~data.shard_tokens tokens
 
 Atomicity: everything is written into a temporary directory beside `data.path`, the
@@ -186,10 +188,16 @@ def _prepare_into(tmp: Path, cfg: Config, tokenizer, log: Callable[[str], None],
         if near is not None and near.is_duplicate(text):
             removed["near"] += 1
             continue
-        split = "val" if is_validation(key, data.seed, data.val_fraction) else "train"
-        ids = tokenizer.encode(text)
-        writers[split].add(ids)
-        tokens_out += ids.size
+        if data.split == "tail":  # the last val_fraction of every document is held out
+            cut = int(round(len(text) * (1 - data.val_fraction)))
+            parts = [("train", text[:cut]), ("val", text[cut:])]
+        else:
+            parts = [("val" if is_validation(key, data.seed, data.val_fraction) else "train", text)]
+        for split, part in parts:
+            if part:
+                ids = tokenizer.encode(part)
+                writers[split].add(ids)
+                tokens_out += ids.size
         now = time.monotonic()
         if now - last >= progress_every_s:
             last = now
@@ -232,6 +240,7 @@ def _prepare_into(tmp: Path, cfg: Config, tokenizer, log: Callable[[str], None],
             "filters": asdict(data.filters),
             "dedup": asdict(data.dedup),
             "val_fraction": data.val_fraction,
+            "split": data.split,
             "seed": data.seed,
             "jsonl_field": data.jsonl_field,
         },

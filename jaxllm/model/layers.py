@@ -30,6 +30,39 @@ def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
     return nn.with_logical_constraint(x, tuple(names))
 
 
+class Dense(nn.Module):
+    """y = x @ kernel + bias, contracting the last `in_axes` axes of x.
+
+    The kernel is created at its true shape, e.g. q_proj (E, H, D), so its logical
+    names line up with its axes (flax's DenseGeneral initializes a flattened 2-D view).
+    """
+
+    features: tuple[int, ...]
+    in_axes: int
+    kernel_names: tuple[str | None, ...]
+    std: float
+    use_bias: bool
+    dtype: jnp.dtype
+    param_dtype: jnp.dtype
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        in_shape = x.shape[x.ndim - self.in_axes :]
+        kernel = self.param(
+            "kernel",
+            param_init(nn.initializers.normal(self.std), self.kernel_names),
+            (*in_shape, *self.features),
+            self.param_dtype,
+        )
+        contract = (tuple(range(x.ndim - self.in_axes, x.ndim)), tuple(range(self.in_axes)))
+        y = jax.lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype), (contract, ((), ())))
+        if self.use_bias:
+            bias_names = self.kernel_names[self.in_axes :]
+            bias = self.param("bias", param_init(nn.initializers.zeros, bias_names), self.features, self.param_dtype)
+            y = y + bias.astype(self.dtype)
+        return y
+
+
 def dense(
     config: ModelConfig,
     features: int | Sequence[int],
@@ -38,20 +71,19 @@ def dense(
     axis: int | Sequence[int] = -1,
     std: float | None = None,
     name: str,
-) -> nn.DenseGeneral:
-    """A DenseGeneral with normal(std) init, the config's dtypes, and logical names.
+) -> Dense:
+    """A Dense with normal(std) init, the config's dtypes, and logical names.
 
-    Bias names are the kernel's output names (the axes in `features`).
+    `axis` is -1 (contract the last input axis) or (-2, -1) (the last two, for o_proj).
     """
-    n_out = 1 if isinstance(features, int) else len(features)
-    return nn.DenseGeneral(
-        features=features,
-        axis=axis,
+    return Dense(
+        features=(features,) if isinstance(features, int) else tuple(features),
+        in_axes=1 if isinstance(axis, int) else len(axis),
+        kernel_names=tuple(kernel_names),
+        std=std or config.init_std,
         use_bias=config.use_bias,
         dtype=jnp.dtype(config.dtype),
         param_dtype=jnp.dtype(config.param_dtype),
-        kernel_init=param_init(nn.initializers.normal(std or config.init_std), kernel_names),
-        bias_init=param_init(nn.initializers.zeros, tuple(kernel_names)[-n_out:]),
         name=name,
     )
 

@@ -8,7 +8,6 @@ op's types.)
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Sequence
 
@@ -27,7 +26,8 @@ def mesh_shape(cfg: MeshConfig, n_devices: int) -> tuple[int, ...]:
     known = math.prod(s for s in sizes if s != -1)
     if -1 in sizes:
         if n_devices % known:
-            raise ConfigError(f"mesh: the fixed axes {dataclasses.asdict(cfg)} do not divide {n_devices} devices")
+            fixed = {a: getattr(cfg, a) for a in AXES}
+            raise ConfigError(f"mesh: the fixed axes {fixed} do not divide {n_devices} devices")
         sizes[sizes.index(-1)] = n_devices // known
     if math.prod(sizes) != n_devices:
         raise ConfigError(

@@ -1,0 +1,81 @@
+"""The logical-axis rules table: logical names (on parameters and activations) -> mesh axes.
+
+One table decides the whole layout (DESIGN.md §4). With the default below:
+
+| logical  | mesh axes      | effect |
+| -------- | -------------- | ------ |
+| batch    | data, fsdp     | the batch is split over every data-parallel device (DP and FSDP) |
+| embed    | fsdp           | FSDP / ZeRO-3: parameters and their AdamW moments are split along d_model |
+| heads    | tensor         | Megatron: attention heads split over `tensor` |
+| kv_heads | tensor         | ... and their K/V heads |
+| mlp      | tensor         | Megatron: the MLP hidden dimension split over `tensor` |
+| vocab    | tensor         | embedding rows and the logits' vocabulary split over `tensor` |
+| layers   | (replicated)   | the scanned layer axis; the pipeline schedule (its own issue) maps it to `pipeline` |
+| length, head_dim | (replicated) | |
+
+Rules are applied in order and a mesh axis is used at most once per array (flax's
+resolution), so an activation (batch, length, embed) gets batch -> (data, fsdp) and
+embed -> nothing: activations are never split along d_model by FSDP, parameters are.
+`mesh.rules` in the config changes entries ("embed=" replicates parameters: plain DP).
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from jaxllm.config import ConfigError
+
+Rules = tuple[tuple[str, tuple[str, ...] | None], ...]
+
+LOGICAL_AXES = ("batch", "length", "embed", "heads", "kv_heads", "head_dim", "mlp", "vocab", "layers")
+MESH_AXES = ("data", "fsdp", "tensor", "pipeline")
+
+DEFAULT_RULES: Rules = (
+    ("batch", ("data", "fsdp")),
+    ("length", None),
+    ("embed", ("fsdp",)),
+    ("heads", ("tensor",)),
+    ("kv_heads", ("tensor",)),
+    ("head_dim", None),
+    ("mlp", ("tensor",)),
+    ("vocab", ("tensor",)),
+    ("layers", None),
+)
+
+
+def parse_rules(changes: tuple[str, ...] | list[str]) -> Rules:
+    """DEFAULT_RULES with `mesh.rules` entries ("logical=a+b", "logical=") applied."""
+    table = dict(DEFAULT_RULES)
+    for entry in changes:
+        name, sep, axes = entry.partition("=")
+        name = name.strip()
+        if not sep or name not in LOGICAL_AXES:
+            raise ConfigError(
+                f"mesh.rules entry {entry!r} must be 'logical=axis[+axis]' with logical one of {', '.join(LOGICAL_AXES)}"
+            )
+        parts = tuple(a.strip() for a in axes.split("+") if a.strip())
+        bad = [a for a in parts if a not in MESH_AXES]
+        if bad:
+            raise ConfigError(f"mesh.rules entry {entry!r}: {bad[0]!r} is not a mesh axis ({', '.join(MESH_AXES)})")
+        table[name] = parts or None
+    return tuple(table.items())
+
+
+def flax_rules(rules: Rules) -> tuple[tuple[str, str | tuple[str, ...] | None], ...]:
+    """The table in the form flax's `logical_axis_rules` and `logical_to_mesh_*` take."""
+    return tuple((name, axes if axes is None or len(axes) > 1 else axes[0]) for name, axes in rules)
+
+
+def mesh_specs(logical_specs, rules: Rules):
+    """Tree of logical PartitionSpecs -> tree of mesh PartitionSpecs."""
+    return nn.logical_to_mesh(logical_specs, flax_rules(rules))
+
+
+def named_shardings(logical_specs, mesh: Mesh, rules: Rules):
+    """Tree of logical PartitionSpecs -> tree of NamedShardings on `mesh`."""
+    specs = mesh_specs(logical_specs, rules)
+    return jax.tree.map(
+        lambda spec: NamedSharding(mesh, spec), specs, is_leaf=lambda x: isinstance(x, PartitionSpec)
+    )

@@ -1,0 +1,1 @@
+"""Pre-training: optimizer, sharded train step, loop, checkpoints, metrics."""

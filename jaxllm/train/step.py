@@ -1,0 +1,138 @@
+"""The train step: one `jax.jit` with explicit shardings and donated state.
+
+Gradient accumulation runs inside the step as a `lax.scan` over microbatches. Each
+microbatch returns the *sum* of its token losses and its token count; gradients of the
+sums are added up and divided once by the global token count, so accumulating k
+microbatches of b rows is exactly one batch of k*b rows (not a mean of means).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from jaxllm.config import Config
+from jaxllm.model.api import cross_entropy
+from jaxllm.model.decoder import Decoder
+from jaxllm.parallel.mesh import BATCH_AXES, batch_sharding
+from jaxllm.parallel.rules import flax_rules, parse_rules
+from jaxllm.train.optimizer import lr_schedule
+from jaxllm.train.state import State, replicated, state_shardings
+
+Batch = dict[str, jax.Array]
+
+
+def _loss_sum(cfg: Config, params, batch: Batch, rng: jax.Array | None) -> tuple[jax.Array, jax.Array]:
+    """(sum of token losses, token count) of one (micro)batch."""
+    deterministic = rng is None
+    logits = Decoder(cfg.model).apply(
+        {"params": params},
+        batch["inputs"],
+        batch["positions"],
+        batch["segment_ids"],
+        deterministic,
+        rngs={} if deterministic else {"dropout": rng},
+    )
+    return cross_entropy(logits, batch["targets"], batch["target_mask"])
+
+
+def _tree_where(cond: jax.Array, a, b):
+    return jax.tree.map(lambda x, y: jnp.where(cond, x, y), a, b)
+
+
+def make_train_step(cfg: Config, mesh: Mesh, tx: optax.GradientTransformation) -> Callable[[State, Batch], Any]:
+    """Compiled `step(state, batch) -> (state, metrics)`; `state` is donated."""
+    M = cfg.train.microbatches
+    dropout = cfg.model.dropout > 0 or cfg.model.attention_dropout > 0
+    schedule = lr_schedule(cfg.optimizer)
+    rules = flax_rules(parse_rules(cfg.mesh.rules))
+
+    def step(state: State, batch: Batch):
+        params = state["params"]
+        rng = jax.random.fold_in(state["rng"], state["step"])
+        # Microbatch m takes rows m, m+M, m+2M, ...: every device holds a share of every
+        # microbatch, so the scan needs no communication and keeps all devices busy.
+        micro = jax.tree.map(lambda x: x.reshape(x.shape[0] // M, M, *x.shape[1:]).swapaxes(0, 1), batch)
+        micro = jax.lax.with_sharding_constraint(micro, PartitionSpec(None, BATCH_AXES))
+
+        def accumulate(carry, xs):
+            grad_sum, loss_sum, count = carry
+            mb, i = xs
+            mb_rng = jax.random.fold_in(rng, i) if dropout else None
+            (s, c), g = jax.value_and_grad(_loss_sum, argnums=1, has_aux=True)(cfg, params, mb, mb_rng)
+            return (jax.tree.map(jnp.add, grad_sum, g), loss_sum + s, count + c), None
+
+        zeros = jax.tree.map(jnp.zeros_like, params)
+        init = (zeros, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32))
+        (grad_sum, loss_sum, count), _ = jax.lax.scan(accumulate, init, (micro, jnp.arange(M)))
+        count = jnp.maximum(count, 1.0)
+        grads = jax.tree.map(lambda g: g / count, grad_sum)
+        loss = loss_sum / count
+        grad_norm = optax.tree.norm(grads)
+        updates, opt_state = tx.update(grads, state["opt_state"], params)
+        new_params = optax.apply_updates(params, updates)
+        # A NaN/inf loss or gradient never reaches the weights: the update is skipped, and
+        # the host stops the run or carries on per train.on_nonfinite.
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        new_state = {
+            "step": state["step"] + 1,
+            "params": _tree_where(finite, new_params, params),
+            "opt_state": _tree_where(finite, opt_state, state["opt_state"]),
+            "rng": state["rng"],
+        }
+        metrics = {
+            "loss": loss,
+            "grad_norm": grad_norm,
+            "lr": schedule(state["step"]),
+            "tokens": count,
+            "finite": finite,
+        }
+        return new_state, metrics
+
+    def traced(state: State, batch: Batch):
+        with nn.logical_axis_rules(rules):  # activations' logical names -> mesh axes
+            return step(state, batch)
+
+    shardings = state_shardings(cfg, mesh, tx)
+    jitted = jax.jit(
+        traced,
+        in_shardings=(shardings, batch_sharding(mesh)),
+        out_shardings=(shardings, replicated(mesh)),
+        donate_argnums=0,
+    )
+
+    def run(state: State, batch: Batch):
+        with jax.set_mesh(mesh):  # makes the logical constraints inside the model take effect
+            return jitted(state, batch)
+
+    return run
+
+
+def make_eval_step(cfg: Config, mesh: Mesh, tx: optax.GradientTransformation) -> Callable[[Any, Batch], Any]:
+    """Compiled `eval(params, batch) -> (loss_sum, count)` (deterministic, no dropout)."""
+    rules = flax_rules(parse_rules(cfg.mesh.rules))
+    param_shardings = state_shardings(cfg, mesh, tx)["params"]
+
+    def evaluate(params, batch: Batch):
+        with nn.logical_axis_rules(rules):
+            return _loss_sum(cfg, params, batch, None)
+
+    jitted = jax.jit(evaluate, in_shardings=(param_shardings, batch_sharding(mesh)), out_shardings=replicated(mesh))
+
+    def run(params, batch: Batch):
+        with jax.set_mesh(mesh):
+            return jitted(params, batch)
+
+    return run
+
+
+def shard_batch(batch: dict, mesh: Mesh) -> Batch:
+    """Place a host batch (this process's rows) as global arrays split over the batch axes."""
+    sharding: NamedSharding = batch_sharding(mesh)
+    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}

@@ -1,0 +1,237 @@
+"""The training loop behind `jaxllm train CONFIG [overrides]`.
+
+One loop for every mesh: build the mesh, place a fresh or restored state, then per step
+read this process's rows, run the jitted sharded step, and log. Metrics of step i are
+fetched to the host after step i+1 has been dispatched, so logging never stalls the
+device. Evaluation runs every `train.eval_every` steps, checkpoints every
+`train.checkpoint_every` (asynchronously), and SIGTERM / SIGINT (preemption, Ctrl-C)
+save a checkpoint before the process exits.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import signal
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+
+from jaxllm.config import Config, save_config, to_dict
+from jaxllm.data.errors import DataError
+from jaxllm.data.pipeline import make_dataset
+from jaxllm.data.prepare import load_manifest
+from jaxllm.model.summary import flops_per_token
+from jaxllm.parallel.mesh import make_mesh
+from jaxllm.train.checkpoint import Checkpointer
+from jaxllm.train.flops import peak_flops
+from jaxllm.train.metrics import MetricsWriter
+from jaxllm.train.optimizer import make_optimizer
+from jaxllm.train.state import abstract_state, init_state, state_shardings
+from jaxllm.train.step import make_eval_step, make_train_step, shard_batch
+
+
+class NonFiniteLoss(RuntimeError):
+    """The loss or gradient norm became NaN/inf (train.on_nonfinite=stop)."""
+
+
+@dataclasses.dataclass
+class TrainResult:
+    run_dir: Path
+    step: int
+    train_losses: dict[int, float]
+    val_losses: dict[int, float]
+    interrupted: int | None = None  # the signal number, if a signal ended the run
+    tokens_per_s: float = 0.0
+
+
+class _Signals:
+    """Turns SIGTERM/SIGINT into a flag the loop checks after each step."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _Signals:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: leave the handlers alone
+                pass
+        return self
+
+    def _handle(self, signum: int, frame) -> None:
+        self.received = signum
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _format_time(seconds: float) -> str:
+    seconds = int(seconds)
+    return (
+        f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+    )
+
+
+def check_vocab(cfg: Config) -> dict:
+    """The prepared dataset's manifest, after checking its tokenizer fits the model."""
+    manifest = load_manifest(cfg.data.path)
+    vocab = manifest["tokenizer"]["vocab_size"]
+    if vocab > cfg.model.vocab_size:
+        raise DataError(
+            f"model.vocab_size={cfg.model.vocab_size} is smaller than the dataset's tokenizer ({vocab} ids, "
+            f"{manifest['tokenizer']['path']}); set model.vocab_size={vocab} or more"
+        )
+    return manifest
+
+
+def evaluate(cfg: Config, eval_step, params, mesh) -> float | None:
+    """Mean token loss over `train.eval_batches` validation batches (None without a val split)."""
+    if not load_manifest(cfg.data.path)["splits"]["val"]["docs"]:
+        return None
+    try:
+        ds = make_dataset(cfg, "val", epochs=1)
+    except DataError:  # a validation split shorter than one batch row
+        return None
+    total = count = 0.0
+    for i, batch in enumerate(ds):
+        if i >= cfg.train.eval_batches:
+            break
+        s, c = jax.device_get(eval_step(params, shard_batch(batch, mesh)))
+        total, count = total + float(s), count + float(c)
+    return total / count if count else None
+
+
+def train(cfg: Config, log: Callable[[str], None] = print, stop_after: int | None = None) -> TrainResult:
+    """Train (or resume) the run in `cfg.train.out_dir`; `stop_after` ends early (tests)."""
+    t = cfg.train
+    run_dir = Path(t.out_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir / "config.yaml")
+    check_vocab(cfg)
+
+    mesh = make_mesh(cfg.mesh)
+    tx = make_optimizer(cfg.optimizer)
+    shardings = state_shardings(cfg, mesh, tx)
+    ckpt = Checkpointer(run_dir / "checkpoints", keep=t.keep_checkpoints, keep_every=t.keep_every)
+    data_iter = iter(make_dataset(cfg, "train"))
+    restored = ckpt.restore_latest(abstract_state(cfg, tx, shardings), log=log)
+    if restored is not None:
+        step0, state, data_state, _ = restored
+        data_iter.set_state(data_state)
+        log(f"resumed from {ckpt.directory}/{step0} (step {step0})")
+    else:
+        state = init_state(cfg, mesh, tx)
+        step0 = 0
+    n_params = sum(x.size for x in jax.tree.leaves(state["params"]))
+    log(f"run {run_dir}: {n_params:,} params on mesh {dict(mesh.shape)} ({mesh.devices.size} devices, "
+        f"{jax.devices()[0].device_kind}); {t.steps} steps of {t.batch_size} x {cfg.data.seq_len} tokens")  # fmt: skip
+
+    train_step = make_train_step(cfg, mesh, tx)
+    eval_step = make_eval_step(cfg, mesh, tx)
+    flops_token = flops_per_token(cfg, cfg.data.seq_len)
+    peak = peak_flops(jax.devices()[0])
+    peak_total = peak * mesh.devices.size if peak else None
+    writer = MetricsWriter(run_dir, tensorboard=t.tensorboard)
+    result = TrainResult(run_dir, step0, {}, {})
+    last_step = min(t.steps, stop_after) if stop_after is not None else t.steps
+
+    window_tokens, window_start = 0.0, time.perf_counter()
+    run_start = time.perf_counter()
+    pending: tuple[int, Any] | None = None
+
+    def finish(step: int, metrics: Any) -> None:
+        """Host side of a finished step: fetch its metrics (one step late), log, check."""
+        nonlocal window_tokens, window_start
+        m = jax.device_get(metrics)
+        loss, tokens = float(m["loss"]), float(m["tokens"])
+        window_tokens += tokens
+        result.train_losses[step] = loss
+        if not bool(m["finite"]):
+            if t.on_nonfinite == "stop":
+                raise NonFiniteLoss(
+                    f"non-finite loss ({loss}) or gradient norm ({float(m['grad_norm'])}) at step {step}; the update "
+                    "was not applied. Lower optimizer.lr, check the data, or set train.on_nonfinite=skip"
+                )
+            log(f"warning: non-finite loss/gradient at step {step}; update skipped")
+        if step % t.log_every == 0 or step == last_step:
+            now = time.perf_counter()
+            dt = max(now - window_start, 1e-9)
+            steps_in_window = t.log_every if step % t.log_every == 0 else (step % t.log_every or 1)
+            tok_s = window_tokens / dt
+            values = {"loss": loss, "lr": float(m["lr"]), "grad_norm": float(m["grad_norm"]),
+                      "tokens_per_s": tok_s, "step_time_s": dt / steps_in_window}  # fmt: skip
+            if peak_total:
+                values["mfu"] = tok_s * flops_token / peak_total
+            writer.write(step, "train", values)
+            result.tokens_per_s = tok_s
+            done = step - step0
+            eta = (time.perf_counter() - run_start) / max(done, 1) * (last_step - step)
+            frac = step / last_step
+            bar = "#" * int(20 * frac) + "-" * (20 - int(20 * frac))
+            mfu = f" | MFU {values['mfu']:.1%}" if "mfu" in values else ""
+            log(f"[{bar}] step {step}/{last_step} | loss {loss:.4f} | lr {values['lr']:.2e} | "
+                f"gnorm {values['grad_norm']:.2f} | {tok_s:,.0f} tok/s | {values['step_time_s'] * 1e3:.0f} ms/step"
+                f"{mfu} | ETA {_format_time(eta)}")  # fmt: skip
+            window_tokens, window_start = 0.0, time.perf_counter()
+
+    def save(step: int, force: bool = False) -> None:
+        ckpt.save(step, state, data_iter.get_state(), to_dict(cfg), force=force)
+
+    with _Signals() as signals:
+        step = step0
+        try:
+            while step < last_step:
+                batch = shard_batch(next(data_iter), mesh)
+                state, metrics = train_step(state, batch)
+                step += 1
+                if pending is not None:
+                    finish(*pending)
+                pending = (step, metrics)
+                if step % t.eval_every == 0 or step == last_step:
+                    finish(*pending)
+                    pending = None
+                    val = evaluate(cfg, eval_step, state["params"], mesh)
+                    if val is not None:
+                        result.val_losses[step] = val
+                        writer.write(step, "val", {"loss": val, "perplexity": math.exp(min(val, 50.0))})
+                        log(f"step {step}: val loss {val:.4f} (perplexity {math.exp(min(val, 50.0)):.2f})")
+                if step % t.checkpoint_every == 0 or step == last_step:
+                    save(step)
+                if signals.received is not None:
+                    if pending is not None:
+                        finish(*pending)
+                        pending = None
+                    save(step, force=True)
+                    result.interrupted = signals.received
+                    log(f"received signal {signals.received} at step {step}: checkpoint saved, stopping")
+                    break
+            if pending is not None:
+                finish(*pending)
+        finally:
+            ckpt.wait()
+            writer.close()
+    result.step = step
+    ckpt.close()
+    if result.interrupted is None:
+        log(f"done: step {step} in {_format_time(time.perf_counter() - run_start)}; "
+            f"checkpoints in {ckpt.directory}, metrics in {run_dir / 'metrics.jsonl'}")  # fmt: skip
+    return result
+
+
+def train_main(cfg: Config) -> int:
+    """CLI wrapper: exit code 128 + signal when a signal stopped the run."""
+    result = train(cfg)
+    if result.interrupted is not None:
+        sys.stdout.flush()
+        return 128 + result.interrupted
+    return 0
+
+
+__all__ = ["NonFiniteLoss", "TrainResult", "evaluate", "train", "train_main"]
