@@ -54,9 +54,13 @@ def synthetic_batch(B=8, T=32, seed=0):
     seg = np.ones((B, T), np.int32)
     seg[:, T // 2 :] = 2  # two packed documents per row
     pos = np.concatenate([np.arange(T // 2), np.arange(T - T // 2)]).astype(np.int32)
-    return {"inputs": rng.integers(0, 256, (B, T), dtype=np.int32), "targets": rng.integers(0, 256, (B, T), dtype=np.int32),
-            "segment_ids": seg, "positions": np.tile(pos, (B, 1)),
-            "target_mask": (rng.random((B, T)) < 0.8).astype(np.int32)}  # fmt: skip
+    return {
+        "inputs": rng.integers(0, 256, (B, T), dtype=np.int32),
+        "targets": rng.integers(0, 256, (B, T), dtype=np.int32),
+        "segment_ids": seg,
+        "positions": np.tile(pos, (B, 1)),
+        "target_mask": (rng.random((B, T)) < 0.8).astype(np.int32),
+    }
 
 
 def three_steps(cfg, devices=None):
@@ -124,12 +128,12 @@ def test_sigterm_then_resume_reproduces_the_uninterrupted_run(data_dir, tmp_path
     assert sorted(straight.train_losses) == list(range(1, 21))
 
     run = tmp_path / "stopped"
-    overrides = [*TINY_MODEL, f"data.path={data_dir}", f"train.out_dir={run}", "train.batch_size=8", "train.log_every=1",
-                 "train.eval_every=1000", "train.eval_batches=2", "optimizer.warmup_steps=2", "train.tensorboard=false",
-                 *args]  # fmt: skip
+    overrides = [*TINY_MODEL, f"data.path={data_dir}", f"train.out_dir={run}", "train.batch_size=8",
+                 "train.log_every=1", "train.eval_every=1000", "train.eval_batches=2", "optimizer.warmup_steps=2",
+                 "train.tensorboard=false", *args]  # fmt: skip
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    child = subprocess.Popen([sys.executable, "-m", "jaxllm.cli", "train", "shakespeare-char", *overrides],
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO)  # fmt: skip
+    command = [sys.executable, "-m", "jaxllm.cli", "train", "shakespeare-char", *overrides]
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO)
     for line in child.stdout:
         if "step 10/20" in line:
             child.send_signal(signal.SIGTERM)
@@ -167,8 +171,9 @@ def test_checkpoint_restores_onto_a_different_mesh(data_dir, tmp_path):
     # ...and the resumed 8x1 run continues where the 4x2 run stopped, matching a straight 8x1 run.
     resumed = train(second, **QUIET)
     straight = train(config(data_dir, tmp_path / "straight", "train.steps=6", "mesh.data=8"), **QUIET)
-    np.testing.assert_allclose([resumed.train_losses[s] for s in (4, 5, 6)], [straight.train_losses[s] for s in (4, 5, 6)],
-                               rtol=1e-5)  # fmt: skip
+    after = (4, 5, 6)
+    resumed_losses = [resumed.train_losses[s] for s in after]
+    np.testing.assert_allclose(resumed_losses, [straight.train_losses[s] for s in after], rtol=1e-5)
 
 
 def test_truncated_latest_checkpoint_falls_back_to_the_previous_one(data_dir, tmp_path):

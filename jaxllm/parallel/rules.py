@@ -53,7 +53,8 @@ def parse_rules(changes: tuple[str, ...] | list[str]) -> Rules:
         name = name.strip()
         if not sep or name not in LOGICAL_AXES:
             raise ConfigError(
-                f"mesh.rules entry {entry!r} must be 'logical=axis[+axis]' with logical one of {', '.join(LOGICAL_AXES)}"
+                f"mesh.rules entry {entry!r} must be 'logical=axis[+axis]' "
+                f"with logical one of {', '.join(LOGICAL_AXES)}"
             )
         parts = tuple(a.strip() for a in axes.split("+") if a.strip())
         bad = [a for a in parts if a not in MESH_AXES]
