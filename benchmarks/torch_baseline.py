@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -109,12 +109,15 @@ def train_torch_gpt(
     val_batches: Sequence[tuple[np.ndarray, np.ndarray]] = (),
     eval_every: int = 0,
     threads: int | None = None,
+    initial_state: Mapping[str, np.ndarray] | None = None,
     log: Callable[[str], None] = print,
 ) -> dict:
     """Train `gpt2_model(**model_kwargs)` for `steps` steps, one batch from `batches` per step.
 
     Validation runs after every `eval_every` steps (0: never in between) and once at the
-    end, if `val_batches` is non-empty. `threads`, when given, sets torch's intra-op
+    end, if `val_batches` is non-empty. `initial_state` (a state dict of numpy arrays, e.g.
+    jaxllm's initial parameters mapped with jaxllm.convert.to_torch) replaces torch's own
+    initialization, so two frameworks can start from identical weights. `threads`, when given, sets torch's intra-op
     thread count for this call only (restored afterwards, since the JAX side shares the
     process).
 
@@ -142,6 +145,8 @@ def train_torch_gpt(
     try:
         torch.manual_seed(seed)
         model = gpt2_model(**model_kwargs)
+        if initial_state is not None:
+            model.load_state_dict({k: torch.tensor(np.asarray(v, np.float32)) for k, v in initial_state.items()})
         model.train()
         optimizer = _adamw(model, lr, beta1, beta2, weight_decay)
         n_params = sum(p.numel() for p in model.parameters())  # parameters() drops tied duplicates

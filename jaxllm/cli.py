@@ -19,7 +19,11 @@ def _config_args(p: argparse.ArgumentParser) -> None:
 
 
 def _config_show(args: argparse.Namespace) -> None:
-    print(to_yaml(load_config(args.config, args.overrides)), end="")
+    cfg = load_config(args.config, args.overrides)
+    print(to_yaml(cfg), end="")
+    from jaxllm.parallel.rules import sharding_table  # imports jax; after the YAML so errors come first
+
+    print(sharding_table(cfg))
 
 
 def _model_summary(args: argparse.Namespace) -> None:
@@ -63,6 +67,26 @@ def _train(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     ensure_data(cfg)
     return train_main(cfg)
+
+
+def _quickstart(args: argparse.Namespace) -> None:
+    from jaxllm.quickstart import quickstart
+
+    quickstart(args.out, args.steps, args.from_dir)
+
+
+def _sample(args: argparse.Namespace) -> None:
+    from jaxllm.data.prepare import load_manifest
+    from jaxllm.data.tokenizer import load_tokenizer
+    from jaxllm.generate import sample
+    from jaxllm.train.load import load_run
+
+    cfg, params, step = load_run(args.run_dir)
+    tokenizer = load_tokenizer(load_manifest(cfg.data.path)["tokenizer"]["path"])
+    prompt = tokenizer.encode(args.prompt).tolist()
+    ids = sample(cfg, params, prompt, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                 seed=args.seed, stop_id=tokenizer.eos_id, vocab_limit=tokenizer.vocab_size)  # fmt: skip
+    print(args.prompt + tokenizer.decode(ids))
 
 
 def _plot(args: argparse.Namespace) -> None:
@@ -120,6 +144,19 @@ def build_parser() -> argparse.ArgumentParser:
     train = verbs.add_parser("train", help="train (or resume) a model; prepares missing data first")
     _config_args(train)
     train.set_defaults(func=_train)
+    quick = verbs.add_parser("quickstart", help="fetch, tokenize, prepare, train and sample tiny Shakespeare")
+    quick.add_argument("--out", default="runs/quickstart", help="where everything goes")
+    quick.add_argument("--steps", type=int, default=None, help="train steps (default: the recipe's 2000)")
+    quick.add_argument("--from", dest="from_dir", default=None, help="a local folder holding tinyshakespeare.txt")
+    quick.set_defaults(func=_quickstart)
+    smp = verbs.add_parser("sample", help="continue a prompt with a trained run's newest checkpoint")
+    smp.add_argument("run_dir")
+    smp.add_argument("--prompt", default="\n")
+    smp.add_argument("--max-new-tokens", type=int, default=300)
+    smp.add_argument("--temperature", type=float, default=0.8)
+    smp.add_argument("--top-k", type=int, default=40)
+    smp.add_argument("--seed", type=int, default=0)
+    smp.set_defaults(func=_sample)
     plot = verbs.add_parser("plot", help="PNG of a run's train/val loss and throughput")
     plot.add_argument("run_dir")
     plot.add_argument("--out", default=None, help="output PNG (default RUN_DIR/metrics.png)")

@@ -54,7 +54,7 @@ def prepared(tmp_path_factory):
     cfg = jaxllm.load_config(
         "shakespeare-char",
         [f"data.inputs=[{root}/raw/*.txt, {root}/raw/*.jsonl, {root}/raw/missing.txt]", f"data.path={root}/out",
-         "data.val_fraction=0.2", "data.shard_tokens=8000"],
+         "data.val_fraction=0.2", "data.shard_tokens=8000", "data.split=document"],
     )  # fmt: skip
     prepare(cfg, **QUIET)
     return cfg, good, load_manifest(cfg.data.path)
@@ -97,11 +97,13 @@ def test_split_is_deterministic_from_the_seed(prepared, tmp_path):
         s["sha256"] for s in load_manifest(manifest_cfg.data.path)["splits"]["val"]["shards"]
     }
     again = jaxllm.load_config("shakespeare-char", [f"data.inputs={list(cfg.data.inputs)}", f"data.path={tmp_path}/a",
-                                                   "data.val_fraction=0.2", "data.shard_tokens=8000"])  # fmt: skip
+                                                   "data.val_fraction=0.2", "data.shard_tokens=8000",
+                                                   "data.split=document"])  # fmt: skip
     prepare(again, **QUIET)
     assert val_of(again) == val_of(cfg)  # same seed: byte-identical validation shards
     other = jaxllm.load_config("shakespeare-char", [f"data.inputs={list(cfg.data.inputs)}", f"data.path={tmp_path}/b",
-                                                   "data.val_fraction=0.2", "data.seed=7"])  # fmt: skip
+                                                   "data.val_fraction=0.2", "data.seed=7",
+                                                   "data.split=document"])  # fmt: skip
     prepare(other, **QUIET)
     assert load_manifest(other.data.path)["splits"]["val"]["docs"] != 0
     assert val_of(other) != val_of(cfg)
@@ -126,6 +128,19 @@ def test_a_crash_leaves_the_previous_dataset_intact(prepared, tmp_path, monkeypa
     assert (out / "manifest.json").read_text() == before
     assert DocumentStore(out, "train", verify=True).lengths.sum() > 1_000_000  # old shards all there
     assert sorted(os.listdir(tmp_path)) == ["ds"]  # no temporary left behind
+
+
+def test_tail_split_holds_out_the_end_of_every_document(tmp_path):
+    cfg = jaxllm.load_config("shakespeare-char", [f"data.inputs=[{TINY}]", f"data.path={tmp_path}/t", "data.split=tail",
+                                                 "data.val_fraction=0.1"])  # fmt: skip
+    prepare(cfg, **QUIET)
+    text = clean_text(TINY.read_text(encoding="utf-8"))
+    cut = round(len(text) * 0.9)
+    for split, expected in (("train", text[:cut]), ("val", text[cut:])):
+        store = DocumentStore(cfg.data.path, split)
+        assert (
+            len(store) == 1 and bytes(store.tokens(0, 0, int(store.lengths[0])).astype(np.uint8)).decode() == expected
+        )
 
 
 def test_bad_inputs_are_clear_errors(tmp_path):

@@ -47,7 +47,7 @@ def test_complete_works_prepared_and_every_file_round_trips(works_bpe, tmp_path)
     cfg = jaxllm.load_config(
         "shakespeare-char",
         [f"tokenizer.path={works_bpe.path}", f"data.inputs=[{WORKS[0].parent}/*.txt]", f"data.path={tmp_path}/works",
-         "data.val_fraction=0.1", "model.vocab_size=4000"],
+         "data.val_fraction=0.1", "data.split=document", "model.vocab_size=4000"],
     )  # fmt: skip
     prepare(cfg, log=lambda _: None)
     decoded = set()

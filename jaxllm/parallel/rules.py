@@ -64,6 +64,24 @@ def parse_rules(changes: tuple[str, ...] | list[str]) -> Rules:
     return tuple(table.items())
 
 
+def sharding_table(cfg) -> str:
+    """Every parameter's shape, logical names and mesh PartitionSpec, as YAML comment lines
+    (so `jaxllm config show` output still loads back as the same config)."""
+    from jaxllm.model.api import param_logical_axes, param_shapes
+
+    rules = parse_rules(cfg.mesh.rules)
+    logical = param_logical_axes(cfg)
+    mesh = mesh_specs(logical, rules)
+    is_spec = lambda x: isinstance(x, PartitionSpec)  # noqa: E731
+    flat_logical = dict(jax.tree_util.tree_leaves_with_path(logical, is_leaf=is_spec))
+    flat_mesh = dict(jax.tree_util.tree_leaves_with_path(mesh, is_leaf=is_spec))
+    lines = [f"# parameter shardings (mesh.rules: {list(cfg.mesh.rules) or 'defaults'}):"]
+    for path, leaf in jax.tree_util.tree_leaves_with_path(param_shapes(cfg)):
+        name = ".".join(str(p.key) for p in path)
+        lines.append(f"#   {name:<34} {str(leaf.shape):<22} {str(tuple(flat_logical[path])):<42} -> {flat_mesh[path]}")
+    return "\n".join(lines)
+
+
 def flax_rules(rules: Rules) -> tuple[tuple[str, str | tuple[str, ...] | None], ...]:
     """The table in the form flax's `logical_axis_rules` and `logical_to_mesh_*` take."""
     return tuple((name, axes if axes is None or len(axes) > 1 else axes[0]) for name, axes in rules)

@@ -21,7 +21,7 @@ from typing import Any
 
 import jax
 
-from jaxllm.config import Config, save_config, to_dict
+from jaxllm.config import Config, ConfigError, save_config, to_dict
 from jaxllm.data.errors import DataError
 from jaxllm.data.pipeline import make_dataset
 from jaxllm.data.prepare import load_manifest
@@ -91,6 +91,18 @@ def check_vocab(cfg: Config) -> dict:
     return manifest
 
 
+def check_batch(cfg: Config, mesh) -> None:
+    """Each microbatch must split evenly over the data-parallel devices (data x fsdp)."""
+    shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    per_micro = cfg.train.batch_size // cfg.train.microbatches
+    if per_micro % shards:
+        raise ConfigError(
+            f"train.batch_size={cfg.train.batch_size} / train.microbatches={cfg.train.microbatches} = {per_micro} rows "
+            f"do not split over mesh data x fsdp = {shards} devices; use a batch size that is a multiple of "
+            f"{shards * cfg.train.microbatches}"
+        )
+
+
 def evaluate(cfg: Config, eval_step, params, mesh) -> float | None:
     """Mean token loss over `train.eval_batches` validation batches (None without a val split)."""
     if not load_manifest(cfg.data.path)["splits"]["val"]["docs"]:
@@ -117,6 +129,7 @@ def train(cfg: Config, log: Callable[[str], None] = print, stop_after: int | Non
     check_vocab(cfg)
 
     mesh = make_mesh(cfg.mesh)
+    check_batch(cfg, mesh)
     tx = make_optimizer(cfg.optimizer)
     shardings = state_shardings(cfg, mesh, tx)
     ckpt = Checkpointer(run_dir / "checkpoints", keep=t.keep_checkpoints, keep_every=t.keep_every)

@@ -1,0 +1,29 @@
+"""Load the parameters of a trained run (its newest readable checkpoint) for inference."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from jaxllm.config import Config, load_config
+from jaxllm.data.errors import DataError
+from jaxllm.parallel.mesh import make_mesh
+from jaxllm.train.checkpoint import Checkpointer
+from jaxllm.train.optimizer import make_optimizer
+from jaxllm.train.state import abstract_state, state_shardings
+
+
+def load_run(run_dir: str | os.PathLike[str]) -> tuple[Config, dict, int]:
+    """(config, params, step) of a run directory written by `jaxllm train`."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise DataError(f"{run_dir} is not a run directory (no config.yaml); give the train.out_dir of a run")
+    cfg = load_config(run_dir / "config.yaml")
+    mesh = make_mesh(cfg.mesh)
+    tx = make_optimizer(cfg.optimizer)
+    abstract = abstract_state(cfg, tx, state_shardings(cfg, mesh, tx))
+    restored = Checkpointer(run_dir / "checkpoints").restore_latest(abstract)
+    if restored is None:
+        raise DataError(f"{run_dir} has no readable checkpoint yet")
+    step, state, _, _ = restored
+    return cfg, state["params"], step
