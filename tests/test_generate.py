@@ -18,9 +18,10 @@ def test_greedy_follows_the_forward_pass_past_the_window():
     prompt = [3, 7, 1]
     out = sample(CFG, params, prompt, 10, temperature=0.0)  # runs past max_seq_len=8: the window slides
     ids = list(prompt)
+    forward = jax.jit(jaxllm.forward, static_argnums=0)
     for token in out:
         window = jnp.asarray([ids[-CFG.max_seq_len :]])
-        assert token == int(jnp.argmax(jaxllm.forward(CFG, params, window)[0, -1]))
+        assert token == int(jnp.argmax(forward(CFG, params, window)[0, -1]))
         ids.append(token)
 
 
