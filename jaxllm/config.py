@@ -210,11 +210,19 @@ class TrainConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class PipelineConfig:
+    """The pipeline schedule used when mesh.pipeline > 1 (jaxllm/parallel/pipeline.py)."""
+
+    repeats: int = 1  # 1: GPipe; R > 1: circular, each stage holds R non-adjacent layer chunks
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     """The whole run."""
 
     model: ModelConfig = ModelConfig()
     mesh: MeshConfig = MeshConfig()
+    pipeline: PipelineConfig = PipelineConfig()
     tokenizer: TokenizerConfig = TokenizerConfig()
     data: DataConfig = DataConfig()
     optimizer: OptimizerConfig = OptimizerConfig()
@@ -482,10 +490,24 @@ def validate(cfg: Config) -> None:
                 f"model.{name}={value} is not divisible by mesh.tensor={mesh.tensor}; "
                 "tensor parallelism splits it evenly, so pick mesh.tensor dividing it",
             )
+    R = cfg.pipeline.repeats
+    _need(R >= 1, f"pipeline.repeats={R} must be >= 1 (1 = GPipe, more = circular schedule)")
     if mesh.pipeline > 1:
+        S, M = mesh.pipeline, cfg.train.microbatches
         _need(
-            m.num_layers % mesh.pipeline == 0,
-            f"model.num_layers={m.num_layers} is not divisible by mesh.pipeline={mesh.pipeline}",
+            m.num_layers % (S * R) == 0,
+            f"model.num_layers={m.num_layers} is not divisible by mesh.pipeline x pipeline.repeats = {S} x {R}; "
+            "every stage needs the same number of layers per lap",
+        )
+        _need(
+            M % S == 0,
+            f"train.microbatches={M} is not divisible by mesh.pipeline={S}; the schedule needs M = k x S "
+            f"microbatches (e.g. train.microbatches={2 * S})",
+        )
+        _need(
+            m.dropout == 0 and m.attention_dropout == 0,
+            f"model.dropout={m.dropout} / attention_dropout={m.attention_dropout}: dropout inside the pipeline "
+            "schedule is not supported yet; set them to 0 with mesh.pipeline > 1",
         )
 
     tok = cfg.tokenizer

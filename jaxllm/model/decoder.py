@@ -69,6 +69,9 @@ class Decoder(nn.Module):
     """A decoder-only language model; every architectural choice comes from config."""
 
     config: ModelConfig
+    # (stages, repeats, microbatches) to run the stack through the pipeline schedule
+    # (jaxllm/parallel/pipeline.py); None runs the plain scan. Same parameters either way.
+    pipeline: tuple[int, int, int] | None = None
 
     @nn.compact
     def __call__(
@@ -112,7 +115,15 @@ class Decoder(nn.Module):
         x = nn.Dropout(cfg.dropout, deterministic=deterministic)(x)
         x = constrain(x, BATCH_LENGTH_EMBED)
 
-        x, _ = block_stack(cfg, deterministic)(x, positions, segment_ids)
+        if self.pipeline is not None and not self.is_initializing():
+            from jaxllm.parallel.pipeline import PipelinedBlocks
+
+            stages, repeats, microbatches = self.pipeline
+            x = PipelinedBlocks(cfg, stages, repeats, microbatches, deterministic, name="blocks")(
+                x, positions, segment_ids
+            )
+        else:
+            x, _ = block_stack(cfg, deterministic)(x, positions, segment_ids)
 
         if cfg.final_norm:
             x = norm(cfg, "ln_f")(x)

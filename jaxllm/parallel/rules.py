@@ -10,7 +10,8 @@ One table decides the whole layout (DESIGN.md §4). With the default below:
 | kv_heads | tensor         | ... and their K/V heads |
 | mlp      | tensor         | Megatron: the MLP hidden dimension split over `tensor` |
 | vocab    | tensor         | embedding rows and the logits' vocabulary split over `tensor` |
-| layers   | (replicated)   | the scanned layer axis; the pipeline schedule (its own issue) maps it to `pipeline` |
+| layers   | pipeline       | the scanned [L, ...] axis: with S stages each device stores L/S layers |
+| stage    | pipeline       | the pipeline schedule's stage axis (jaxllm/parallel/pipeline.py) |
 | length, head_dim | (replicated) | |
 
 Rules are applied in order and a mesh axis is used at most once per array (flax's
@@ -29,7 +30,7 @@ from jaxllm.config import ConfigError
 
 Rules = tuple[tuple[str, tuple[str, ...] | None], ...]
 
-LOGICAL_AXES = ("batch", "length", "embed", "heads", "kv_heads", "head_dim", "mlp", "vocab", "layers")
+LOGICAL_AXES = ("batch", "length", "embed", "heads", "kv_heads", "head_dim", "mlp", "vocab", "layers", "stage")
 MESH_AXES = ("data", "fsdp", "tensor", "pipeline")
 
 DEFAULT_RULES: Rules = (
@@ -41,7 +42,8 @@ DEFAULT_RULES: Rules = (
     ("head_dim", None),
     ("mlp", ("tensor",)),
     ("vocab", ("tensor",)),
-    ("layers", None),
+    ("layers", ("pipeline",)),
+    ("stage", ("pipeline",)),
 )
 
 

@@ -28,10 +28,13 @@ from jaxllm.train.state import State, replicated, state_shardings
 Batch = dict[str, jax.Array]
 
 
-def _loss_sum(cfg: Config, params, batch: Batch, rng: jax.Array | None) -> tuple[jax.Array, jax.Array]:
-    """(sum of token losses, token count) of one (micro)batch."""
+def _loss_sum(
+    cfg: Config, params, batch: Batch, rng: jax.Array | None, pipeline: tuple[int, int, int] | None = None
+) -> tuple[jax.Array, jax.Array]:
+    """(sum of token losses, token count) of one (micro)batch, or of the whole batch when
+    `pipeline` = (stages, repeats, microbatches) runs the microbatches through the schedule."""
     deterministic = rng is None
-    logits = Decoder(cfg.model).apply(
+    logits = Decoder(cfg.model, pipeline=pipeline).apply(
         {"params": params},
         batch["inputs"],
         batch["positions"],
@@ -46,9 +49,18 @@ def _tree_where(cond: jax.Array, a, b):
     return jax.tree.map(lambda x, y: jnp.where(cond, x, y), a, b)
 
 
+def pipeline_spec(cfg: Config, mesh: Mesh) -> tuple[int, int, int] | None:
+    """(stages, repeats, microbatches) when the mesh has a pipeline axis > 1, else None."""
+    stages = mesh.shape["pipeline"]
+    return (stages, cfg.pipeline.repeats, cfg.train.microbatches) if stages > 1 else None
+
+
 def make_train_step(cfg: Config, mesh: Mesh, tx: optax.GradientTransformation) -> Callable[[State, Batch], Any]:
     """Compiled `step(state, batch) -> (state, metrics)`; `state` is donated."""
     M = cfg.train.microbatches
+    pipeline = pipeline_spec(cfg, mesh)
+    if pipeline is not None:
+        M = 1  # the microbatches flow through the pipeline schedule instead of the accumulation scan
     dropout = cfg.model.dropout > 0 or cfg.model.attention_dropout > 0
     schedule = lr_schedule(cfg.optimizer)
     rules = flax_rules(parse_rules(cfg.mesh.rules))
@@ -65,7 +77,7 @@ def make_train_step(cfg: Config, mesh: Mesh, tx: optax.GradientTransformation) -
             grad_sum, loss_sum, count = carry
             mb, i = xs
             mb_rng = jax.random.fold_in(rng, i) if dropout else None
-            (s, c), g = jax.value_and_grad(_loss_sum, argnums=1, has_aux=True)(cfg, params, mb, mb_rng)
+            (s, c), g = jax.value_and_grad(_loss_sum, argnums=1, has_aux=True)(cfg, params, mb, mb_rng, pipeline)
             return (jax.tree.map(jnp.add, grad_sum, g), loss_sum + s, count + c), None
 
         zeros = jax.tree.map(jnp.zeros_like, params)
@@ -119,9 +131,11 @@ def make_eval_step(cfg: Config, mesh: Mesh, tx: optax.GradientTransformation) ->
     rules = flax_rules(parse_rules(cfg.mesh.rules))
     param_shardings = state_shardings(cfg, mesh, tx)["params"]
 
+    pipeline = pipeline_spec(cfg, mesh)
+
     def evaluate(params, batch: Batch):
         with nn.logical_axis_rules(rules):
-            return _loss_sum(cfg, params, batch, None)
+            return _loss_sum(cfg, params, batch, None, pipeline)
 
     jitted = jax.jit(evaluate, in_shardings=(param_shardings, batch_sharding(mesh)), out_shardings=replicated(mesh))
 

@@ -27,6 +27,7 @@ from jaxllm.data.pipeline import make_dataset
 from jaxllm.data.prepare import load_manifest
 from jaxllm.model.summary import flops_per_token
 from jaxllm.parallel.mesh import make_mesh
+from jaxllm.parallel.pipeline import bubble_fraction
 from jaxllm.train.checkpoint import Checkpointer
 from jaxllm.train.flops import peak_flops
 from jaxllm.train.metrics import MetricsWriter
@@ -146,6 +147,9 @@ def train(cfg: Config, log: Callable[[str], None] = print, stop_after: int | Non
     log(f"run {run_dir}: {n_params:,} params on mesh {dict(mesh.shape)} ({mesh.devices.size} devices, "
         f"{jax.devices()[0].device_kind}); {t.steps} steps of {t.batch_size} x {cfg.data.seq_len} tokens")  # fmt: skip
 
+    if mesh.shape["pipeline"] > 1:
+        S, R, M = mesh.shape["pipeline"], cfg.pipeline.repeats, t.microbatches
+        log(f"pipeline: {S} stages x {R} repeats, {M} microbatches: bubble {bubble_fraction(S, M, R):.1%}")
     train_step = make_train_step(cfg, mesh, tx)
     eval_step = make_eval_step(cfg, mesh, tx)
     flops_token = flops_per_token(cfg, cfg.data.seq_len)

@@ -1,0 +1,131 @@
+"""Pipeline parallelism as a schedule over the scanned layer stack (DESIGN.md §5).
+
+The block parameters are stored as [L, ...] (the on-disk layout, whatever the mesh).
+With S = mesh.pipeline stages and R = pipeline.repeats, they are viewed as
+[R, S, L/(S*R), ...]: layer chunk c = r*S + s (layers c*Lc .. (c+1)*Lc - 1) runs on
+stage s. R = 1 is GPipe; R > 1 is the circular (interleaved) schedule, where each
+microbatch goes round the S stages R times.
+
+The batch is split into M microbatches (rows m, m+M, ..., as in gradient accumulation).
+A buffer `buf` (S, b, T, E) holds each stage's input. Each iteration t:
+  1. stage 0 takes microbatch t (first lap) or the finished lap of microbatch t mod M;
+  2. every stage runs its chunk at once (`vmap` over the stage axis, which is sharded
+     over `pipeline`, so each device runs only its own stage);
+  3. stage S-1's output is parked in `laps` (M, b, T, E) for its next lap / the end;
+  4. the outputs shift one stage down: `roll` along the pipeline-sharded stage axis,
+     which XLA lowers to a collective-permute between neighbouring devices.
+Stage s works on microbatch t - s; R*M + S - 1 iterations cover every (microbatch, lap,
+stage); the idle (bubble) share is (S-1) / (R*M + S - 1). Iterations where a stage has
+no microbatch compute on stale data whose results are never used, so they add nothing
+to the loss or the gradients. Backward is autodiff through the `lax.scan`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxllm.config import ModelConfig
+
+
+def bubble_fraction(stages: int, microbatches: int, repeats: int = 1) -> float:
+    """Share of stage-iterations that are idle in the schedule."""
+    return (stages - 1) / (repeats * microbatches + stages - 1)
+
+
+def chunked(blocks, stages: int, repeats: int):
+    """[L, ...] leaves -> [R, S, L/(S*R), ...]: chunk (r, s) holds layers (r*S + s)*Lc + j."""
+    return jax.tree.map(lambda p: p.reshape(repeats, stages, p.shape[0] // (stages * repeats), *p.shape[1:]), blocks)
+
+
+def shift_stages(y: jax.Array) -> jax.Array:
+    """Stage s's output becomes stage s+1's input (a collective-permute over `pipeline`)."""
+    return jnp.roll(y, 1, axis=0)
+
+
+def pipeline_stack(
+    run_chunk: Callable[[object, jax.Array, jax.Array, jax.Array | None], jax.Array],
+    blocks,
+    x: jax.Array,
+    positions: jax.Array,
+    segment_ids: jax.Array | None,
+    *,
+    stages: int,
+    repeats: int,
+    microbatches: int,
+) -> jax.Array:
+    """Apply the layer stack to x (B, T, E) through the pipeline schedule.
+
+    run_chunk(chunk_params, x, positions, segment_ids) applies one chunk of layers
+    (leaves [Lc, ...]) to one microbatch.
+    """
+    S, R, M = stages, repeats, microbatches
+    B = x.shape[0]
+    b = B // M
+    split = lambda a: a.reshape(b, M, *a.shape[1:]).swapaxes(0, 1)  # noqa: E731  (M, b, ...)
+    xs, pos = split(x), split(positions)
+    seg = split(segment_ids) if segment_ids is not None else None
+    weights = chunked(blocks, S, R)
+    stage = jnp.arange(S)
+    weights = jax.tree.map(lambda w: nn.with_logical_constraint(w, (None, "stage") + (None,) * (w.ndim - 2)), weights)
+    stage_constraint = ("stage", "batch", "length", "embed")
+
+    def step(carry, t):
+        buf, laps = carry
+        m0 = t % M
+        buf = buf.at[0].set(jnp.where(t < M, xs[m0], laps[m0]))  # stage 0: a new microbatch or its next lap
+        buf = nn.with_logical_constraint(buf, stage_constraint)
+        rel = t - stage  # (S,) microbatch-lap position of each stage
+        m = rel % M
+        lap = jnp.clip(rel // M, 0, R - 1)
+        # (S, Lc, ...): stage s takes its chunk of lap `lap[s]`; indexing only the unsharded
+        # R axis inside a vmap over the pipeline-sharded S axis keeps this local per device.
+        stage_weights = jax.tree.map(lambda w: jax.vmap(lambda ws, r: ws[r], in_axes=(1, 0))(w, lap), weights)
+        y = jax.vmap(run_chunk)(stage_weights, buf, pos[m], seg[m] if seg is not None else None)
+        y = nn.with_logical_constraint(y, stage_constraint)
+        done = (rel[S - 1] >= 0) & (rel[S - 1] < R * M)  # stage S-1 really finished microbatch m[S-1]
+        laps = laps.at[m[S - 1]].set(jnp.where(done, y[S - 1], laps[m[S - 1]]))
+        return (shift_stages(y), laps), None
+
+    buf0 = jnp.zeros((S, *xs.shape[1:]), x.dtype)
+    (_, laps), _ = jax.lax.scan(step, (buf0, jnp.zeros_like(xs)), jnp.arange(R * M + S - 1))
+    return laps.swapaxes(0, 1).reshape(B, *x.shape[1:])
+
+
+class PipelinedBlocks(nn.Module):
+    """Drop-in for the scanned stack at apply time: same params (`params["blocks"]`), run
+    through the pipeline schedule. Parameters are created by the plain scanned stack."""
+
+    config: ModelConfig
+    stages: int
+    repeats: int
+    microbatches: int
+    deterministic: bool = True
+
+    @nn.compact
+    def __call__(self, x: jax.Array, positions: jax.Array, segment_ids: jax.Array | None):
+        from jaxllm.model.block import Block
+        from jaxllm.model.decoder import REMAT_POLICIES
+
+        if self.is_initializing():
+            raise ValueError("initialize parameters without pipelining (jaxllm.init_params); the layout is the same")
+        if not self.deterministic:
+            raise NotImplementedError("dropout inside the pipeline schedule is not supported yet; set model.dropout=0")
+        cfg = self.config
+        blocks = self.variables["params"]
+
+        def run_chunk(chunk, h, pos, seg):
+            def layer(h, p):
+                return Block(cfg, True).apply({"params": p}, h, pos, seg)[0], None
+
+            if cfg.remat != "none":  # the policy applies per layer, inside every stage iteration
+                layer = jax.checkpoint(layer, policy=REMAT_POLICIES[cfg.remat], prevent_cse=False)
+            return jax.lax.scan(layer, h, chunk)[0]
+
+        return pipeline_stack(
+            run_chunk, blocks, x, positions, segment_ids,
+            stages=self.stages, repeats=self.repeats, microbatches=self.microbatches,
+        )  # fmt: skip
