@@ -215,3 +215,14 @@ def test_metrics_tensorboard_and_eval_are_written(data_dir, tmp_path):
     scalars = read_tensorboard_scalars(run / "tensorboard")
     assert [s for s, _ in scalars["val/loss"]] == [2, 4]
     assert (run / "config.yaml").exists() and jaxllm.load_config(run / "config.yaml").train.steps == 4
+
+
+def test_resume_across_pipeline_degrees_gives_the_same_next_step(data_dir, tmp_path):
+    """Checkpoints keep the canonical [L, ...] layout: trained with pipeline=2, resumed with 1."""
+    piped = ["mesh.data=4", "mesh.pipeline=2", "train.microbatches=2", "train.steps=3", "train.checkpoint_every=2"]
+    straight = train(config(data_dir, tmp_path / "straight", *piped), **QUIET)
+    run = tmp_path / "run"
+    train(config(data_dir, run, *piped), stop_after=2, **QUIET)
+    resumed = train(config(data_dir, run, "mesh.data=8", "train.steps=3"), **QUIET)  # pipeline=1 now
+    assert sorted(resumed.train_losses) == [3]
+    np.testing.assert_allclose(resumed.train_losses[3], straight.train_losses[3], rtol=1e-5)

@@ -123,6 +123,7 @@ def make_train_step(cfg: Config, mesh: Mesh, tx: optax.GradientTransformation) -
         with jax.set_mesh(mesh):  # makes the logical constraints inside the model take effect
             return jitted(state, batch)
 
+    run.jitted = jitted  # for ahead-of-time lowering (lower under `jax.set_mesh(mesh)`)
     return run
 
 
