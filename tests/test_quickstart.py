@@ -46,10 +46,10 @@ def test_train_without_data_inputs_is_a_clear_error(tmp_path, capsys):
 def test_config_show_lists_every_parameter_sharding(capsys):
     assert main(["config", "show", "gpt2-124m", "mesh.tensor=2", "model.num_layers=2"]) == 0
     out = capsys.readouterr().out
-    assert "#   blocks.mlp.up_proj.kernel" in out and "P(None, 'fsdp', 'tensor')" in out
+    assert "#   blocks.mlp.up_proj.kernel" in out and "P('pipeline', 'fsdp', 'tensor')" in out  # layers -> pipeline
     assert "#   wte.embedding" in out
     assert jaxllm.config.from_dict(yaml.safe_load(out)) == jaxllm.load_config(
         "gpt2-124m", ["mesh.tensor=2", "model.num_layers=2"]
     )  # the sharding table is YAML comments: the output still loads as the same config
     assert main(["config", "show", "gpt2-124m", "mesh.rules=[embed=]", "model.num_layers=2"]) == 0
-    assert "P(None, None, 'tensor')" in capsys.readouterr().out  # embed no longer split: plain DP
+    assert "P('pipeline', None, 'tensor')" in capsys.readouterr().out  # embed no longer split: plain DP
