@@ -23,7 +23,8 @@ def model_config(config: Config | ModelConfig) -> ModelConfig:
     return m
 
 
-def _init_fn(config: ModelConfig):
+def boxed_init_fn(config: ModelConfig):
+    """rng -> parameters still boxed with their logical names (what sharding code reads)."""
     model = Decoder(config)
     tokens = jnp.zeros((1, min(8, config.max_seq_len)), jnp.int32)  # shapes only depend on config
     return lambda rng: model.init({"params": rng}, tokens)["params"]
@@ -31,19 +32,19 @@ def _init_fn(config: ModelConfig):
 
 def init_params(config: Config | ModelConfig, rng: jax.Array) -> Params:
     """Fresh parameters (float32 by default), as one compiled program."""
-    boxed = jax.jit(_init_fn(model_config(config)))(rng)
+    boxed = jax.jit(boxed_init_fn(model_config(config)))(rng)
     return nn.meta.unbox(boxed)
 
 
 def param_shapes(config: Config | ModelConfig) -> Params:
     """ShapeDtypeStructs of every parameter, without allocating anything."""
-    boxed = jax.eval_shape(_init_fn(model_config(config)), jax.random.key(0))
+    boxed = jax.eval_shape(boxed_init_fn(model_config(config)), jax.random.key(0))
     return nn.meta.unbox(boxed)
 
 
 def param_logical_axes(config: Config | ModelConfig) -> Params:
     """PartitionSpec of logical axis names for every parameter (same tree as params)."""
-    boxed = jax.eval_shape(_init_fn(model_config(config)), jax.random.key(0))
+    boxed = jax.eval_shape(boxed_init_fn(model_config(config)), jax.random.key(0))
     return nn.get_partition_spec(boxed)
 
 

@@ -17,21 +17,15 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxllm.config import Config
-from jaxllm.model.decoder import Decoder
+from jaxllm.model.api import boxed_init_fn
 from jaxllm.parallel.rules import named_shardings, parse_rules
 
 State = dict[str, Any]
 
 
-def _boxed_init(cfg: Config):
-    model = Decoder(cfg.model)
-    tokens = jnp.zeros((1, min(8, cfg.model.max_seq_len)), jnp.int32)
-    return lambda rng: model.init({"params": rng}, tokens)["params"]
-
-
 def state_logical_specs(cfg: Config, tx: optax.GradientTransformation) -> State:
     """Logical PartitionSpecs of the whole state, from the boxed (named) parameters."""
-    boxed = jax.eval_shape(_boxed_init(cfg), jax.random.key(0))
+    boxed = jax.eval_shape(boxed_init_fn(cfg.model), jax.random.key(0))
     opt_boxed = jax.eval_shape(tx.init, boxed)  # optax maps over the boxes: moments inherit the names
     return {
         "step": PartitionSpec(),
@@ -56,7 +50,7 @@ def abstract_state(cfg: Config, tx: optax.GradientTransformation, shardings: Sta
 
 def _init_state(cfg: Config, tx: optax.GradientTransformation, rng: jax.Array) -> State:
     init_rng, train_rng = jax.random.split(rng)
-    params = nn.meta.unbox(_boxed_init(cfg)(init_rng))
+    params = nn.meta.unbox(boxed_init_fn(cfg.model)(init_rng))
     return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params), "rng": train_rng}
 
 
