@@ -104,9 +104,9 @@ def check_batch(cfg: Config, mesh) -> None:
         )
 
 
-def evaluate(cfg: Config, eval_step, params, mesh) -> float | None:
+def evaluate(cfg: Config, eval_step, params, mesh, has_val: bool = True) -> float | None:
     """Mean token loss over `train.eval_batches` validation batches (None without a val split)."""
-    if not load_manifest(cfg.data.path)["splits"]["val"]["docs"]:
+    if not has_val:
         return None
     try:
         ds = make_dataset(cfg, "val", epochs=1)
@@ -127,7 +127,7 @@ def train(cfg: Config, log: Callable[[str], None] = print, stop_after: int | Non
     run_dir = Path(t.out_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
-    check_vocab(cfg)
+    has_val = bool(check_vocab(cfg)["splits"]["val"]["docs"])
 
     mesh = make_mesh(cfg.mesh)
     check_batch(cfg, mesh)
@@ -159,16 +159,17 @@ def train(cfg: Config, log: Callable[[str], None] = print, stop_after: int | Non
     result = TrainResult(run_dir, step0, {}, {})
     last_step = min(t.steps, stop_after) if stop_after is not None else t.steps
 
-    window_tokens, window_start = 0.0, time.perf_counter()
+    window_tokens, window_steps, window_start = 0.0, 0, time.perf_counter()
     run_start = time.perf_counter()
     pending: tuple[int, Any] | None = None
 
     def finish(step: int, metrics: Any) -> None:
         """Host side of a finished step: fetch its metrics (one step late), log, check."""
-        nonlocal window_tokens, window_start
+        nonlocal window_tokens, window_steps, window_start
         m = jax.device_get(metrics)
         loss, tokens = float(m["loss"]), float(m["tokens"])
         window_tokens += tokens
+        window_steps += 1
         result.train_losses[step] = loss
         if not bool(m["finite"]):
             if t.on_nonfinite == "stop":
@@ -180,10 +181,9 @@ def train(cfg: Config, log: Callable[[str], None] = print, stop_after: int | Non
         if step % t.log_every == 0 or step == last_step:
             now = time.perf_counter()
             dt = max(now - window_start, 1e-9)
-            steps_in_window = t.log_every if step % t.log_every == 0 else (step % t.log_every or 1)
             tok_s = window_tokens / dt
             values = {"loss": loss, "lr": float(m["lr"]), "grad_norm": float(m["grad_norm"]),
-                      "tokens_per_s": tok_s, "step_time_s": dt / steps_in_window}  # fmt: skip
+                      "tokens_per_s": tok_s, "step_time_s": dt / window_steps}  # fmt: skip
             if peak_total:
                 values["mfu"] = tok_s * flops_token / peak_total
             writer.write(step, "train", values)
@@ -196,7 +196,7 @@ def train(cfg: Config, log: Callable[[str], None] = print, stop_after: int | Non
             log(f"[{bar}] step {step}/{last_step} | loss {loss:.4f} | lr {values['lr']:.2e} | "
                 f"gnorm {values['grad_norm']:.2f} | {tok_s:,.0f} tok/s | {values['step_time_s'] * 1e3:.0f} ms/step"
                 f"{mfu} | ETA {_format_time(eta)}")  # fmt: skip
-            window_tokens, window_start = 0.0, time.perf_counter()
+            window_tokens, window_steps, window_start = 0.0, 0, time.perf_counter()
 
     def save(step: int, force: bool = False) -> None:
         ckpt.save(step, state, data_iter.get_state(), to_dict(cfg), force=force)
@@ -214,7 +214,9 @@ def train(cfg: Config, log: Callable[[str], None] = print, stop_after: int | Non
                 if step % t.eval_every == 0 or step == last_step:
                     finish(*pending)
                     pending = None
-                    val = evaluate(cfg, eval_step, state["params"], mesh)
+                    eval_start = time.perf_counter()
+                    val = evaluate(cfg, eval_step, state["params"], mesh, has_val)
+                    window_start += time.perf_counter() - eval_start  # throughput counts training time only
                     if val is not None:
                         result.val_losses[step] = val
                         writer.write(step, "val", {"loss": val, "perplexity": math.exp(min(val, 50.0))})
