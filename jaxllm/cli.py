@@ -27,7 +27,7 @@ def _config_show(args: argparse.Namespace) -> None:
 
 
 def _model_summary(args: argparse.Namespace) -> None:
-    from jaxllm.model.summary import summary_table  # imports jax; keep `config show` light
+    from jaxllm.model.summary import summary_table  # imports jax: only the verbs that need it pay for it
 
     cfg = load_config(args.config, args.overrides)
     print(summary_table(cfg, args.seq_len))
