@@ -6,9 +6,14 @@ The functional API works on (config, params, tokens) and needs no CLI:
     cfg = jaxllm.load_config("gpt2-124m", ["model.num_layers=2"])
     params = jaxllm.init_params(cfg, jax.random.key(0))
     logits = jaxllm.forward(cfg, params, tokens)
+    out = jaxllm.generate(cfg, params, [[1, 2, 3]], max_new_tokens=20, temperature=0.8, top_p=0.95)
+
+(`jaxllm.generate` is the function; its module is importable as `jaxllm.generate` too,
+e.g. `from jaxllm.generate import prefill, decode_step`.)
 """
 
 from jaxllm.config import Config, ConfigError, load_config
+from jaxllm.generate import Generation, GenerationError, generate, generate_stream
 from jaxllm.model import (
     count_params,
     cross_entropy,
@@ -29,6 +34,10 @@ __all__ = [
     "cross_entropy",
     "flops_per_token",
     "forward",
+    "generate",
+    "generate_stream",
+    "Generation",
+    "GenerationError",
     "init_params",
     "load_config",
     "loss",

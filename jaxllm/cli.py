@@ -76,17 +76,26 @@ def _quickstart(args: argparse.Namespace) -> None:
 
 
 def _sample(args: argparse.Namespace) -> None:
-    from jaxllm.data.prepare import load_manifest
-    from jaxllm.data.tokenizer import load_tokenizer
-    from jaxllm.generate import sample
-    from jaxllm.train.load import load_run
+    from jaxllm.interactive import run_sample
 
-    cfg, params, step = load_run(args.run_dir)
-    tokenizer = load_tokenizer(load_manifest(cfg.data.path)["tokenizer"]["path"])
-    prompt = tokenizer.encode(args.prompt).tolist()
-    ids = sample(cfg, params, prompt, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                 seed=args.seed, stop_id=tokenizer.eos_id, vocab_limit=tokenizer.vocab_size)  # fmt: skip
-    print(args.prompt + tokenizer.decode(ids))
+    run_sample(args)
+
+
+def _chat(args: argparse.Namespace) -> None:
+    from jaxllm.interactive import run_chat
+
+    run_chat(args)
+
+
+def _sampling_args(p: argparse.ArgumentParser, max_new_tokens: int, temperature: float) -> None:
+    p.add_argument("run_dir", help="a run directory written by `jaxllm train` (its newest checkpoint is used)")
+    p.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
+    p.add_argument("--temperature", type=float, default=temperature, help="0 = greedy")
+    p.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (0 = off)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus: most likely tokens up to mass p (1 = off)")
+    p.add_argument("--min-p", type=float, default=0.0, help="drop tokens below min_p x the top probability (0 = off)")
+    p.add_argument("--repetition-penalty", type=float, default=1.0, help="> 1 discourages repeats (1 = off)")
+    p.add_argument("--seed", type=int, default=0)
 
 
 def _plot(args: argparse.Namespace) -> None:
@@ -149,14 +158,17 @@ def build_parser() -> argparse.ArgumentParser:
     quick.add_argument("--steps", type=int, default=None, help="train steps (default: the recipe's 2000)")
     quick.add_argument("--from", dest="from_dir", default=None, help="a local folder holding tinyshakespeare.txt")
     quick.set_defaults(func=_quickstart)
-    smp = verbs.add_parser("sample", help="continue a prompt with a trained run's newest checkpoint")
-    smp.add_argument("run_dir")
-    smp.add_argument("--prompt", default="\n")
-    smp.add_argument("--max-new-tokens", type=int, default=300)
-    smp.add_argument("--temperature", type=float, default=0.8)
-    smp.add_argument("--top-k", type=int, default=40)
-    smp.add_argument("--seed", type=int, default=0)
+    smp = verbs.add_parser("sample", help="stream continuations of a prompt from a trained run")
+    _sampling_args(smp, max_new_tokens=300, temperature=0.8)
+    smp.add_argument("--prompt", default="\n", help="text to continue (default: a newline)")
+    smp.add_argument("--escapes", action="store_true", help="read \\n, \\t, ... in --prompt as escapes")
+    smp.add_argument("--stop", action="append", default=[], help="end the sample at this text (repeatable)")
+    smp.add_argument("--num-samples", type=int, default=1, help="this many samples, seeds seed, seed+1, ...")
     smp.set_defaults(func=_sample)
+    chat = verbs.add_parser("chat", help="talk to an instruction-tuned run (its chat template); /reset, /exit")
+    _sampling_args(chat, max_new_tokens=256, temperature=0.7)
+    chat.add_argument("--system", default=None, help="a system message opening the conversation")
+    chat.set_defaults(func=_chat)
     plot = verbs.add_parser("plot", help="PNG of a run's train/val loss and throughput")
     plot.add_argument("run_dir")
     plot.add_argument("--out", default=None, help="output PNG (default RUN_DIR/metrics.png)")
@@ -183,12 +195,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     from jaxllm.data.fetch import FetchError
     from jaxllm.data.shards import ShardError
     from jaxllm.data.tokenizer import TokenizerError
+    from jaxllm.generate import GenerationError
     from jaxllm.train.trainer import NonFiniteLoss
 
     args = build_parser().parse_args(argv)
     try:
         code = args.func(args)
-    except (ConfigError, DataError, FetchError, ShardError, TokenizerError, NonFiniteLoss) as e:
+    except (ConfigError, DataError, FetchError, ShardError, TokenizerError, NonFiniteLoss, GenerationError) as e:
         print(f"jaxllm: error: {e}", file=sys.stderr)
         return 2
     return code if isinstance(code, int) else 0

@@ -217,6 +217,23 @@ class PipelineConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class ChatConfig:
+    """How a conversation becomes text: instruction tuning trains on it and `jaxllm chat`
+    renders it, so the template travels with the run (its config.yaml).
+
+    Each role's template holds `{content}` once. A reply is generated after the text
+    before `{content}` in `assistant` and ends at the text after it (its first line,
+    e.g. "<|end|>"), which is the stop string. `enabled` marks an instruction-tuned run.
+    """
+
+    enabled: bool = False
+    system: str = "<|system|>\n{content}<|end|>\n"
+    user: str = "<|user|>\n{content}<|end|>\n"
+    assistant: str = "<|assistant|>\n{content}<|end|>\n"
+    default_system: str = ""  # used when a conversation brings no system message
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     """The whole run."""
 
@@ -227,6 +244,7 @@ class Config:
     data: DataConfig = DataConfig()
     optimizer: OptimizerConfig = OptimizerConfig()
     train: TrainConfig = TrainConfig()
+    chat: ChatConfig = ChatConfig()
 
 
 # --------------------------------------------------------------------------- files
@@ -552,6 +570,18 @@ def validate(cfg: Config) -> None:
         "lower data.seq_len or raise model.max_seq_len",
     )
 
+    for role in ("system", "user", "assistant"):
+        template = getattr(cfg.chat, role)
+        _need(
+            template.count("{content}") == 1,
+            f"chat.{role}={template!r} must contain {{content}} exactly once "
+            f"(e.g. '<|{role}|>\\n{{content}}<|end|>\\n')",
+        )
+    _need(
+        cfg.chat.assistant.split("{content}")[1].strip() != "",
+        f"chat.assistant={cfg.chat.assistant!r} needs text after {{content}} (the stop string that ends a reply)",
+    )
+
     o = cfg.optimizer
     _need(o.lr > 0, f"optimizer.lr={o.lr} must be positive")
     _need(0.0 <= o.min_lr_ratio <= 1.0, f"optimizer.min_lr_ratio={o.min_lr_ratio} must be in [0, 1]")
@@ -647,9 +677,21 @@ def to_dict(cfg: Config) -> dict[str, Any]:
     return plain(dataclasses.asdict(cfg))
 
 
+class _Dumper(yaml.SafeDumper):
+    """Strings with line breaks (chat templates) as one double-quoted line with \\n escapes."""
+
+
+def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
+    style = '"' if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_Dumper.add_representer(str, _represent_str)
+
+
 def to_yaml(cfg: Config) -> str:
     """The resolved config as YAML; `load_config` of it gives an identical Config."""
-    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+    return yaml.dump(to_dict(cfg), Dumper=_Dumper, sort_keys=False, width=1000)
 
 
 def save_config(cfg: Config, path: str | os.PathLike[str]) -> None:

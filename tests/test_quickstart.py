@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import yaml
 
 import jaxllm
@@ -11,7 +13,7 @@ from jaxllm.train.metrics import read_metrics
 from tests.data_paths import SHARED_DATA
 
 
-def test_quickstart_runs_the_whole_path(tmp_path, capsys):
+def test_quickstart_runs_the_whole_path(tmp_path, capsys, monkeypatch):
     lines: list[str] = []
     run = quickstart(str(tmp_path / "qs"), steps=20, from_dir=str(SHARED_DATA), log=lines.append)
     text = "\n".join(lines)
@@ -28,6 +30,22 @@ def test_quickstart_runs_the_whole_path(tmp_path, capsys):
     assert main(["sample", str(run), "--prompt", "ROMEO:", "--max-new-tokens", "30", "--seed", "1"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("ROMEO:") and len(out) > len("ROMEO:") + 10
+    assert main(["sample", str(run), "--prompt", "ROMEO:", "--temperature", "0", "--max-new-tokens", "80",
+                 "--num-samples", "2", "--stop", "\n\n"]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    samples = out.split("----- sample ")[1:]
+    assert len(samples) == 2 and samples[0][4:].rstrip() == samples[1][4:].rstrip()  # greedy: the two agree
+    assert "\n\n" not in samples[0].split("ROMEO:", 1)[1].rstrip("\n")  # cut at the stop string
+    assert main(["sample", str(run), "--top-p", "1.5"]) == 2
+    assert "top_p must be in (0, 1]" in capsys.readouterr().err
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("Good morrow\n/reset\nWhat news?\n/exit\nnever read\n"))
+    assert main(["chat", str(run), "--max-new-tokens", "20", "--system", "Speak as a king."]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.count("assistant> ") == 2 and "(history cleared)" in captured.out
+    assert "not instruction-tuned" in captured.err
+    assert main(["chat", str(tmp_path / "nope")]) == 2
+    assert "not a run directory" in capsys.readouterr().err
     assert main(["plot", str(run)]) == 0
     png = run / "metrics.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -57,9 +57,25 @@ class Attention(nn.Module):
     deterministic: bool = True
 
     @nn.compact
-    def __call__(self, x: jax.Array, positions: jax.Array, segment_ids: jax.Array | None) -> jax.Array:
+    def __call__(
+        self,
+        x: jax.Array,
+        positions: jax.Array,
+        segment_ids: jax.Array | None,
+        kv: tuple[jax.Array, jax.Array] | None = None,
+        decode: tuple[jax.Array, jax.Array] | None = None,
+    ) -> jax.Array | tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+        """Self-attention over x (B, T, E).
+
+        Decoding passes this layer's cache `kv` = (k, v) each (B, S, K, D) and
+        `decode` = (index, mask (B, T, S)): the new keys/values are written at slots
+        index.., the queries attend to the whole cache under `mask`, and the updated
+        (k, v) is returned next to the output.
+        """
         cfg = self.config
         H, K, D = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        resid_std = cfg.init_std / (2 * cfg.num_layers) ** 0.5  # GPT-2: residual writes scaled by depth
+        o_proj = dense(cfg, cfg.d_model, ("heads", "head_dim", "embed"), axis=(-2, -1), std=resid_std, name="o_proj")
         q = dense(cfg, (H, D), ("embed", "heads", "head_dim"), name="q_proj")(x)  # (B, T, H, D)
         k = dense(cfg, (K, D), ("embed", "kv_heads", "head_dim"), name="k_proj")(x)  # (B, T, K, D)
         v = dense(cfg, (K, D), ("embed", "kv_heads", "head_dim"), name="v_proj")(x)  # (B, T, K, D)
@@ -71,6 +87,22 @@ class Attention(nn.Module):
         k = constrain(k, ("batch", "length", "kv_heads", "head_dim"))
         v = constrain(v, ("batch", "length", "kv_heads", "head_dim"))
 
+        if kv is not None:
+            index, mask = decode
+            k_cache, v_cache = (
+                constrain(
+                    jax.lax.dynamic_update_slice(c, new.astype(c.dtype), (0, index, 0, 0)),
+                    ("batch", "length", "kv_heads", "head_dim"),
+                )
+                for c, new in zip(kv, (k, v), strict=True)
+            )
+            k, v = k_cache.astype(q.dtype), v_cache.astype(q.dtype)
+            if cfg.attention_impl == "dot_product":
+                out = jax.nn.dot_product_attention(q, k, v, mask=mask[:, None])
+            else:
+                out = xla_attention(q, k, v, mask)
+            return o_proj(constrain(out, ("batch", "length", "heads", "head_dim"))), (k_cache, v_cache)
+
         if cfg.attention_impl == "dot_product":
             # jax.nn.dot_product_attention picks cuDNN flash attention on GPU when it can;
             # without packing we pass is_causal instead of a mask so that path stays open.
@@ -81,7 +113,4 @@ class Attention(nn.Module):
                 nn.Dropout(cfg.attention_dropout, deterministic=self.deterministic) if cfg.attention_dropout else None
             )
             out = xla_attention(q, k, v, attention_mask(segment_ids, x.shape[1]), drop)
-        out = constrain(out, ("batch", "length", "heads", "head_dim"))
-
-        resid_std = cfg.init_std / (2 * cfg.num_layers) ** 0.5  # GPT-2: residual writes scaled by depth
-        return dense(cfg, cfg.d_model, ("heads", "head_dim", "embed"), axis=(-2, -1), std=resid_std, name="o_proj")(out)
+        return o_proj(constrain(out, ("batch", "length", "heads", "head_dim")))

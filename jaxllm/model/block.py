@@ -17,23 +17,40 @@ class Block(nn.Module):
     pre_ln:  x = x + drop(attn(ln_1(x)));  x = x + drop(mlp(ln_2(x)))
     post_ln: x = ln_1(x + drop(attn(x)));  x = ln_2(x + drop(mlp(x)))
 
-    Returns (x, None) so it can be the body of `nn.scan` (carry, per-layer output).
+    Returns (x, None) so it can be the body of `nn.scan` (carry, per-layer output);
+    when decoding, (x, this layer's updated (k, v) cache), which the scan stacks.
     """
 
     config: ModelConfig
     deterministic: bool = True
 
     @nn.compact
-    def __call__(self, x: jax.Array, positions: jax.Array, segment_ids: jax.Array | None) -> tuple[jax.Array, None]:
+    def __call__(
+        self,
+        x: jax.Array,
+        positions: jax.Array,
+        segment_ids: jax.Array | None,
+        kv: tuple[jax.Array, jax.Array] | None = None,
+        decode: tuple[jax.Array, jax.Array] | None = None,
+    ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
         cfg = self.config
         drop = nn.Dropout(cfg.dropout, deterministic=self.deterministic)
         attn = Attention(cfg, self.deterministic, name="attn")
         mlp = MLP(cfg, name="mlp")
         ln_1, ln_2 = norm(cfg, "ln_1"), norm(cfg, "ln_2")
+        new_kv = None
+
+        def attend(h: jax.Array) -> jax.Array:
+            nonlocal new_kv
+            if kv is None:
+                return attn(h, positions, segment_ids)
+            out, new_kv = attn(h, positions, segment_ids, kv, decode)
+            return out
+
         if cfg.block == "pre_ln":
-            x = x + drop(attn(ln_1(x), positions, segment_ids))
+            x = x + drop(attend(ln_1(x)))
             x = x + drop(mlp(ln_2(x)))
         else:
-            x = ln_1(x + drop(attn(x, positions, segment_ids)))
+            x = ln_1(x + drop(attend(x)))
             x = ln_2(x + drop(mlp(x)))
-        return constrain(x, BATCH_LENGTH_EMBED), None
+        return constrain(x, BATCH_LENGTH_EMBED), new_kv

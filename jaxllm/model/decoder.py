@@ -14,6 +14,7 @@ import jax.numpy as jnp
 
 from jaxllm.config import ModelConfig
 from jaxllm.model.block import Block
+from jaxllm.model.kv_cache import KVCache, cache_mask, cache_positions
 from jaxllm.model.layers import BATCH_LENGTH_EMBED, constrain, norm, param_init
 
 # What the backward pass may keep from the forward pass of each block; the rest is
@@ -48,9 +49,23 @@ def logits_matmul(x: jax.Array, w: jax.Array, spec: str) -> jax.Array:
     return jnp.einsum(spec, x, w, preferred_element_type=jnp.float32)
 
 
-def block_stack(config: ModelConfig, deterministic: bool) -> nn.Module:
-    """The scanned, optionally rematerialised, stack of `num_layers` blocks."""
+def block_stack(config: ModelConfig, deterministic: bool, decoding: bool = False) -> nn.Module:
+    """The scanned, optionally rematerialised, stack of `num_layers` blocks.
+
+    Decoding scans the cache with the parameters (layer i reads and returns slice i of
+    k and v) and skips remat, which only matters for a backward pass.
+    """
     block = Block
+    if decoding:
+        stack = nn.scan(
+            block,
+            variable_axes={"params": 0},
+            split_rngs={"params": True, "dropout": True},
+            in_axes=(nn.broadcast, nn.broadcast, 0, nn.broadcast),  # positions, segments, kv, decode
+            length=config.num_layers,
+            metadata_params={nn.PARTITION_NAME: "layers"},
+        )
+        return stack(config, deterministic, name="blocks")
     if config.remat != "none":
         # prevent_cse=False is safe (and faster) inside scan, which already stops CSE.
         block = nn.remat(Block, prevent_cse=False, policy=REMAT_POLICIES[config.remat])
@@ -80,16 +95,27 @@ class Decoder(nn.Module):
         positions: jax.Array | None = None,
         segment_ids: jax.Array | None = None,
         deterministic: bool = True,
-    ) -> jax.Array:
+        cache: KVCache | None = None,
+        last_only: bool = False,
+    ) -> jax.Array | tuple[jax.Array, KVCache]:
         """tokens (B, T) int -> logits (B, T, V) float32.
 
         positions (B, T): each token's position in its document (default 0..T-1);
         segment_ids (B, T): document ids for packed rows, 0 = padding (default: one
         document per row, no padding).
+        cache: decode with a KV cache (jaxllm/model/kv_cache.py): the tokens go into
+        slots cache.index.., positions and the mask come from the cache, and the result
+        is (logits, updated cache).
+        last_only: logits of the last position only, (B, 1, V): what decoding needs,
+        without the (B, T, V) projection of a long prompt.
         """
         cfg = self.config
         B, T = tokens.shape
         dtype, param_dtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
+        if cache is not None:
+            if segment_ids is not None:
+                raise ValueError("decoding with a KV cache takes no segment_ids (rows are left-padded instead)")
+            positions = cache_positions(cache, T)
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
 
@@ -115,7 +141,14 @@ class Decoder(nn.Module):
         x = nn.Dropout(cfg.dropout, deterministic=deterministic)(x)
         x = constrain(x, BATCH_LENGTH_EMBED)
 
-        if self.pipeline is not None and not self.is_initializing():
+        new_cache = None
+        if cache is not None:
+            decode = (cache.index, cache_mask(cache, T))
+            x, (k, v) = block_stack(cfg, deterministic, decoding=True)(
+                x, positions, None, (cache.k, cache.v), decode
+            )
+            new_cache = cache._replace(k=k, v=v, index=cache.index + T)
+        elif self.pipeline is not None and not self.is_initializing():
             from jaxllm.parallel.pipeline import PipelinedBlocks
 
             stages, repeats, microbatches = self.pipeline
@@ -125,10 +158,13 @@ class Decoder(nn.Module):
         else:
             x, _ = block_stack(cfg, deterministic)(x, positions, segment_ids)
 
+        if last_only:
+            x = x[:, -1:]
         if cfg.final_norm:
             x = norm(cfg, "ln_f")(x)
         if cfg.tie_embeddings:
             logits = logits_matmul(x, wte.embedding.astype(dtype), "bte,ve->btv")  # (B, T, V)
         else:
             logits = LMHead(cfg, name="lm_head")(x)
-        return constrain(logits, ("batch", "length", "vocab"))
+        logits = constrain(logits, ("batch", "length", "vocab"))
+        return logits if cache is None else (logits, new_cache)

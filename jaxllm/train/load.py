@@ -27,3 +27,16 @@ def load_run(run_dir: str | os.PathLike[str]) -> tuple[Config, dict, int]:
         raise DataError(f"{run_dir} has no readable checkpoint yet")
     step, state, _, _ = restored
     return cfg, state["params"], step
+
+
+def load_run_tokenizer(cfg: Config):
+    """The tokenizer a run was trained with: the one its dataset manifest records
+    (falling back to tokenizer.path when the data directory is gone)."""
+    from jaxllm.data.prepare import load_manifest
+    from jaxllm.data.tokenizer import load_tokenizer
+
+    try:
+        path = load_manifest(cfg.data.path)["tokenizer"]["path"]
+    except (DataError, OSError, KeyError):
+        path = cfg.tokenizer.path
+    return load_tokenizer(path)

@@ -1,0 +1,66 @@
+"""Chat templates: a conversation (a list of role/content messages) as text.
+
+The template lives in the run's config (`chat:` section, jaxllm.config.ChatConfig), so
+the model is always prompted the way it was tuned. Rendering returns spans marked as
+prompt or response, which is what instruction tuning needs to put the loss on the
+replies only; `jaxllm chat` joins them and appends the assistant's opening text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from jaxllm.config import ChatConfig
+
+ROLES = ("system", "user", "assistant")
+
+
+def _split(template: str) -> tuple[str, str]:
+    before, after = template.split("{content}")
+    return before, after
+
+
+def generation_prompt(chat: ChatConfig) -> str:
+    """The text that opens an assistant reply (what precedes its content)."""
+    return _split(chat.assistant)[0]
+
+
+def stop_string(chat: ChatConfig) -> str:
+    """The text that ends an assistant reply: the first line after `{content}`."""
+    return _split(chat.assistant)[1].strip().splitlines()[0]
+
+
+def check_messages(messages: Sequence[Mapping[str, str]]) -> None:
+    """Clear errors for malformed conversations (which role, which message)."""
+    for i, msg in enumerate(messages):
+        role = msg.get("role") if isinstance(msg, Mapping) else None
+        if role not in ROLES:
+            raise ValueError(f"message {i} has role {role!r}; use one of {', '.join(ROLES)}")
+        if not isinstance(msg.get("content"), str):
+            raise ValueError(f"message {i} ({role}) needs a string 'content'")
+        if role == "system" and i != 0:
+            raise ValueError(f"message {i} is a system message; only the first message may be one")
+
+
+def render_spans(chat: ChatConfig, messages: Sequence[Mapping[str, str]]) -> list[tuple[str, bool]]:
+    """[(text, is_response)]: each assistant message's content and closing text are the
+    response (what a model learns to produce, stop string included); everything else,
+    its opening text included, is prompt."""
+    check_messages(messages)
+    spans: list[tuple[str, bool]] = []
+    if chat.default_system and (not messages or messages[0]["role"] != "system"):
+        spans.append((chat.system.replace("{content}", chat.default_system), False))
+    for msg in messages:
+        before, after = _split(getattr(chat, msg["role"]))
+        if msg["role"] == "assistant":
+            spans += [(before, False), (msg["content"] + after, True)]
+        else:
+            spans.append((before + msg["content"] + after, False))
+    return spans
+
+
+def render(chat: ChatConfig, messages: Sequence[Mapping[str, str]], add_generation_prompt: bool = True) -> str:
+    """The conversation as one string, ending with the assistant's opening text when
+    `add_generation_prompt` (ready for the model to write the next reply)."""
+    text = "".join(t for t, _ in render_spans(chat, messages))
+    return text + generation_prompt(chat) if add_generation_prompt else text
