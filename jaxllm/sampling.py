@@ -131,8 +131,17 @@ def sample_tokens(
         logits = jnp.where(jnp.arange(V) < vocab_limit, logits, -jnp.inf)
     if seen is not None:
         logits = penalize(logits, seen, params.repetition_penalty)
-    greedy = jnp.argmax(logits, axis=-1)
-    filtered = filter_logits(logits, params)
-    keys = jax.vmap(lambda i: jax.random.fold_in(rng, i))(jnp.arange(B))
-    drawn = jax.vmap(jax.random.categorical)(keys, filtered)
-    return jnp.where(params.temperature > 0, drawn, greedy).astype(jnp.int32)
+    greedy = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+
+    def draw() -> jax.Array:
+        # The sort behind top-k/top-p/min-p costs O(V log V) per row and step: skip it
+        # when no row uses a filter (plain temperature sampling needs only the scaling).
+        filtering = jnp.any((params.top_k > 0) | (params.top_p < 1.0) | (params.min_p > 0.0))
+        scale = jnp.where(params.temperature > 0, params.temperature, 1.0)[:, None]
+        filtered = jax.lax.cond(filtering, filter_logits, lambda lg, _: lg / scale, logits, params)
+        keys = jax.vmap(lambda i: jax.random.fold_in(rng, i))(jnp.arange(B))
+        drawn = jax.vmap(jax.random.categorical)(keys, filtered).astype(jnp.int32)
+        return jnp.where(params.temperature > 0, drawn, greedy)
+
+    # All-greedy batches (temperature 0 everywhere) skip sampling altogether.
+    return jax.lax.cond(jnp.any(params.temperature > 0), draw, lambda: greedy)
