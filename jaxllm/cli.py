@@ -98,6 +98,14 @@ def _sampling_args(p: argparse.ArgumentParser, max_new_tokens: int, temperature:
     p.add_argument("--seed", type=int, default=0)
 
 
+def _sft(args: argparse.Namespace) -> int:
+    from jaxllm.posttrain.sft import sft, sft_config
+
+    cfg = sft_config(args.source, args.overrides)
+    result = sft(cfg)
+    return 128 + result.interrupted if result.interrupted is not None else 0
+
+
 def _plot(args: argparse.Namespace) -> None:
     from jaxllm.train.plot import plot_run
 
@@ -169,6 +177,12 @@ def build_parser() -> argparse.ArgumentParser:
     _sampling_args(chat, max_new_tokens=256, temperature=0.7)
     chat.add_argument("--system", default=None, help="a system message opening the conversation")
     chat.set_defaults(func=_chat)
+    sft = verbs.add_parser(
+        "sft", help="instruction-tune: loss on replies only; SOURCE is a run directory (its weights) or a config"
+    )
+    sft.add_argument("source", help="a run directory to start from, or a preset / YAML (random init)")
+    sft.add_argument("overrides", nargs="*", help="a.b.c=value, e.g. posttrain.data=instructions.json train.steps=200")
+    sft.set_defaults(func=_sft)
     plot = verbs.add_parser("plot", help="PNG of a run's train/val loss and throughput")
     plot.add_argument("run_dir")
     plot.add_argument("--out", default=None, help="output PNG (default RUN_DIR/metrics.png)")

@@ -234,6 +234,16 @@ class ChatConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class PostTrainConfig:
+    """Instruction tuning and preference learning (jaxllm/posttrain/)."""
+
+    data: str = ""  # .json / .jsonl: Alpaca records, chat `messages`, or chosen/rejected pairs
+    init_from: str = ""  # a run directory whose newest weights start the run ("" = random init)
+    val_fraction: float = 0.05  # records held out (seeded by train.seed) for validation
+    packing: bool = True  # several conversations per row (separate segments) instead of one row each
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     """The whole run."""
 
@@ -245,6 +255,7 @@ class Config:
     optimizer: OptimizerConfig = OptimizerConfig()
     train: TrainConfig = TrainConfig()
     chat: ChatConfig = ChatConfig()
+    posttrain: PostTrainConfig = PostTrainConfig()
 
 
 # --------------------------------------------------------------------------- files
@@ -580,6 +591,11 @@ def validate(cfg: Config) -> None:
     _need(
         cfg.chat.assistant.split("{content}")[1].strip() != "",
         f"chat.assistant={cfg.chat.assistant!r} needs text after {{content}} (the stop string that ends a reply)",
+    )
+
+    _need(
+        0 <= cfg.posttrain.val_fraction < 1,
+        f"posttrain.val_fraction={cfg.posttrain.val_fraction} must be in [0, 1)",
     )
 
     o = cfg.optimizer

@@ -104,16 +104,19 @@ def check_batch(cfg: Config, mesh) -> None:
         )
 
 
-def evaluate(cfg: Config, eval_step, params, mesh, has_val: bool = True) -> float | None:
-    """Mean token loss over `train.eval_batches` validation batches (None without a val split)."""
+def evaluate(cfg: Config, eval_step, params, mesh, has_val: bool = True, batches=None) -> float | None:
+    """Mean token loss over `train.eval_batches` validation batches (None without a val split).
+
+    `batches`: the validation batches to use (a task's); default: the prepared dataset's."""
     if not has_val:
         return None
-    try:
-        ds = make_dataset(cfg, "val", epochs=1)
-    except DataError:  # a validation split shorter than one batch row
-        return None
+    if batches is None:
+        try:
+            batches = make_dataset(cfg, "val", epochs=1)
+        except DataError:  # a validation split shorter than one batch row
+            return None
     total = count = 0.0
-    for i, batch in enumerate(ds):
+    for i, batch in enumerate(batches):
         if i >= cfg.train.eval_batches:
             break
         s, c = jax.device_get(eval_step(params, shard_batch(batch, mesh)))
@@ -121,20 +124,47 @@ def evaluate(cfg: Config, eval_step, params, mesh, has_val: bool = True) -> floa
     return total / count if count else None
 
 
-def train(cfg: Config, log: Callable[[str], None] = print, stop_after: int | None = None) -> TrainResult:
+class Task:
+    """What a training run learns from; the loop, sharding, checkpoints and metrics are
+    the same for every task. The default is pre-training on the prepared dataset;
+    instruction tuning (jaxllm/posttrain/sft.py) supplies its own batches and starting
+    parameters."""
+
+    name = "pretrain"
+
+    def train_iter(self, cfg: Config):
+        """Batches with get_state/set_state (saved with each checkpoint)."""
+        return iter(make_dataset(cfg, "train"))
+
+    def has_val(self, cfg: Config) -> bool:
+        return bool(check_vocab(cfg)["splits"]["val"]["docs"])
+
+    def val_batches(self, cfg: Config):
+        """Validation batches, or None for the prepared dataset's val split."""
+        return None
+
+    def initial_params(self, cfg: Config, mesh, shardings):
+        """Parameters to start a fresh run from (None: random initialisation)."""
+        return None
+
+
+def train(
+    cfg: Config, log: Callable[[str], None] = print, stop_after: int | None = None, task: Task | None = None
+) -> TrainResult:
     """Train (or resume) the run in `cfg.train.out_dir`; `stop_after` ends early (tests)."""
+    task = task or Task()
     t = cfg.train
     run_dir = Path(t.out_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
-    has_val = bool(check_vocab(cfg)["splits"]["val"]["docs"])
+    has_val = task.has_val(cfg)
 
     mesh = make_mesh(cfg.mesh)
     check_batch(cfg, mesh)
     tx = make_optimizer(cfg.optimizer)
     shardings = state_shardings(cfg, mesh, tx)
     ckpt = Checkpointer(run_dir / "checkpoints", keep=t.keep_checkpoints, keep_every=t.keep_every)
-    data_iter = iter(make_dataset(cfg, "train"))
+    data_iter = task.train_iter(cfg)
     restored = ckpt.restore_latest(abstract_state(cfg, tx, shardings), log=log)
     if restored is not None:
         step0, state, data_state, _ = restored
@@ -142,6 +172,11 @@ def train(cfg: Config, log: Callable[[str], None] = print, stop_after: int | Non
         log(f"resumed from {ckpt.directory}/{step0} (step {step0})")
     else:
         state = init_state(cfg, mesh, tx)
+        start = task.initial_params(cfg, mesh, shardings)
+        if start is not None:  # e.g. instruction tuning from a pre-trained run: its weights, fresh AdamW moments
+            params = jax.device_put(start, shardings["params"])
+            opt_state = jax.jit(tx.init, out_shardings=shardings["opt_state"])(params)
+            state = {**state, "params": params, "opt_state": opt_state}
         step0 = 0
     n_params = sum(x.size for x in jax.tree.leaves(state["params"]))
     log(f"run {run_dir}: {n_params:,} params on mesh {dict(mesh.shape)} ({mesh.devices.size} devices, "
@@ -215,7 +250,7 @@ def train(cfg: Config, log: Callable[[str], None] = print, stop_after: int | Non
                     finish(*pending)
                     pending = None
                     eval_start = time.perf_counter()
-                    val = evaluate(cfg, eval_step, state["params"], mesh, has_val)
+                    val = evaluate(cfg, eval_step, state["params"], mesh, has_val, task.val_batches(cfg))
                     window_start += time.perf_counter() - eval_start  # throughput counts training time only
                     if val is not None:
                         result.val_losses[step] = val
@@ -253,4 +288,4 @@ def train_main(cfg: Config) -> int:
     return 0
 
 
-__all__ = ["NonFiniteLoss", "TrainResult", "evaluate", "train", "train_main"]
+__all__ = ["NonFiniteLoss", "Task", "TrainResult", "evaluate", "train", "train_main"]
