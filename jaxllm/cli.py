@@ -106,6 +106,14 @@ def _sft(args: argparse.Namespace) -> int:
     return 128 + result.interrupted if result.interrupted is not None else 0
 
 
+def _dpo(args: argparse.Namespace) -> int:
+    from jaxllm.posttrain.dpo import dpo
+    from jaxllm.posttrain.sft import sft_config
+
+    result, _ = dpo(sft_config(args.source, args.overrides, suffix="dpo"))
+    return 128 + result.interrupted if result.interrupted is not None else 0
+
+
 def _plot(args: argparse.Namespace) -> None:
     from jaxllm.train.plot import plot_run
 
@@ -183,6 +191,10 @@ def build_parser() -> argparse.ArgumentParser:
     sft.add_argument("source", help="a run directory to start from, or a preset / YAML (random init)")
     sft.add_argument("overrides", nargs="*", help="a.b.c=value, e.g. posttrain.data=instructions.json train.steps=200")
     sft.set_defaults(func=_sft)
+    dpo = verbs.add_parser("dpo", help="direct preference optimization on chosen/rejected pairs")
+    dpo.add_argument("source", help="the run to start from and keep as the reference (e.g. an SFT run)")
+    dpo.add_argument("overrides", nargs="*", help="e.g. posttrain.data=prefs.json posttrain.beta=0.1 train.steps=100")
+    dpo.set_defaults(func=_dpo)
     plot = verbs.add_parser("plot", help="PNG of a run's train/val loss and throughput")
     plot.add_argument("run_dir")
     plot.add_argument("--out", default=None, help="output PNG (default RUN_DIR/metrics.png)")

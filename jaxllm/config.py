@@ -241,6 +241,9 @@ class PostTrainConfig:
     init_from: str = ""  # a run directory whose newest weights start the run ("" = random init)
     val_fraction: float = 0.05  # records held out (seeded by train.seed) for validation
     packing: bool = True  # several conversations per row (separate segments) instead of one row each
+    beta: float = 0.1  # DPO: strength of the pull away from the reference (lower: further)
+    label_smoothing: float = 0.0  # DPO: assumed share of flipped preference labels (conservative DPO)
+    reference_free: bool = False  # DPO without the reference model's log-probs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -593,6 +596,11 @@ def validate(cfg: Config) -> None:
         f"chat.assistant={cfg.chat.assistant!r} needs text after {{content}} (the stop string that ends a reply)",
     )
 
+    _need(cfg.posttrain.beta > 0, f"posttrain.beta={cfg.posttrain.beta} must be > 0 (DPO's usual value is 0.1)")
+    _need(
+        0 <= cfg.posttrain.label_smoothing < 0.5,
+        f"posttrain.label_smoothing={cfg.posttrain.label_smoothing} must be in [0, 0.5)",
+    )
     _need(
         0 <= cfg.posttrain.val_fraction < 1,
         f"posttrain.val_fraction={cfg.posttrain.val_fraction} must be in [0, 1)",

@@ -102,8 +102,8 @@ class SFTTask(Task):
         return params
 
 
-def sft_config(source: str | os.PathLike[str], overrides: Sequence[str] = ()) -> Config:
-    """The config of an SFT run. `source` is a preset/YAML, or a run directory: then its
+def sft_config(source: str | os.PathLike[str], overrides: Sequence[str] = (), suffix: str = "sft") -> Config:
+    """The config of an SFT (or DPO) run. `source` is a preset/YAML, or a run directory: then its
     config is the base, its weights the start (posttrain.init_from), and the schedule
     restarts (optimizer.decay_steps follows the new train.steps)."""
     src = Path(source)
@@ -113,7 +113,7 @@ def sft_config(source: str | os.PathLike[str], overrides: Sequence[str] = ()) ->
         raw = to_dict(load_config(src / "config.yaml"))
         raw["optimizer"]["decay_steps"] = None
         raw["posttrain"]["init_from"] = str(src)
-        raw["train"]["out_dir"] = str(src.parent / f"{src.name}-sft")
+        raw["train"]["out_dir"] = str(src.parent / f"{src.name}-{suffix}")
         with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
             yaml.safe_dump(raw, f)
         try:

@@ -55,8 +55,15 @@ def pipeline_spec(cfg: Config, mesh: Mesh) -> tuple[int, int, int] | None:
     return (stages, cfg.pipeline.repeats, cfg.train.microbatches) if stages > 1 else None
 
 
-def make_train_step(cfg: Config, mesh: Mesh, tx: optax.GradientTransformation) -> Callable[[State, Batch], Any]:
-    """Compiled `step(state, batch) -> (state, metrics)`; `state` is donated."""
+def make_train_step(
+    cfg: Config, mesh: Mesh, tx: optax.GradientTransformation, loss_fn: Callable | None = None
+) -> Callable[[State, Batch], Any]:
+    """Compiled `step(state, batch) -> (state, metrics)`; `state` is donated.
+
+    `loss_fn(cfg, params, batch, rng, pipeline) -> (loss_sum, count[, aux_sums])` replaces
+    the next-token loss (e.g. DPO's pairwise loss: one count per pair). Every aux entry is
+    a sum too; metrics report aux / count, exact under accumulation like the loss."""
+    loss_fn = loss_fn or _loss_sum
     M = cfg.train.microbatches
     pipeline = pipeline_spec(cfg, mesh)
     if pipeline is not None:
@@ -73,16 +80,25 @@ def make_train_step(cfg: Config, mesh: Mesh, tx: optax.GradientTransformation) -
         micro = jax.tree.map(lambda x: x.reshape(x.shape[0] // M, M, *x.shape[1:]).swapaxes(0, 1), batch)
         micro = jax.lax.with_sharding_constraint(micro, PartitionSpec(None, BATCH_AXES))
 
+        def objective(p, mb, mb_rng):
+            out = loss_fn(cfg, p, mb, mb_rng, pipeline)
+            s, c, aux = out if len(out) == 3 else (*out, {})
+            return s, (c, aux)
+
         def accumulate(carry, xs):
-            grad_sum, loss_sum, count = carry
+            grad_sum, loss_sum, count, aux_sum = carry
             mb, i = xs
             mb_rng = jax.random.fold_in(rng, i) if dropout else None
-            (s, c), g = jax.value_and_grad(_loss_sum, argnums=1, has_aux=True)(cfg, params, mb, mb_rng, pipeline)
-            return (jax.tree.map(jnp.add, grad_sum, g), loss_sum + s, count + c), None
+            (s, (c, aux)), g = jax.value_and_grad(objective, has_aux=True)(params, mb, mb_rng)
+            aux_sum = jax.tree.map(jnp.add, aux_sum, aux)
+            return (jax.tree.map(jnp.add, grad_sum, g), loss_sum + s, count + c, aux_sum), None
 
         zeros = jax.tree.map(jnp.zeros_like, params)
-        init = (zeros, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32))
-        (grad_sum, loss_sum, count), _ = jax.lax.scan(accumulate, init, (micro, jnp.arange(M)))
+        first = jax.tree.map(lambda x: x[0], micro)
+        aux_shape = jax.eval_shape(lambda: objective(params, first, None)[1][1])
+        aux0 = jax.tree.map(lambda a: jnp.zeros(a.shape, jnp.float32), aux_shape)
+        init = (zeros, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32), aux0)
+        (grad_sum, loss_sum, count, aux_sum), _ = jax.lax.scan(accumulate, init, (micro, jnp.arange(M)))
         count = jnp.maximum(count, 1.0)
         grads = jax.tree.map(lambda g: g / count, grad_sum)
         loss = loss_sum / count
@@ -104,6 +120,7 @@ def make_train_step(cfg: Config, mesh: Mesh, tx: optax.GradientTransformation) -
             "lr": schedule(state["step"]),
             "tokens": count,
             "finite": finite,
+            **{k: v / count for k, v in aux_sum.items()},
         }
         return new_state, metrics
 
@@ -127,8 +144,11 @@ def make_train_step(cfg: Config, mesh: Mesh, tx: optax.GradientTransformation) -
     return run
 
 
-def make_eval_step(cfg: Config, mesh: Mesh, tx: optax.GradientTransformation) -> Callable[[Any, Batch], Any]:
+def make_eval_step(
+    cfg: Config, mesh: Mesh, tx: optax.GradientTransformation, loss_fn: Callable | None = None
+) -> Callable[[Any, Batch], Any]:
     """Compiled `eval(params, batch) -> (loss_sum, count)` (deterministic, no dropout)."""
+    loss_fn = loss_fn or _loss_sum
     rules = flax_rules(parse_rules(cfg.mesh.rules))
     param_shardings = state_shardings(cfg, mesh, tx)["params"]
 
@@ -136,7 +156,7 @@ def make_eval_step(cfg: Config, mesh: Mesh, tx: optax.GradientTransformation) ->
 
     def evaluate(params, batch: Batch):
         with nn.logical_axis_rules(rules):
-            return _loss_sum(cfg, params, batch, None, pipeline)
+            return loss_fn(cfg, params, batch, None, pipeline)[:2]
 
     jitted = jax.jit(evaluate, in_shardings=(param_shardings, batch_sharding(mesh)), out_shardings=replicated(mesh))
 

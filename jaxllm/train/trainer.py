@@ -73,6 +73,9 @@ class _Signals:
             signal.signal(sig, handler)
 
 
+_STEP_KEYS = ("loss", "lr", "grad_norm", "tokens", "finite")
+
+
 def _format_time(seconds: float) -> str:
     seconds = int(seconds)
     return (
@@ -131,6 +134,7 @@ class Task:
     parameters."""
 
     name = "pretrain"
+    loss_fn = None  # the train step's loss (None: next-token cross-entropy); see make_train_step
 
     def train_iter(self, cfg: Config):
         """Batches with get_state/set_state (saved with each checkpoint)."""
@@ -185,8 +189,8 @@ def train(
     if mesh.shape["pipeline"] > 1:
         S, R, M = mesh.shape["pipeline"], cfg.pipeline.repeats, t.microbatches
         log(f"pipeline: {S} stages x {R} repeats, {M} microbatches: bubble {bubble_fraction(S, M, R):.1%}")
-    train_step = make_train_step(cfg, mesh, tx)
-    eval_step = make_eval_step(cfg, mesh, tx)
+    train_step = make_train_step(cfg, mesh, tx, task.loss_fn)
+    eval_step = make_eval_step(cfg, mesh, tx, task.loss_fn)
     flops_token = flops_per_token(cfg, cfg.data.seq_len)
     peak = peak_flops(jax.devices()[0])
     peak_total = peak * mesh.devices.size if peak else None
@@ -219,6 +223,7 @@ def train(
             tok_s = window_tokens / dt
             values = {"loss": loss, "lr": float(m["lr"]), "grad_norm": float(m["grad_norm"]),
                       "tokens_per_s": tok_s, "step_time_s": dt / window_steps}  # fmt: skip
+            values |= {k: float(v) for k, v in m.items() if k not in _STEP_KEYS}  # a task's own metrics (DPO: accuracy)
             if peak_total:
                 values["mfu"] = tok_s * flops_token / peak_total
             writer.write(step, "train", values)

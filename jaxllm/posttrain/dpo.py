@@ -1,0 +1,246 @@
+"""Direct preference optimization (DPO): learn from chosen/rejected pairs without a
+reward model or sampling.
+
+For a prompt x with replies y_w (chosen) and y_l (rejected), policy π and frozen
+reference π_ref, with log-probabilities summed over the reply tokens only:
+
+    h = β [(log π(y_w|x) − log π_ref(y_w|x)) − (log π(y_l|x) − log π_ref(y_l|x))]
+    loss = −(1 − ε) log σ(h) − ε log σ(−h)          (ε: label smoothing, default 0)
+
+The implicit rewards are r_w = β (log π(y_w|x) − log π_ref(y_w|x)) and likewise r_l;
+we report their margin r_w − r_l and the preference accuracy (share with r_w > r_l).
+Reference-free DPO drops the π_ref terms. The reference log-probs are computed once,
+before training, with the starting weights (which are the reference): no second model
+is kept in memory during training.
+
+Training runs on the pre-training loop (jaxllm/train/trainer.py) with this loss in
+place of next-token cross-entropy; each pair counts once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxllm.config import Config, ConfigError
+from jaxllm.train.trainer import Task, TrainResult, train
+
+
+def sequence_logprob(logits: jax.Array, targets: jax.Array, weights: jax.Array) -> jax.Array:
+    """(B,) sum of log p(target) over the positions with weight 1 (the reply tokens)."""
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    token = jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+    return jnp.sum(token * weights, axis=-1)
+
+
+def dpo_loss(
+    policy_chosen: jax.Array,
+    policy_rejected: jax.Array,
+    ref_chosen: jax.Array,
+    ref_rejected: jax.Array,
+    beta: float = 0.1,
+    label_smoothing: float = 0.0,
+    reference_free: bool = False,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Per-pair losses (B,) and per-pair metrics (rewards, margin, accuracy)."""
+    if reference_free:
+        ref_chosen, ref_rejected = jnp.zeros_like(ref_chosen), jnp.zeros_like(ref_rejected)
+    reward_chosen = beta * (policy_chosen - ref_chosen)
+    reward_rejected = beta * (policy_rejected - ref_rejected)
+    h = reward_chosen - reward_rejected
+    losses = -(1 - label_smoothing) * jax.nn.log_sigmoid(h) - label_smoothing * jax.nn.log_sigmoid(-h)
+    metrics = {
+        "reward_chosen": reward_chosen,
+        "reward_rejected": reward_rejected,
+        "margin": h,
+        "accuracy": (h > 0).astype(jnp.float32),
+    }
+    return losses, metrics
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def _pair_rows(tokenizer, chat, record, where: str, seq_len: int):
+    """(chosen (inputs, targets, weights), rejected (...)) of one preference record."""
+    from jaxllm.posttrain.batches import example_pairs
+    from jaxllm.posttrain.data import to_preference, tokenize_conversation
+
+    prompt, chosen, rejected = to_preference(record, where)
+    out = []
+    for reply in (chosen, rejected):
+        ex = tokenize_conversation(tokenizer, chat, [*prompt, {"role": "assistant", "content": reply}])
+        out.append(example_pairs(ex, seq_len))
+    return out
+
+
+def pair_batches(pairs: list, batch_size: int, seq_len: int) -> list[dict[str, np.ndarray]]:
+    """Fixed batches of pairs (the last padded with weight-0 pairs)."""
+    pad = (-len(pairs)) % batch_size
+    batches = []
+    for i in range(0, len(pairs) + pad, batch_size):
+        b = {f"{side}_{k}": np.zeros((batch_size, seq_len), dt) for side in ("chosen", "rejected")
+             for k, dt in (("inputs", np.int32), ("targets", np.int32), ("mask", np.float32))}  # fmt: skip
+        b["pair_weight"] = np.zeros((batch_size,), np.float32)
+        for r, pair in enumerate(pairs[i : i + batch_size]):
+            for side, (x, y, w) in zip(("chosen", "rejected"), pair, strict=True):
+                b[f"{side}_inputs"][r, : len(x)] = x
+                b[f"{side}_targets"][r, : len(y)] = y
+                b[f"{side}_mask"][r, : len(w)] = w
+            b["pair_weight"][r] = 1.0
+        batches.append(b)
+    return batches
+
+
+def policy_logprobs(cfg, params, batch) -> tuple[jax.Array, jax.Array]:
+    """(log π(chosen), log π(rejected)), (B,) each: one forward over both halves."""
+    from jaxllm.model.decoder import Decoder
+
+    inputs = jnp.concatenate([batch["chosen_inputs"], batch["rejected_inputs"]])
+    targets = jnp.concatenate([batch["chosen_targets"], batch["rejected_targets"]])
+    mask = jnp.concatenate([batch["chosen_mask"], batch["rejected_mask"]])
+    logits = Decoder(cfg.model).apply({"params": params}, inputs)  # right padding: causal, never seen
+    logp = sequence_logprob(logits, targets, mask)
+    B = batch["chosen_inputs"].shape[0]
+    return logp[:B], logp[B:]
+
+
+def make_loss_fn(beta: float, label_smoothing: float, reference_free: bool):
+    """The train step's loss: (sum of pair losses, number of pairs, metric sums)."""
+
+    def loss_fn(cfg, params, batch, rng, pipeline):
+        if pipeline is not None:
+            raise ValueError("DPO does not run through the pipeline schedule yet; use mesh.pipeline=1")
+        chosen, rejected = policy_logprobs(cfg, params, batch)
+        losses, metrics = dpo_loss(chosen, rejected, batch["ref_chosen"], batch["ref_rejected"], beta,
+                                   label_smoothing, reference_free)  # fmt: skip
+        w = batch["pair_weight"]
+        return jnp.sum(losses * w), jnp.sum(w), {k: jnp.sum(v * w) for k, v in metrics.items()}
+
+    return loss_fn
+
+
+class _Cycle:
+    """Endless shuffled pass over fixed batches; its state is (epoch, cursor)."""
+
+    def __init__(self, batches: list, seed: int):
+        self.batches, self.seed, self.epoch, self.cursor = batches, seed, 0, 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self.cursor == len(self.batches):
+            self.epoch, self.cursor = self.epoch + 1, 0
+        order = np.random.default_rng((self.seed, self.epoch)).permutation(len(self.batches))
+        self.cursor += 1
+        return self.batches[order[self.cursor - 1]]
+
+    def get_state(self) -> dict:
+        return {"epoch": self.epoch, "cursor": self.cursor}
+
+    def set_state(self, state: dict) -> None:
+        self.epoch, self.cursor = int(state["epoch"]), int(state["cursor"])
+
+
+def with_reference(cfg, params, batches: list) -> list:
+    """Each batch plus the reference log-probs of its replies (the starting weights')."""
+    logprobs = jax.jit(policy_logprobs, static_argnums=0)
+    out = []
+    for b in batches:
+        chosen, rejected = logprobs(cfg, params, {k: jnp.asarray(v) for k, v in b.items()})
+        out.append({**b, "ref_chosen": np.asarray(chosen), "ref_rejected": np.asarray(rejected)})
+    return out
+
+
+def preference_metrics(cfg, params, batches: list) -> dict[str, float]:
+    """Mean DPO loss, preference accuracy and reward margin over `batches` (held-out pairs)."""
+    pt = cfg.posttrain
+    loss_fn = jax.jit(make_loss_fn(pt.beta, pt.label_smoothing, pt.reference_free), static_argnums=(0, 4))
+    total: dict[str, float] = {}
+    n = 0.0
+    for b in batches:
+        s, c, aux = loss_fn(cfg, params, {k: jnp.asarray(v) for k, v in b.items()}, None, None)
+        n += float(c)
+        for k, v in {"loss": s, **aux}.items():
+            total[k] = total.get(k, 0.0) + float(v)
+    return {k: v / max(n, 1.0) for k, v in total.items()}
+
+
+class DPOTask(Task):
+    """Preference pairs in, the DPO loss out; the reference is the starting run."""
+
+    name = "dpo"
+
+    def __init__(self, cfg: Config, log: Callable[[str], None] = print):
+        from jaxllm.posttrain.data import load_records, split_records
+        from jaxllm.posttrain.sft import run_tokenizer, start_params
+
+        pt = cfg.posttrain
+        if not pt.data:
+            raise ConfigError("posttrain.data is empty; give a preference file with chosen/rejected replies")
+        if not pt.init_from and not pt.reference_free:
+            raise ConfigError(
+                "DPO needs a reference policy: set posttrain.init_from=RUN_DIR (e.g. an SFT run), "
+                "or posttrain.reference_free=true"
+            )
+        tokenizer = run_tokenizer(cfg)
+        records = load_records(pt.data)
+        train_recs, val_recs = split_records(records, pt.val_fraction, cfg.train.seed)
+        T, B = cfg.data.seq_len, cfg.train.batch_size
+        rows = [[_pair_rows(tokenizer, cfg.chat, r, f"{pt.data} record {i}", T) for i, r in enumerate(recs)]
+                for recs in (train_recs, val_recs)]  # fmt: skip
+        self.start = None
+        if pt.init_from:
+            self.start, step = start_params(cfg)
+            log(f"dpo: reference and start: {pt.init_from} (step {step})")
+            ref_params = self.start
+        else:
+            from jaxllm.model.api import init_params
+
+            ref_params = init_params(cfg, jax.random.key(cfg.train.seed))  # unused by the reference-free loss
+        self.train_batches = with_reference(cfg, ref_params, pair_batches(rows[0], B, T))
+        self.val = with_reference(cfg, ref_params, pair_batches(rows[1], B, T)) if rows[1] else []
+        self.loss_fn = make_loss_fn(pt.beta, pt.label_smoothing, pt.reference_free)
+        log(f"dpo: {len(rows[0])} train / {len(rows[1])} val pairs from {pt.data}; beta {pt.beta}, label smoothing "
+            f"{pt.label_smoothing}{', reference-free' if pt.reference_free else ''}")  # fmt: skip
+
+    def train_iter(self, cfg: Config) -> _Cycle:
+        return _Cycle(self.train_batches, cfg.train.seed)
+
+    def has_val(self, cfg: Config) -> bool:
+        return bool(self.val)
+
+    def val_batches(self, cfg: Config):
+        return self.val
+
+    def initial_params(self, cfg: Config, mesh, shardings):
+        return self.start
+
+
+def dpo(cfg: Config, log: Callable[[str], None] = print, stop_after: int | None = None) -> tuple[TrainResult, dict]:
+    """Train `cfg` with DPO on posttrain.data; returns the run and held-out preference
+    metrics before and after ({"before": {...}, "after": {...}})."""
+    from jaxllm.train.load import load_run
+    from jaxllm.train.metrics import MetricsWriter
+
+    task = DPOTask(cfg, log)
+    before = preference_metrics(cfg, task.start, task.val) if task.val and task.start is not None else None
+    result = train(cfg, log, stop_after, task=task)
+    report: dict = {"before": before}
+    if task.val:
+        _, params, _ = load_run(result.run_dir)
+        after = preference_metrics(cfg, params, task.val)
+        report["after"] = after
+        writer = MetricsWriter(result.run_dir, tensorboard=False)
+        writer.write(result.step, "val_preference", after)
+        writer.close()
+        if before:
+            log(f"dpo held-out: accuracy {before['accuracy']:.1%} -> {after['accuracy']:.1%}, "
+                f"margin {before['margin']:.4f} -> {after['margin']:.4f}")  # fmt: skip
+        else:
+            log(f"dpo held-out: accuracy {after['accuracy']:.1%}, margin {after['margin']:.4f}")
+    return result, report

@@ -1,0 +1,79 @@
+"""DPO: the loss against hand computation (label smoothing, reference-free, beta -> 0),
+reply-only log-probs, and `jaxllm dpo` end to end on the shared preference data."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxllm
+from jaxllm.cli import main
+from jaxllm.posttrain.dpo import dpo_loss, sequence_logprob
+from jaxllm.train.metrics import read_metrics
+from tests.data_paths import SHARED_DATA
+
+PREFS = SHARED_DATA / "instructions" / "instruction-data-with-preference.json"
+
+
+def _softplus(x: float) -> float:
+    return math.log1p(math.exp(x))
+
+
+def test_dpo_loss_matches_hand_computation():
+    pc, pr = jnp.array([-5.0]), jnp.array([-7.0])
+    rc, rr = jnp.array([-4.0]), jnp.array([-8.0])
+    # h = 0.1 * ((-5 + 4) - (-7 + 8)) = -0.2; loss = -log sigmoid(h) = log(1 + e^0.2)
+    losses, m = dpo_loss(pc, pr, rc, rr, beta=0.1)
+    assert float(losses[0]) == pytest.approx(_softplus(0.2), rel=1e-6)
+    assert float(m["margin"][0]) == pytest.approx(-0.2) and float(m["accuracy"][0]) == 0.0
+    assert float(m["reward_chosen"][0]) == pytest.approx(-0.1) and float(m["reward_rejected"][0]) == pytest.approx(0.1)
+    smoothed, _ = dpo_loss(pc, pr, rc, rr, beta=0.1, label_smoothing=0.1)
+    assert float(smoothed[0]) == pytest.approx(0.9 * _softplus(0.2) + 0.1 * _softplus(-0.2), rel=1e-6)
+    free, m = dpo_loss(pc, pr, rc, rr, beta=0.1, reference_free=True)  # h = 0.1 * (-5 + 7) = 0.2
+    assert float(free[0]) == pytest.approx(_softplus(-0.2), rel=1e-6) and float(m["accuracy"][0]) == 1.0
+
+
+def test_small_beta_gives_log2_and_vanishing_gradients():
+    def loss(pc, beta):
+        return dpo_loss(pc, jnp.array([-7.0]), jnp.array([-4.0]), jnp.array([-8.0]), beta=beta)[0].sum()
+
+    for beta in (1e-3, 1e-6):
+        assert float(loss(jnp.array([-5.0]), beta)) == pytest.approx(math.log(2), abs=2 * beta)  # h = -2 beta
+        grad = float(jax.grad(loss)(jnp.array([-5.0]), beta)[0])
+        assert grad == pytest.approx(-beta / 2, rel=1e-2)  # d/dpc of -log sigmoid(h) at h ~ 0: -beta * sigmoid(-h)
+
+
+def test_sequence_logprob_counts_reply_tokens_only():
+    logits = jnp.asarray(np.random.default_rng(0).normal(size=(1, 4, 5)), jnp.float32)
+    targets = jnp.array([[1, 2, 3, 4]])
+    weights = jnp.array([[0.0, 0.0, 1.0, 1.0]])
+    logp = jax.nn.log_softmax(logits)[0]
+    expected = float(logp[2, 3] + logp[3, 4])
+    assert float(sequence_logprob(logits, targets, weights)[0]) == pytest.approx(expected, rel=1e-6)
+
+
+def test_dpo_cli_end_to_end_on_the_shared_preferences(tmp_path, capsys):
+    small = ["model.num_layers=1", "model.d_model=32", "model.num_heads=2", "data.seq_len=128", "train.batch_size=8",
+             "train.steps=2", "train.eval_every=100", "train.tensorboard=false", f"posttrain.data={PREFS}",
+             "posttrain.val_fraction=0.02", f"data.path={tmp_path}/none"]  # fmt: skip
+    sft_run = tmp_path / "sft"
+    assert main(["sft", "shakespeare-char", *small, "model.dropout=0.0", f"train.out_dir={sft_run}"]) == 0
+    capsys.readouterr()
+    run = tmp_path / "dpo"
+    assert main(["dpo", str(sft_run), "train.steps=6", "optimizer.lr=3e-3", "optimizer.warmup_steps=1",
+                 "train.log_every=1", f"train.out_dir={run}"]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert f"reference and start: {sft_run} (step 2)" in out and "dpo held-out: accuracy" in out
+    rows = read_metrics(run)
+    train = [r for r in rows if r["split"] == "train"]
+    assert len(train) == 6 and all({"accuracy", "margin", "reward_chosen"} <= set(r) for r in train)
+    assert train[0]["loss"] == pytest.approx(math.log(2), abs=1e-4)  # the policy starts as the reference: h = 0
+    assert train[-1]["margin"] > train[0]["margin"]  # training pairs pull apart
+    assert any(r["split"] == "val_preference" for r in rows)
+    assert main(["dpo", "shakespeare-char", f"posttrain.data={PREFS}", f"train.out_dir={tmp_path}/x"]) == 2
+    assert "needs a reference policy" in capsys.readouterr().err
+    assert jaxllm.load_config(run / "config.yaml").posttrain.init_from == str(sft_run)
