@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -57,9 +58,10 @@ def main() -> None:
         base = Path(args.base)
     train_path = out / "sft-train.jsonl"
     train_path.write_text("".join(json.dumps(r) + "\n" for r in make_records(args.train_records, seed=1)))
-    held_out = make_records(args.eval_records, seed=2)  # a different seed: unseen words and sums
     seen = {(r["instruction"], r["input"]) for r in make_records(args.train_records, seed=1)}
-    overlap = sum((r["instruction"], r["input"]) in seen for r in held_out)
+    fresh = [r for r in make_records(4 * args.eval_records, seed=2) if (r["instruction"], r["input"]) not in seen]
+    per_kind = args.eval_records // 3  # equal shares of each task, none seen in training
+    held_out = [r for kind in ("reverse", "add", "upper") for r in [x for x in fresh if x["kind"] == kind][:per_kind]]
 
     base_cfg, base_params, base_step = load_run(base)
     tokenizer = load_run_tokenizer(base_cfg)
@@ -68,6 +70,7 @@ def main() -> None:
                             "train.checkpoint_every=100000", f"train.out_dir={out / 'sft'}"])  # fmt: skip
     before = exact_match(cfg, base_params, tokenizer, held_out)  # the base model, prompted the same way
     print(f"before SFT: {before}")
+    shutil.rmtree(out / "sft", ignore_errors=True)  # a fresh run, never a resumed one
     t0 = time.perf_counter()
     result = sft(cfg)
     sft_time = time.perf_counter() - t0
@@ -94,8 +97,8 @@ def main() -> None:
         f"{cfg.optimizer.lr} (warmup 50, cosine); final val loss on reply tokens {val:.4f}. Template "
         "`Q: {instruction}\\n\\n{input}\\n` / `A: {reply}|\\n`.",
         "",
-        f"Exact match of greedy replies on {len(held_out)} held-out records (seed 2; {overlap} also occur in the "
-        "training set):",
+        f"Exact match of greedy replies on {len(held_out)} held-out records (seed 2, none of them in the training "
+        f"set; {per_kind} of each task):",
         "",
         *rows,
     ]

@@ -33,7 +33,7 @@ def make_records(n: int, seed: int, kinds: Sequence[str] = KINDS) -> list[dict[s
             a, b = (int(x) for x in rng.integers(0, 50, 2))
             out.append({"instruction": "add", "input": f"{a}+{b}", "output": str(a + b), "kind": kind})
         elif kind == "upper":
-            phrase = " ".join(rng.choice(_WORDS, rng.integers(1, 3)))
+            phrase = " ".join(rng.choice(_WORDS, rng.integers(1, 4)))
             out.append({"instruction": "upper", "input": phrase, "output": phrase.upper(), "kind": kind})
         else:
             raise ValueError(f"unknown task kind {kind!r}; choose from {', '.join(KINDS)}")
