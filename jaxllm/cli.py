@@ -114,6 +114,14 @@ def _dpo(args: argparse.Namespace) -> int:
     return 128 + result.interrupted if result.interrupted is not None else 0
 
 
+def _reward(args: argparse.Namespace) -> int:
+    from jaxllm.posttrain.reward import reward
+    from jaxllm.posttrain.sft import sft_config
+
+    result, _ = reward(sft_config(args.source, [*args.overrides, "model.head=scalar"], suffix="reward"))
+    return 128 + result.interrupted if result.interrupted is not None else 0
+
+
 def _plot(args: argparse.Namespace) -> None:
     from jaxllm.train.plot import plot_run
 
@@ -195,6 +203,10 @@ def build_parser() -> argparse.ArgumentParser:
     dpo.add_argument("source", help="the run to start from and keep as the reference (e.g. an SFT run)")
     dpo.add_argument("overrides", nargs="*", help="e.g. posttrain.data=prefs.json posttrain.beta=0.1 train.steps=100")
     dpo.set_defaults(func=_dpo)
+    rwd = verbs.add_parser("reward", help="train a reward model (scalar head, Bradley-Terry) on chosen/rejected pairs")
+    rwd.add_argument("source", help="a run whose backbone starts the reward model (e.g. an SFT run)")
+    rwd.add_argument("overrides", nargs="*", help="e.g. posttrain.data=prefs.json posttrain.reward_center=0.01")
+    rwd.set_defaults(func=_reward)
     plot = verbs.add_parser("plot", help="PNG of a run's train/val loss and throughput")
     plot.add_argument("run_dir")
     plot.add_argument("--out", default=None, help="output PNG (default RUN_DIR/metrics.png)")

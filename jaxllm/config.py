@@ -37,6 +37,7 @@ AttentionImpl = Literal["xla", "dot_product"]
 Remat = Literal["none", "full", "save_dots", "save_dots_no_batch"]
 DType = Literal["float32", "bfloat16", "float16"]
 RopeScalingKind = Literal["none", "llama3"]
+Head = Literal["lm", "scalar"]
 
 
 class ConfigError(ValueError):
@@ -86,6 +87,7 @@ class ModelConfig:
     attention_dropout: float = 0.0  # on the attention probabilities
     init_std: float = 0.02
     remat: Remat = "none"
+    head: Head = "lm"  # "lm": next-token logits; "scalar": one value per position (reward models)
     dtype: DType = "float32"  # compute dtype of matmuls and activations
     param_dtype: DType = "float32"
 
@@ -244,6 +246,8 @@ class PostTrainConfig:
     beta: float = 0.1  # DPO: strength of the pull away from the reference (lower: further)
     label_smoothing: float = 0.0  # DPO: assumed share of flipped preference labels (conservative DPO)
     reference_free: bool = False  # DPO without the reference model's log-probs
+    reward_margin: float = 0.0  # reward model: required gap r_chosen - r_rejected inside the log-sigmoid
+    reward_center: float = 0.0  # reward model: weight of (r_chosen + r_rejected)^2, keeps rewards near 0
 
 
 @dataclasses.dataclass(frozen=True)

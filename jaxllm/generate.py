@@ -185,6 +185,8 @@ class _Setup(NamedTuple):
 
 def _setup(config, prompts, max_new_tokens, sampling_kw, stop_tokens, stop_sequences, vocab_limit, mesh, overflow):
     m = model_config(config)
+    if m.head != "lm":
+        raise GenerationError(f"model.head={m.head!r} is a reward model: it scores text and cannot generate")
     if not prompts:
         raise GenerationError("generate needs at least one prompt")
     for i, p in enumerate(prompts):

@@ -162,6 +162,15 @@ class Decoder(nn.Module):
             x = x[:, -1:]
         if cfg.final_norm:
             x = norm(cfg, "ln_f")(x)
+        if cfg.head == "scalar":  # a reward model: one float32 score per position
+            score = self.param(
+                "score",
+                param_init(nn.initializers.zeros_init(), ("embed",)),
+                (cfg.d_model,),
+                param_dtype,
+            )
+            values = jnp.einsum("bte,e->bt", x, score.astype(x.dtype), preferred_element_type=jnp.float32)
+            return values if cache is None else (values, new_cache)
         if cfg.tie_embeddings:
             logits = logits_matmul(x, wte.embedding.astype(dtype), "bte,ve->btv")  # (B, T, V)
         else:

@@ -85,11 +85,14 @@ def pair_batches(pairs: list, batch_size: int, seq_len: int) -> list[dict[str, n
         b = {f"{side}_{k}": np.zeros((batch_size, seq_len), dt) for side in ("chosen", "rejected")
              for k, dt in (("inputs", np.int32), ("targets", np.int32), ("mask", np.float32))}  # fmt: skip
         b["pair_weight"] = np.zeros((batch_size,), np.float32)
+        b["chosen_length"] = np.zeros((batch_size,), np.int32)
+        b["rejected_length"] = np.zeros((batch_size,), np.int32)
         for r, pair in enumerate(pairs[i : i + batch_size]):
             for side, (x, y, w) in zip(("chosen", "rejected"), pair, strict=True):
                 b[f"{side}_inputs"][r, : len(x)] = x
                 b[f"{side}_targets"][r, : len(y)] = y
                 b[f"{side}_mask"][r, : len(w)] = w
+                b[f"{side}_length"][r] = len(x)
             b["pair_weight"][r] = 1.0
         batches.append(b)
     return batches

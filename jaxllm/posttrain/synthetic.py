@@ -63,3 +63,27 @@ def exact_match(
     scores = {k: float(np.mean(v)) for k, v in hits.items()}
     scores["all"] = float(np.mean([h for v in hits.values() for h in v]))
     return scores
+
+
+def wrong_answer(record: dict[str, str], rng: np.random.Generator) -> str:
+    """A plausible but incorrect reply of the same kind (for preference pairs)."""
+    right = record["output"]
+    kind = record["kind"]
+    if kind == "add":
+        return str(max(0, int(right) + int(rng.choice([-3, -2, -1, 1, 2, 3]))))
+    if kind == "upper":
+        wrong = right.title()
+        return wrong if wrong != right else right.lower()
+    # reverse: the reversed word with two neighbouring letters swapped (or the word unreversed)
+    for _ in range(8):
+        i = int(rng.integers(0, len(right) - 1))
+        swapped = right[:i] + right[i + 1] + right[i] + right[i + 2 :]
+        if swapped != right:
+            return swapped
+    return record["input"] if record["input"] != right else right + "e"
+
+
+def make_preference_records(n: int, seed: int, kinds: Sequence[str] = KINDS) -> list[dict[str, str]]:
+    """n records with `chosen` = the correct reply and `rejected` = a wrong one."""
+    rng = np.random.default_rng(seed + 1000)
+    return [{**r, "chosen": r["output"], "rejected": wrong_answer(r, rng)} for r in make_records(n, seed, kinds)]
