@@ -115,9 +115,9 @@ def main() -> None:
 
 
 def _pairs(cfg, tokenizer, records) -> list:
-    from jaxllm.posttrain.dpo import _pair_rows, pair_batches
+    from jaxllm.posttrain.pairs import pair_batches, pair_rows
 
-    rows = [_pair_rows(tokenizer, cfg.chat, r, "record", cfg.data.seq_len) for r in records]
+    rows = [pair_rows(tokenizer, cfg.chat, r, "record", cfg.data.seq_len) for r in records]
     return pair_batches(rows, cfg.train.batch_size, cfg.data.seq_len)
 
 

@@ -26,7 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxllm.config import Config, ConfigError
-from jaxllm.train.trainer import Task, TrainResult, train
+from jaxllm.posttrain.pairs import PairTask, mean_metrics, pair_batches, pair_rows
+from jaxllm.train.trainer import TrainResult, train
 
 
 def sequence_logprob(logits: jax.Array, targets: jax.Array, weights: jax.Array) -> jax.Array:
@@ -64,40 +65,6 @@ def dpo_loss(
 # ----------------------------------------------------------------------------- training
 
 
-def _pair_rows(tokenizer, chat, record, where: str, seq_len: int):
-    """(chosen (inputs, targets, weights), rejected (...)) of one preference record."""
-    from jaxllm.posttrain.batches import example_pairs
-    from jaxllm.posttrain.data import to_preference, tokenize_conversation
-
-    prompt, chosen, rejected = to_preference(record, where)
-    out = []
-    for reply in (chosen, rejected):
-        ex = tokenize_conversation(tokenizer, chat, [*prompt, {"role": "assistant", "content": reply}])
-        out.append(example_pairs(ex, seq_len))
-    return out
-
-
-def pair_batches(pairs: list, batch_size: int, seq_len: int) -> list[dict[str, np.ndarray]]:
-    """Fixed batches of pairs (the last padded with weight-0 pairs)."""
-    pad = (-len(pairs)) % batch_size
-    batches = []
-    for i in range(0, len(pairs) + pad, batch_size):
-        b = {f"{side}_{k}": np.zeros((batch_size, seq_len), dt) for side in ("chosen", "rejected")
-             for k, dt in (("inputs", np.int32), ("targets", np.int32), ("mask", np.float32))}  # fmt: skip
-        b["pair_weight"] = np.zeros((batch_size,), np.float32)
-        b["chosen_length"] = np.zeros((batch_size,), np.int32)
-        b["rejected_length"] = np.zeros((batch_size,), np.int32)
-        for r, pair in enumerate(pairs[i : i + batch_size]):
-            for side, (x, y, w) in zip(("chosen", "rejected"), pair, strict=True):
-                b[f"{side}_inputs"][r, : len(x)] = x
-                b[f"{side}_targets"][r, : len(y)] = y
-                b[f"{side}_mask"][r, : len(w)] = w
-                b[f"{side}_length"][r] = len(x)
-            b["pair_weight"][r] = 1.0
-        batches.append(b)
-    return batches
-
-
 def policy_logprobs(cfg, params, batch) -> tuple[jax.Array, jax.Array]:
     """(log π(chosen), log π(rejected)), (B,) each: one forward over both halves."""
     from jaxllm.model.decoder import Decoder
@@ -126,29 +93,6 @@ def make_loss_fn(beta: float, label_smoothing: float, reference_free: bool):
     return loss_fn
 
 
-class _Cycle:
-    """Endless shuffled pass over fixed batches; its state is (epoch, cursor)."""
-
-    def __init__(self, batches: list, seed: int):
-        self.batches, self.seed, self.epoch, self.cursor = batches, seed, 0, 0
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        if self.cursor == len(self.batches):
-            self.epoch, self.cursor = self.epoch + 1, 0
-        order = np.random.default_rng((self.seed, self.epoch)).permutation(len(self.batches))
-        self.cursor += 1
-        return self.batches[order[self.cursor - 1]]
-
-    def get_state(self) -> dict:
-        return {"epoch": self.epoch, "cursor": self.cursor}
-
-    def set_state(self, state: dict) -> None:
-        self.epoch, self.cursor = int(state["epoch"]), int(state["cursor"])
-
-
 def with_reference(cfg, params, batches: list) -> list:
     """Each batch plus the reference log-probs of its replies (the starting weights')."""
     logprobs = jax.jit(policy_logprobs, static_argnums=0)
@@ -162,18 +106,10 @@ def with_reference(cfg, params, batches: list) -> list:
 def preference_metrics(cfg, params, batches: list) -> dict[str, float]:
     """Mean DPO loss, preference accuracy and reward margin over `batches` (held-out pairs)."""
     pt = cfg.posttrain
-    loss_fn = jax.jit(make_loss_fn(pt.beta, pt.label_smoothing, pt.reference_free), static_argnums=(0, 4))
-    total: dict[str, float] = {}
-    n = 0.0
-    for b in batches:
-        s, c, aux = loss_fn(cfg, params, {k: jnp.asarray(v) for k, v in b.items()}, None, None)
-        n += float(c)
-        for k, v in {"loss": s, **aux}.items():
-            total[k] = total.get(k, 0.0) + float(v)
-    return {k: v / max(n, 1.0) for k, v in total.items()}
+    return mean_metrics(make_loss_fn(pt.beta, pt.label_smoothing, pt.reference_free), cfg, params, batches)
 
 
-class DPOTask(Task):
+class DPOTask(PairTask):
     """Preference pairs in, the DPO loss out; the reference is the starting run."""
 
     name = "dpo"
@@ -194,7 +130,7 @@ class DPOTask(Task):
         records = load_records(pt.data)
         train_recs, val_recs = split_records(records, pt.val_fraction, cfg.train.seed)
         T, B = cfg.data.seq_len, cfg.train.batch_size
-        rows = [[_pair_rows(tokenizer, cfg.chat, r, f"{pt.data} record {i}", T) for i, r in enumerate(recs)]
+        rows = [[pair_rows(tokenizer, cfg.chat, r, f"{pt.data} record {i}", T) for i, r in enumerate(recs)]
                 for recs in (train_recs, val_recs)]  # fmt: skip
         self.start = None
         if pt.init_from:
@@ -210,18 +146,6 @@ class DPOTask(Task):
         self.loss_fn = make_loss_fn(pt.beta, pt.label_smoothing, pt.reference_free)
         log(f"dpo: {len(rows[0])} train / {len(rows[1])} val pairs from {pt.data}; beta {pt.beta}, label smoothing "
             f"{pt.label_smoothing}{', reference-free' if pt.reference_free else ''}")  # fmt: skip
-
-    def train_iter(self, cfg: Config) -> _Cycle:
-        return _Cycle(self.train_batches, cfg.train.seed)
-
-    def has_val(self, cfg: Config) -> bool:
-        return bool(self.val)
-
-    def val_batches(self, cfg: Config):
-        return self.val
-
-    def initial_params(self, cfg: Config, mesh, shardings):
-        return self.start
 
 
 def dpo(cfg: Config, log: Callable[[str], None] = print, stop_after: int | None = None) -> tuple[TrainResult, dict]:

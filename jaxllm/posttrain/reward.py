@@ -25,7 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxllm.config import Config, ConfigError
-from jaxllm.train.trainer import Task, TrainResult, train
+from jaxllm.posttrain.pairs import PairTask, mean_metrics, pair_batches, pair_rows
+from jaxllm.train.trainer import TrainResult, train
 
 
 def bradley_terry_loss(
@@ -76,15 +77,7 @@ def with_last_index(batches: list) -> list:
 def accuracy_metrics(cfg: Config, params, batches: list) -> dict[str, float]:
     """Mean loss, pairwise accuracy and reward margin over held-out pair batches."""
     pt = cfg.posttrain
-    fn = jax.jit(make_loss_fn(pt.reward_margin, pt.reward_center), static_argnums=(0, 4))
-    total: dict[str, float] = {}
-    n = 0.0
-    for b in batches:
-        s, c, aux = fn(cfg, params, {k: jnp.asarray(v) for k, v in b.items()}, None, None)
-        n += float(c)
-        for k, v in {"loss": s, **aux}.items():
-            total[k] = total.get(k, 0.0) + float(v)
-    return {k: v / max(n, 1.0) for k, v in total.items()}
+    return mean_metrics(make_loss_fn(pt.reward_margin, pt.reward_center), cfg, params, batches)
 
 
 def backbone_params(cfg: Config, log: Callable[[str], None]):
@@ -103,14 +96,13 @@ def backbone_params(cfg: Config, log: Callable[[str], None]):
     return params
 
 
-class RewardTask(Task):
+class RewardTask(PairTask):
     """Preference pairs in, a Bradley–Terry-trained scalar head out."""
 
     name = "reward"
 
     def __init__(self, cfg: Config, log: Callable[[str], None] = print):
         from jaxllm.posttrain.data import load_records, split_records
-        from jaxllm.posttrain.dpo import _Cycle, _pair_rows, pair_batches
         from jaxllm.posttrain.sft import run_tokenizer
 
         pt = cfg.posttrain
@@ -121,26 +113,13 @@ class RewardTask(Task):
         tokenizer = run_tokenizer(cfg)
         train_recs, val_recs = split_records(load_records(pt.data), pt.val_fraction, cfg.train.seed)
         T, B = cfg.data.seq_len, cfg.train.batch_size
-        rows = [[_pair_rows(tokenizer, cfg.chat, r, f"{pt.data} record {i}", T) for i, r in enumerate(recs)]
+        rows = [[pair_rows(tokenizer, cfg.chat, r, f"{pt.data} record {i}", T) for i, r in enumerate(recs)]
                 for recs in (train_recs, val_recs)]  # fmt: skip
         self.train_batches = with_last_index(pair_batches(rows[0], B, T))
         self.val = with_last_index(pair_batches(rows[1], B, T)) if rows[1] else []
-        self._cycle = _Cycle
         self.start = backbone_params(cfg, log) if pt.init_from else None
         self.loss_fn = make_loss_fn(pt.reward_margin, pt.reward_center)
         log(f"reward: {len(rows[0])} train / {len(rows[1])} val pairs from {pt.data}")
-
-    def train_iter(self, cfg: Config):
-        return self._cycle(self.train_batches, cfg.train.seed)
-
-    def has_val(self, cfg: Config) -> bool:
-        return bool(self.val)
-
-    def val_batches(self, cfg: Config):
-        return self.val
-
-    def initial_params(self, cfg: Config, mesh, shardings):
-        return self.start
 
 
 def reward(cfg: Config, log: Callable[[str], None] = print, stop_after: int | None = None) -> tuple[TrainResult, dict]:
