@@ -605,6 +605,9 @@ def validate(cfg: Config) -> None:
         0 <= cfg.posttrain.label_smoothing < 0.5,
         f"posttrain.label_smoothing={cfg.posttrain.label_smoothing} must be in [0, 0.5)",
     )
+    for name in ("reward_margin", "reward_center"):
+        value = getattr(cfg.posttrain, name)
+        _need(value >= 0, f"posttrain.{name}={value} must be >= 0 (0 turns it off)")
     _need(
         0 <= cfg.posttrain.val_fraction < 1,
         f"posttrain.val_fraction={cfg.posttrain.val_fraction} must be in [0, 1)",
@@ -658,14 +661,18 @@ def from_dict(raw: Mapping[str, Any]) -> Config:
     return cfg
 
 
-def load_config(source: str | os.PathLike[str], overrides: Sequence[str] = ()) -> Config:
-    """Load a preset name or YAML path, apply `a.b.c=value` overrides, resolve, validate."""
-    raw = _read_yaml(_find_file(str(source), "config"), "config")
+def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Set each `a.b.c=value` in the nested mapping `raw` (in place; returned for chaining)."""
     for text in overrides:
         parts, value = parse_override(text)
         _check_override_path(parts)
         _set_path(raw, parts, value)
-    return from_dict(raw)
+    return raw
+
+
+def load_config(source: str | os.PathLike[str], overrides: Sequence[str] = ()) -> Config:
+    """Load a preset name or YAML path, apply `a.b.c=value` overrides, resolve, validate."""
+    return from_dict(apply_overrides(_read_yaml(_find_file(str(source), "config"), "config"), overrides))
 
 
 def _check_override_path(parts: Sequence[str]) -> None:

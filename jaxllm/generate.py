@@ -21,6 +21,7 @@ finish reason "length".
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -80,8 +81,9 @@ class _Static(NamedTuple):
     rules: tuple | None
 
 
-def _apply(static: _Static, params, tokens: jax.Array, cache: KVCache) -> tuple[jax.Array, KVCache]:
-    logits, cache = Decoder(static.model).apply({"params": params}, tokens, cache=cache, last_only=True)
+def _apply(model: ModelConfig, params, tokens: jax.Array, cache: KVCache) -> tuple[jax.Array, KVCache]:
+    """Tokens (B, T) through the model into the cache: (last position's logits (B, V), cache)."""
+    logits, cache = Decoder(model).apply({"params": params}, tokens, cache=cache, last_only=True)
     return logits[:, -1], cache
 
 
@@ -110,7 +112,7 @@ def _start(static: _Static, params, prompts, start, sampling, stop_ids, stop_seq
         B, P = prompts.shape
         cache = init_cache(static.model, B, static.slots, start)
         cache = cache._replace(k=constrain(cache.k, CACHE_AXES), v=constrain(cache.v, CACHE_AXES))
-        logits, cache = _apply(static, params, prompts, cache)
+        logits, cache = _apply(static.model, params, prompts, cache)
         seen = None
         if static.penalty:
             V = static.model.vocab_size
@@ -124,7 +126,7 @@ def _start(static: _Static, params, prompts, start, sampling, stop_ids, stop_seq
 def _advance(static: _Static, params, state: _State, sampling, stop_ids, stop_seqs, rng) -> _State:
     """Feed the last token through the model (one cached step) and sample the next."""
     with nn.logical_axis_rules(static.rules or ()):
-        logits, cache = _apply(static, params, state.token[:, None], state.cache)
+        logits, cache = _apply(static.model, params, state.token[:, None], state.cache)
         return _record(static, state._replace(cache=cache), logits, rng, sampling, stop_ids, stop_seqs)
 
 
@@ -153,7 +155,6 @@ class _Round:
     prompts: jax.Array
     start: jax.Array
     done: jax.Array
-    max_new: int
     rows: int  # real rows (the rest pad the batch to the mesh's data-parallel size)
 
 
@@ -178,6 +179,8 @@ class _Setup(NamedTuple):
     stop_seqs: jax.Array
     vocab_limit: int | None
     mesh: Mesh | None
+    stop_tokens: list[int]  # as given: the host trims a finished row with these
+    stop_sequences: list[list[int]]
     rules: tuple | None  # flax's form of the rules table (None without a mesh)
     table: tuple | None  # jaxllm's form
     batch_multiple: int
@@ -214,7 +217,9 @@ def _setup(config, prompts, max_new_tokens, sampling_kw, stop_tokens, stop_seque
         table = parse_rules((config.mesh if isinstance(config, Config) else MeshConfig()).rules)
         rules = flax_rules(table)
         multiple = mesh.shape["data"] * mesh.shape["fsdp"]
-    return _Setup(m, sampling, stop_ids, stop_seqs, vocab_limit, mesh, rules, table, multiple)
+    stops = [int(t) for t in stop_tokens]
+    seqs = [[int(t) for t in q] for q in stop_sequences]
+    return _Setup(m, sampling, stop_ids, stop_seqs, vocab_limit, mesh, stops, seqs, rules, table, multiple)
 
 
 def _prepare_round(setup: _Setup, rows: list[list[int]], done: list[bool], max_new: int) -> _Round:
@@ -234,7 +239,7 @@ def _prepare_round(setup: _Setup, rows: list[list[int]], done: list[bool], max_n
     margin = int(setup.stop_seqs.shape[1])
     static = _Static(m, width + out_len, out_len, margin, setup.vocab_limit, _uses_penalty(setup), setup.rules)
     done_arr = np.array(list(done) + [True] * (batch - n))
-    return _Round(static, jnp.asarray(prompts), jnp.asarray(start), jnp.asarray(done_arr), max_new, n)
+    return _Round(static, jnp.asarray(prompts), jnp.asarray(start), jnp.asarray(done_arr), n)
 
 
 def _uses_penalty(setup: _Setup) -> bool:
@@ -280,7 +285,7 @@ def _rounds(config, params, prompts, max_new_tokens, setup: _Setup, seed: int, o
     params = _place(setup, params)
     keep = max(1, m.max_seq_len // 2)
     round_no = 0
-    ctx = jax.set_mesh(setup.mesh) if setup.mesh is not None else _null()
+    ctx = jax.set_mesh(setup.mesh) if setup.mesh is not None else contextlib.nullcontext()
     with ctx:
         while True:
             rows = [prompts[i] + new[i] for i in range(n)]
@@ -320,34 +325,13 @@ def _rounds(config, params, prompts, max_new_tokens, setup: _Setup, seed: int, o
                     continue
                 row = [int(t) for t in out[i] if t != NO_TOKEN][: remaining[i]]
                 new[i].extend(row)
-                trimmed, hit = _finish(new[i], _stop_token_list(setup), _stop_seq_list(setup))
+                trimmed, hit = _finish(new[i], setup.stop_tokens, setup.stop_sequences)
                 if hit:
                     new[i] = trimmed
                     stopped[i] = True
             round_no += 1
     reasons = ["stop" if s else "length" for s in stopped]
     yield "done", Generation(new, reasons)
-
-
-def _stop_token_list(setup: _Setup) -> list[int]:
-    return [int(t) for t in np.asarray(setup.stop_ids) if t >= 0]
-
-
-def _stop_seq_list(setup: _Setup) -> list[list[int]]:
-    out = []
-    for row in np.asarray(setup.stop_seqs):
-        seq = [int(t) for t in row if t != _ANY]
-        if seq and all(t >= 0 for t in seq):
-            out.append(seq)
-    return out
-
-
-class _null:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 def generate(
@@ -426,15 +410,12 @@ def left_pad(prompts: Sequence[Sequence[int]], width: int | None = None) -> tupl
 
 @functools.partial(jax.jit, static_argnames=("config", "slots"))
 def _prefill(config: ModelConfig, params, tokens, start, slots: int):
-    cache = init_cache(config, tokens.shape[0], slots, start)
-    logits, cache = Decoder(config).apply({"params": params}, tokens, cache=cache, last_only=True)
-    return logits[:, -1], cache
+    return _apply(config, params, tokens, init_cache(config, tokens.shape[0], slots, start))
 
 
 @functools.partial(jax.jit, static_argnames=("config",), donate_argnames=("cache",))
 def _decode_step(config: ModelConfig, params, tokens, cache):
-    logits, cache = Decoder(config).apply({"params": params}, tokens[:, None], cache=cache, last_only=True)
-    return logits[:, -1], cache
+    return _apply(config, params, tokens[:, None], cache)
 
 
 def prefill(

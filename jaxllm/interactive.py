@@ -110,6 +110,8 @@ def run_sample(args, out: TextIO | None = None) -> None:
     out = out or sys.stdout
     from jaxllm.train.load import load_run, load_run_tokenizer
 
+    if args.num_samples < 1:
+        raise GenerationError(f"--num-samples={args.num_samples} must be at least 1")
     cfg, params, step = load_run(args.run_dir)
     tokenizer = load_run_tokenizer(cfg)
     prompt = args.prompt.encode().decode("unicode_escape") if args.escapes else args.prompt
@@ -144,7 +146,7 @@ def run_chat(args, inp: TextIO | None = None, out: TextIO | None = None) -> None
             "template, so replies are plain continuations. Instruction-tune it first for a real assistant.",
             file=sys.stderr,
         )
-    system = args.system if args.system is not None else None
+    system = args.system
     history: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
     stop = [stop_string(chat)]
     kwargs = sampling_kwargs(args)

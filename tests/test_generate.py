@@ -202,6 +202,9 @@ def test_bad_input_gets_clear_errors(params):
     with pytest.raises(GenerationError, match="2 values for 1 prompts"):
         generate(GPT2, p, [[1]], 4, temperature=[0.5, 0.7])
     assert generate(GPT2, p, [[1]], 0).tokens == [[]]
+    from jaxllm.cli import main
+
+    assert main(["sample", "no-such-run", "--num-samples", "0"]) == 2
 
 
 def test_text_streaming_holds_partial_characters_and_cuts_at_stop_strings(params):

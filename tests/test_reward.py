@@ -24,6 +24,8 @@ def test_bradley_terry_loss_by_hand():
     losses, m = bradley_terry_loss(rc, rr)
     assert losses.tolist() == pytest.approx([math.log1p(math.exp(-1.0)), math.log1p(math.exp(1.0))], rel=1e-6)
     assert m["accuracy"].tolist() == [1.0, 0.0]
+    with pytest.raises(jaxllm.ConfigError, match=r"posttrain.reward_center=-1.0 must be >= 0"):
+        jaxllm.load_config("gpt2-124m", ["posttrain.reward_center=-1"])
     with_margin, _ = bradley_terry_loss(rc, rr, margin=0.5, center=0.1)  # -log s(d - 0.5) + 0.1 (rc + rr)^2
     assert float(with_margin[0]) == pytest.approx(math.log1p(math.exp(-0.5)) + 0.1 * 2.0**2, rel=1e-6)
 

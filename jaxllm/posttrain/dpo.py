@@ -26,8 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxllm.config import Config, ConfigError
-from jaxllm.posttrain.pairs import PairTask, mean_metrics, pair_batches, pair_rows
-from jaxllm.train.trainer import TrainResult, train
+from jaxllm.posttrain.pairs import PairTask, mean_metrics, pair_batches, pair_rows, train_and_measure
+from jaxllm.train.trainer import TrainResult
 
 
 def sequence_logprob(logits: jax.Array, targets: jax.Array, weights: jax.Array) -> jax.Array:
@@ -151,23 +151,4 @@ class DPOTask(PairTask):
 def dpo(cfg: Config, log: Callable[[str], None] = print, stop_after: int | None = None) -> tuple[TrainResult, dict]:
     """Train `cfg` with DPO on posttrain.data; returns the run and held-out preference
     metrics before and after ({"before": {...}, "after": {...}})."""
-    from jaxllm.train.load import load_run
-    from jaxllm.train.metrics import MetricsWriter
-
-    task = DPOTask(cfg, log)
-    before = preference_metrics(cfg, task.start, task.val) if task.val and task.start is not None else None
-    result = train(cfg, log, stop_after, task=task)
-    report: dict = {"before": before}
-    if task.val:
-        _, params, _ = load_run(result.run_dir)
-        after = preference_metrics(cfg, params, task.val)
-        report["after"] = after
-        writer = MetricsWriter(result.run_dir, tensorboard=False)
-        writer.write(result.step, "val_preference", after)
-        writer.close()
-        if before:
-            log(f"dpo held-out: accuracy {before['accuracy']:.1%} -> {after['accuracy']:.1%}, "
-                f"margin {before['margin']:.4f} -> {after['margin']:.4f}")  # fmt: skip
-        else:
-            log(f"dpo held-out: accuracy {after['accuracy']:.1%}, margin {after['margin']:.4f}")
-    return result, report
+    return train_and_measure(cfg, DPOTask(cfg, log), preference_metrics, "dpo held-out: accuracy", log, stop_after)

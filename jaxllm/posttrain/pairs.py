@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxllm.config import Config
-from jaxllm.train.trainer import Task
+from jaxllm.train.trainer import Task, TrainResult, train
 
 
 def pair_rows(tokenizer, chat, record, where: str, seq_len: int):
@@ -101,3 +101,29 @@ def mean_metrics(loss_fn: Callable, cfg: Config, params, batches: list) -> dict[
         for k, v in {"loss": s, **aux}.items():
             total[k] = total.get(k, 0.0) + float(v)
     return {k: v / max(n, 1.0) for k, v in total.items()}
+
+
+def train_and_measure(
+    cfg: Config, task: PairTask, metrics: Callable, label: str, log: Callable[[str], None], stop_after: int | None
+) -> tuple[TrainResult, dict]:
+    """Train on a pair task and measure `metrics(cfg, params, batches)` on its held-out
+    pairs before (when it starts from a run) and after; the "after" figures also go to
+    metrics.jsonl as split `val_preference`. Returns (run, {"before": ..., "after": ...})."""
+    from jaxllm.train.load import load_run
+    from jaxllm.train.metrics import MetricsWriter
+
+    before = metrics(cfg, task.start, task.val) if task.val and task.start is not None else None
+    result = train(cfg, log, stop_after, task=task)
+    report: dict = {"before": before}
+    if task.val:
+        _, params, _ = load_run(result.run_dir)
+        report["after"] = after = metrics(cfg, params, task.val)
+        writer = MetricsWriter(result.run_dir, tensorboard=False)
+        writer.write(result.step, "val_preference", after)
+        writer.close()
+        if before:
+            log(f"{label}: {before['accuracy']:.1%} -> {after['accuracy']:.1%}, "
+                f"margin {before['margin']:.4f} -> {after['margin']:.4f}")  # fmt: skip
+        else:
+            log(f"{label}: {after['accuracy']:.1%}, margin {after['margin']:.4f}")
+    return result, report

@@ -25,8 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxllm.config import Config, ConfigError
-from jaxllm.posttrain.pairs import PairTask, mean_metrics, pair_batches, pair_rows
-from jaxllm.train.trainer import TrainResult, train
+from jaxllm.posttrain.pairs import PairTask, mean_metrics, pair_batches, pair_rows, train_and_measure
+from jaxllm.train.trainer import TrainResult
 
 
 def bradley_terry_loss(
@@ -124,20 +124,6 @@ class RewardTask(PairTask):
 
 def reward(cfg: Config, log: Callable[[str], None] = print, stop_after: int | None = None) -> tuple[TrainResult, dict]:
     """Train a reward model; returns the run and held-out metrics before and after."""
-    from jaxllm.train.load import load_run
-    from jaxllm.train.metrics import MetricsWriter
-
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, head="scalar"))
-    task = RewardTask(cfg, log)
-    before = accuracy_metrics(cfg, task.start, task.val) if task.val and task.start is not None else None
-    result = train(cfg, log, stop_after, task=task)
-    report: dict = {"before": before}
-    if task.val:
-        _, params, _ = load_run(result.run_dir)
-        report["after"] = after = accuracy_metrics(cfg, params, task.val)
-        writer = MetricsWriter(result.run_dir, tensorboard=False)
-        writer.write(result.step, "val_preference", after)
-        writer.close()
-        log(f"reward held-out: pairwise accuracy {after['accuracy']:.1%}, margin {after['margin']:.4f}"
-            + (f" (before: {before['accuracy']:.1%})" if before else ""))  # fmt: skip
-    return result, report
+    label = "reward held-out: pairwise accuracy"
+    return train_and_measure(cfg, RewardTask(cfg, log), accuracy_metrics, label, log, stop_after)

@@ -14,13 +14,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import yaml
-
-from jaxllm.config import Config, ConfigError, load_config, to_dict
+from jaxllm.config import Config, ConfigError, apply_overrides, from_dict, load_config, to_dict
 from jaxllm.data.errors import DataError
 from jaxllm.posttrain.batches import SFTBatches, eval_batches
 from jaxllm.posttrain.data import Example, load_records, split_records, to_messages, tokenize_conversation
@@ -114,12 +111,7 @@ def sft_config(source: str | os.PathLike[str], overrides: Sequence[str] = (), su
         raw["optimizer"]["decay_steps"] = None
         raw["posttrain"]["init_from"] = str(src)
         raw["train"]["out_dir"] = str(src.parent / f"{src.name}-{suffix}")
-        with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
-            yaml.safe_dump(raw, f)
-        try:
-            cfg = load_config(f.name, overrides)
-        finally:
-            os.unlink(f.name)
+        cfg = from_dict(apply_overrides(raw, overrides))
     else:
         cfg = load_config(source, overrides)
     return dataclasses.replace(cfg, chat=dataclasses.replace(cfg.chat, enabled=True))
