@@ -122,6 +122,14 @@ def _reward(args: argparse.Namespace) -> int:
     return 128 + result.interrupted if result.interrupted is not None else 0
 
 
+def _ppo(args: argparse.Namespace) -> int:
+    from jaxllm.posttrain.ppo_loop import ppo
+    from jaxllm.posttrain.sft import sft_config
+
+    result = ppo(sft_config(args.source, args.overrides, suffix="ppo"))
+    return 128 + result.interrupted if result.interrupted is not None else 0
+
+
 def _plot(args: argparse.Namespace) -> None:
     from jaxllm.train.plot import plot_run
 
@@ -207,6 +215,10 @@ def build_parser() -> argparse.ArgumentParser:
     rwd.add_argument("source", help="a run whose backbone starts the reward model (e.g. an SFT run)")
     rwd.add_argument("overrides", nargs="*", help="e.g. posttrain.data=prefs.json posttrain.reward_center=0.01")
     rwd.set_defaults(func=_reward)
+    ppo = verbs.add_parser("ppo", help="RLHF: PPO against a reward model, with a critic and a KL leash to the start")
+    ppo.add_argument("source", help="the policy to start from and keep as the reference (e.g. an SFT run)")
+    ppo.add_argument("overrides", nargs="*", help="e.g. ppo.reward_from=RM_RUN posttrain.data=prompts.json")
+    ppo.set_defaults(func=_ppo)
     plot = verbs.add_parser("plot", help="PNG of a run's train/val loss and throughput")
     plot.add_argument("run_dir")
     plot.add_argument("--out", default=None, help="output PNG (default RUN_DIR/metrics.png)")

@@ -251,6 +251,34 @@ class PostTrainConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class PPOConfig:
+    """PPO against a reward model (jaxllm/posttrain/ppo_loop.py); train.steps counts
+    policy updates: each rollout of `rollout_batch` prompts gives epochs x rollout_batch /
+    train.batch_size of them. The policy starts from (and is regularised towards)
+    posttrain.init_from; prompts come from posttrain.data."""
+
+    reward_from: str = ""  # the reward model's run directory (jaxllm reward)
+    critic_from: str = ""  # the critic's start: a scalar-head run ("" = the reward model)
+    rollout_batch: int = 64  # prompts sampled per rollout (a multiple of train.batch_size)
+    epochs: int = 4  # passes over each rollout batch
+    max_new_tokens: int = 32  # reply length cap during rollouts and evaluation
+    temperature: float = 1.0  # rollout sampling temperature (it also divides the logits of every log-prob)
+    kl_coef: float = 0.05  # per-token KL penalty to the reference policy (its starting value if adaptive)
+    adaptive_kl: bool = False  # steer kl_coef towards kl_target (Ziegler et al.'s proportional controller)
+    kl_target: float = 6.0  # adaptive KL: target KL per reply (summed over its tokens)
+    kl_horizon: int = 10000  # adaptive KL: the controller's horizon, in replies
+    clip: float = 0.2  # policy ratio clip
+    value_clip: float = 0.2  # critic: how far a value may move from its rollout-time value per update
+    gamma: float = 1.0  # discount
+    lam: float = 0.95  # GAE lambda
+    critic_lr: float = 0.0  # the critic's peak learning rate (0 = optimizer.lr)
+    critic_warmup: int = 0  # rollouts at the start that train only the critic (its values settle first)
+    missing_stop_penalty: float = 0.0  # subtracted from the score of replies cut at max_new_tokens
+    normalize_reward: bool = True  # scores as (score - mean) / std of the starting policy's replies
+    eval_prompts: int = 64  # held-out prompts sampled and scored at each evaluation
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     """The whole run."""
 
@@ -263,6 +291,7 @@ class Config:
     train: TrainConfig = TrainConfig()
     chat: ChatConfig = ChatConfig()
     posttrain: PostTrainConfig = PostTrainConfig()
+    ppo: PPOConfig = PPOConfig()
 
 
 # --------------------------------------------------------------------------- files
@@ -553,9 +582,7 @@ def validate(cfg: Config) -> None:
         f"tokenizer.vocab_size={tok.vocab_size} leaves no room for pieces: byte fallback takes 256 byte ids + 4 "
         "special ids; use a larger vocab_size (e.g. 1000) or tokenizer.byte_fallback=false",
     )
-    _need(
-        0 < tok.character_coverage <= 1, f"tokenizer.character_coverage={tok.character_coverage} must be in (0, 1]"
-    )
+    _need(0 < tok.character_coverage <= 1, f"tokenizer.character_coverage={tok.character_coverage} must be in (0, 1]")
     if tok.path == "byte":
         _need(
             m.vocab_size >= 256,
@@ -612,6 +639,21 @@ def validate(cfg: Config) -> None:
         0 <= cfg.posttrain.val_fraction < 1,
         f"posttrain.val_fraction={cfg.posttrain.val_fraction} must be in [0, 1)",
     )
+
+    p = cfg.ppo
+    for name in ("rollout_batch", "epochs", "max_new_tokens", "kl_horizon", "eval_prompts"):
+        value = getattr(p, name)
+        _need(value > 0, f"ppo.{name}={value} must be a positive integer")
+    _need(p.temperature > 0, f"ppo.temperature={p.temperature} must be > 0 (rollouts sample; 1.0 is usual)")
+    for name in ("kl_coef", "critic_lr", "missing_stop_penalty", "critic_warmup"):
+        value = getattr(p, name)
+        _need(value >= 0, f"ppo.{name}={value} must be >= 0")
+    for name in ("clip", "value_clip", "kl_target"):
+        value = getattr(p, name)
+        _need(value > 0, f"ppo.{name}={value} must be > 0")
+    for name in ("gamma", "lam"):
+        value = getattr(p, name)
+        _need(0 <= value <= 1, f"ppo.{name}={value} must be in [0, 1]")
 
     o = cfg.optimizer
     _need(o.lr > 0, f"optimizer.lr={o.lr} must be positive")

@@ -24,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import functools
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import flax.linen as nn
@@ -49,10 +49,13 @@ _ANY = -3  # left padding of stop sequences: matches any token
 @dataclass(frozen=True)
 class Generation:
     """New tokens per prompt (stop token / stop sequence removed) and why each ended:
-    "stop" (a stop token or sequence) or "length" (max_new_tokens or the context)."""
+    "stop" (a stop token or sequence) or "length" (max_new_tokens or the context).
+    `stops` holds the stop token / sequence each row produced and lost (empty when it
+    ran to "length"): tokens + stops is exactly what was sampled (PPO needs that)."""
 
     tokens: list[list[int]]
     finish_reasons: list[str]
+    stops: list[list[int]] = field(default_factory=list)
 
 
 def bucket(n: int, minimum: int = 16) -> int:
@@ -281,6 +284,7 @@ def _rounds(config, params, prompts, max_new_tokens, setup: _Setup, seed: int, o
     n = len(prompts)
     new: list[list[int]] = [[] for _ in range(n)]
     stopped = [False] * n
+    ends: list[list[int]] = [[] for _ in range(n)]
     full = [False] * n
     params = _place(setup, params)
     keep = max(1, m.max_seq_len // 2)
@@ -327,11 +331,11 @@ def _rounds(config, params, prompts, max_new_tokens, setup: _Setup, seed: int, o
                 new[i].extend(row)
                 trimmed, hit = _finish(new[i], setup.stop_tokens, setup.stop_sequences)
                 if hit:
-                    new[i] = trimmed
+                    new[i], ends[i] = trimmed, new[i][len(trimmed) :]
                     stopped[i] = True
             round_no += 1
     reasons = ["stop" if s else "length" for s in stopped]
-    yield "done", Generation(new, reasons)
+    yield "done", Generation(new, reasons, ends)
 
 
 def generate(

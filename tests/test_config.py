@@ -86,7 +86,8 @@ def test_preset_round_trips_with_overrides(preset, tmp_path):
 def test_to_yaml_is_plain_yaml_with_all_sections():
     cfg = load_config("shakespeare-char")
     raw = yaml.safe_load(to_yaml(cfg))
-    assert list(raw) == ["model", "mesh", "pipeline", "tokenizer", "data", "optimizer", "train", "chat", "posttrain"]
+    sections = ["model", "mesh", "pipeline", "tokenizer", "data", "optimizer", "train", "chat", "posttrain", "ppo"]
+    assert list(raw) == sections
     assert raw == to_dict(cfg)
     # derived fields are written out concretely, tuples as lists
     assert raw["model"]["head_dim"] == 64

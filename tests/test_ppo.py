@@ -71,3 +71,51 @@ def test_whitening_and_the_adaptive_kl_controller():
         0.05 * (1 + 0.2 * 256 / 10000))  # fmt: skip
     assert adaptive_kl(0.05, kl=5.4, target=6.0, n_steps=100, horizon=1000) == pytest.approx(0.05 * (1 - 0.1 * 0.1))
     assert not math.isnan(adaptive_kl(0.05, 0.0, 6.0, 1, 1))
+
+
+# ----------------------------------------------------------------------------- the loop's pieces
+
+
+def test_rollout_rows_mark_each_sampled_token_as_one_action():
+    from jaxllm.generate import Generation
+    from jaxllm.posttrain.ppo_loop import build_rollout
+
+    gen = Generation(tokens=[[7, 8], [9, 9, 9]], finish_reasons=["stop", "length"], stops=[[5, 6], []])
+    ro = build_rollout([[1, 2, 3], [4]], gen, width=8)
+    assert ro.seq.tolist() == [[1, 2, 3, 7, 8, 5, 6, 0], [4, 9, 9, 9, 0, 0, 0, 0]]
+    # mask[j] = 1 when the target seq[j + 1] was sampled (the stop string included)
+    assert ro.mask.tolist() == [[0, 0, 1, 1, 1, 1, 0], [1, 1, 1, 0, 0, 0, 0]]
+    assert ro.last.tolist() == [6, 3] and ro.stopped.tolist() == [True, False]
+    assert ro.replies == [[7, 8, 5, 6], [9, 9, 9]]
+
+
+def test_training_log_probs_are_those_the_sampler_drew_from():
+    """The policy's log-probs in the loss (one full forward, logits / temperature, padded
+    vocabulary rows removed) equal log-softmax of the cached decoder's logits at the
+    tokens it sampled: the convention that makes PPO's ratio start at exactly 1."""
+    import jax
+
+    import jaxllm
+    from jaxllm.generate import decode_step, generate, left_pad, prefill
+    from jaxllm.posttrain.ppo import token_logprobs
+    from jaxllm.posttrain.ppo_loop import build_rollout
+
+    cfg = jaxllm.load_config("gpt2-124m", ["model.num_layers=2", "model.d_model=32", "model.num_heads=2",
+                                           "model.max_seq_len=32", "data.seq_len=32"])  # fmt: skip
+    params = jaxllm.init_params(cfg, jax.random.key(1))
+    params = jax.tree.map(lambda x: x * 8.0 if x.ndim == 2 else x, params)  # a peaked distribution
+    prompts, T, limit = [[3, 4, 5], [6]], 0.7, 200
+    gen = generate(cfg, params, prompts, 6, temperature=T, seed=3, vocab_limit=limit)
+    ro = build_rollout(prompts, gen, 32)
+    from jaxllm.model.decoder import Decoder
+
+    logits = Decoder(cfg.model).apply({"params": params}, jnp.asarray(ro.seq[:, :-1]))
+    logp, _ = token_logprobs(logits, jnp.asarray(ro.seq[:, 1:]), T, limit)
+    for i, (p, reply) in enumerate(zip(prompts, ro.replies, strict=True)):
+        tokens, start = left_pad([p])
+        step_logits, cache = prefill(cfg, params, tokens, start, 16)
+        for j, tok in enumerate(reply):
+            masked = jnp.where(jnp.arange(cfg.model.vocab_size) < limit, step_logits[0] / T, -jnp.inf)
+            expected = float(jax.nn.log_softmax(masked)[tok])
+            assert float(logp[i, len(p) - 1 + j]) == pytest.approx(expected, abs=2e-4)
+            step_logits, cache = decode_step(cfg, params, jnp.array([tok]), cache)

@@ -10,10 +10,8 @@ import jax.numpy as jnp
 import pytest
 
 import jaxllm
-from jaxllm.cli import main
 from jaxllm.generate import GenerationError
 from jaxllm.posttrain.reward import bradley_terry_loss
-from jaxllm.train.metrics import read_metrics
 from tests.data_paths import SHARED_DATA
 
 PREFS = SHARED_DATA / "instructions" / "instruction-data-with-preference.json"
@@ -39,20 +37,3 @@ def test_scalar_head_scores_every_position_and_cannot_generate():
     assert values.shape == (2, 7) and float(jnp.abs(values).max()) == 0.0  # the score starts at zero
     with pytest.raises(GenerationError, match="reward model"):
         jaxllm.generate(cfg, params, [[1, 2]], 3)
-
-
-def test_reward_cli_from_an_sft_checkpoint(tmp_path, capsys):
-    small = ["model.num_layers=1", "model.d_model=32", "model.num_heads=2", "model.dropout=0.0", "data.seq_len=128",
-             "train.batch_size=8", "train.steps=2", "train.eval_every=100", "train.tensorboard=false",
-             f"posttrain.data={PREFS}", "posttrain.val_fraction=0.02", f"data.path={tmp_path}/none"]  # fmt: skip
-    sft_run = tmp_path / "sft"
-    assert main(["sft", "shakespeare-char", *small, f"train.out_dir={sft_run}"]) == 0
-    capsys.readouterr()
-    run = tmp_path / "rm"
-    assert main(["reward", str(sft_run), "train.steps=4", "train.log_every=1", f"train.out_dir={run}"]) == 0
-    out = capsys.readouterr().out
-    assert "score head starts at zero" in out and "reward held-out: pairwise accuracy" in out
-    train = [r for r in read_metrics(run) if r["split"] == "train"]
-    assert train[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)  # all rewards 0 at the start
-    assert {"accuracy", "margin"} <= set(train[0])
-    assert jaxllm.load_config(run / "config.yaml").model.head == "scalar"

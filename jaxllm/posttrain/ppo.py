@@ -15,8 +15,8 @@ Conventions (where implementations differ, these are ours):
 - Adaptive KL (Ziegler et al.): kl_coef ← kl_coef · (1 + clip(KL / target − 1, ±0.2) ·
   n_steps / horizon).
 
-The rollout loop (sampling with the KV-cache generator, the value head, epochs over
-each rollout batch) builds on these.
+The training loop (rollouts with the KV-cache generator, the critic, epochs over each
+rollout batch) is jaxllm/posttrain/ppo_loop.py.
 """
 
 from __future__ import annotations
@@ -68,25 +68,51 @@ def whiten(x: jax.Array, mask: jax.Array, eps: float = 1e-8) -> jax.Array:
     return (x - mean) * jax.lax.rsqrt(var + eps) * mask
 
 
+def token_logprobs(
+    logits: jax.Array, targets: jax.Array, temperature: float = 1.0, vocab_limit: int | None = None
+) -> tuple[jax.Array, jax.Array]:
+    """(log p(target) (B, T), entropy (B, T)) under softmax(logits / temperature), with ids
+    >= vocab_limit (a padded vocabulary's unused rows) removed, exactly as the rollout
+    sampler drew them."""
+    logits = logits.astype(jnp.float32)
+    if vocab_limit is not None and vocab_limit < logits.shape[-1]:
+        logits = jnp.where(jnp.arange(logits.shape[-1]) < vocab_limit, logits, -1e9)  # finite: no NaN gradients
+    logp = jax.nn.log_softmax(logits / temperature, axis=-1)
+    token = jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+    entropy = -jnp.sum(jnp.exp(logp) * logp, axis=-1)
+    return token, entropy
+
+
+def policy_loss_terms(
+    logprobs: jax.Array, old_logprobs: jax.Array, advantages: jax.Array, clip: float = 0.2
+) -> tuple[jax.Array, jax.Array]:
+    """Per token: (clipped surrogate loss −min(ρA, clip(ρ)A), 1 where clipping acted)."""
+    ratio = jnp.exp(logprobs - old_logprobs)
+    unclipped = ratio * advantages
+    clipped = jnp.clip(ratio, 1 - clip, 1 + clip) * advantages
+    return -jnp.minimum(unclipped, clipped), (clipped < unclipped).astype(jnp.float32)
+
+
 def policy_loss(
     logprobs: jax.Array, old_logprobs: jax.Array, advantages: jax.Array, mask: jax.Array, clip: float = 0.2
 ) -> tuple[jax.Array, jax.Array]:
     """(mean clipped surrogate loss over valid tokens, share of tokens where clipping acted)."""
-    ratio = jnp.exp(logprobs - old_logprobs)
-    unclipped = ratio * advantages
-    clipped = jnp.clip(ratio, 1 - clip, 1 + clip) * advantages
-    losses = -jnp.minimum(unclipped, clipped)
+    losses, clipped = policy_loss_terms(logprobs, old_logprobs, advantages, clip)
     n = jnp.maximum(mask.sum(), 1.0)
-    clip_frac = ((clipped < unclipped).astype(jnp.float32) * mask).sum() / n
-    return (losses * mask).sum() / n, clip_frac
+    return (losses * mask).sum() / n, (clipped * mask).sum() / n
+
+
+def value_loss_terms(values: jax.Array, old_values: jax.Array, returns: jax.Array, clip: float = 0.2) -> jax.Array:
+    """Per token: ½ max((V − R)², (clip(V, V_old ± clip) − R)²)."""
+    clipped = old_values + jnp.clip(values - old_values, -clip, clip)
+    return 0.5 * jnp.maximum((values - returns) ** 2, (clipped - returns) ** 2)
 
 
 def value_loss(
     values: jax.Array, old_values: jax.Array, returns: jax.Array, mask: jax.Array, clip: float = 0.2
 ) -> jax.Array:
     """Mean over valid tokens of ½ max((V − R)², (clip(V, V_old ± clip) − R)²)."""
-    clipped = old_values + jnp.clip(values - old_values, -clip, clip)
-    losses = 0.5 * jnp.maximum((values - returns) ** 2, (clipped - returns) ** 2)
+    losses = value_loss_terms(values, old_values, returns, clip)
     return (losses * mask).sum() / jnp.maximum(mask.sum(), 1.0)
 
 

@@ -65,10 +65,28 @@ def exact_match(
     return scores
 
 
-def wrong_answer(record: dict[str, str], rng: np.random.Generator) -> str:
-    """A plausible but incorrect reply of the same kind (for preference pairs)."""
+def off_task_answer(record: dict[str, str]) -> str:
+    """What another task would answer on this input (uppercase a word to reverse, reverse
+    a phrase to uppercase, echo a sum): wrong whatever its surface features, so a reward
+    model trained on these cannot score a reply by its style alone (PPO exploits such
+    shortcuts: a policy learnt to answer every prompt in capitals when they were absent)."""
+    kind, inp = record["kind"], record["input"]
+    if kind == "reverse":
+        return inp.upper()
+    if kind == "upper":
+        return inp[::-1]
+    return inp
+
+
+def wrong_answer(record: dict[str, str], rng: np.random.Generator, off_task: float = 0.0) -> str:
+    """A plausible but incorrect reply of the same kind (for preference pairs); with
+    probability `off_task`, another task's answer instead."""
     right = record["output"]
     kind = record["kind"]
+    if off_task and rng.random() < off_task:
+        wrong = off_task_answer(record)
+        if wrong != right:
+            return wrong
     if kind == "add":
         return str(max(0, int(right) + int(rng.choice([-3, -2, -1, 1, 2, 3]))))
     if kind == "upper":
@@ -83,7 +101,11 @@ def wrong_answer(record: dict[str, str], rng: np.random.Generator) -> str:
     return record["input"] if record["input"] != right else right + "e"
 
 
-def make_preference_records(n: int, seed: int, kinds: Sequence[str] = KINDS) -> list[dict[str, str]]:
-    """n records with `chosen` = the correct reply and `rejected` = a wrong one."""
+def make_preference_records(
+    n: int, seed: int, kinds: Sequence[str] = KINDS, off_task: float = 0.0
+) -> list[dict[str, str]]:
+    """n records with `chosen` = the correct reply and `rejected` = a wrong one (a near
+    miss, or another task's answer with probability `off_task`)."""
     rng = np.random.default_rng(seed + 1000)
-    return [{**r, "chosen": r["output"], "rejected": wrong_answer(r, rng)} for r in make_records(n, seed, kinds)]
+    return [{**r, "chosen": r["output"], "rejected": wrong_answer(r, rng, off_task)}
+            for r in make_records(n, seed, kinds)]  # fmt: skip

@@ -1,0 +1,63 @@
+"""RLHF end to end on the shared data: an SFT run, a reward model trained from it
+(`jaxllm reward`), then PPO (`jaxllm ppo`) against that reward model, resumed once."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+import jaxllm
+from jaxllm.cli import main
+from jaxllm.train.load import load_run
+from jaxllm.train.metrics import read_metrics
+from tests.data_paths import SHARED_DATA
+
+PREFS = SHARED_DATA / "instructions" / "instruction-data-with-preference.json"
+INSTRUCTIONS = SHARED_DATA / "instructions" / "instruction-data.json"
+
+
+def test_reward_then_ppo_cli_from_an_sft_checkpoint(tmp_path, capsys):
+    small = ["model.num_layers=1", "model.d_model=32", "model.num_heads=2", "model.dropout=0.0", "data.seq_len=128",
+             "train.batch_size=8", "train.steps=2", "train.eval_every=100", "train.tensorboard=false",
+             f"posttrain.data={PREFS}", "posttrain.val_fraction=0.02", f"data.path={tmp_path}/none"]  # fmt: skip
+    sft_run = tmp_path / "sft"
+    assert main(["sft", "shakespeare-char", *small, f"train.out_dir={sft_run}"]) == 0
+    capsys.readouterr()
+
+    rm = tmp_path / "rm"
+    assert main(["reward", str(sft_run), "train.steps=4", "train.log_every=1", f"train.out_dir={rm}"]) == 0
+    out = capsys.readouterr().out
+    assert "score head starts at zero" in out and "reward held-out: pairwise accuracy" in out
+    train = [r for r in read_metrics(rm) if r["split"] == "train"]
+    assert train[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)  # all rewards 0 at the start
+    assert {"accuracy", "margin"} <= set(train[0])
+    assert jaxllm.load_config(rm / "config.yaml").model.head == "scalar"
+
+    run = tmp_path / "ppo"
+    ppo = ["ppo", str(sft_run), f"ppo.reward_from={rm}", f"posttrain.data={INSTRUCTIONS}",
+           "posttrain.val_fraction=0.01", "ppo.rollout_batch=16", "ppo.epochs=2", "ppo.max_new_tokens=6",
+           "ppo.eval_prompts=8", "ppo.adaptive_kl=true",
+           "train.eval_every=4", "train.checkpoint_every=4", f"train.out_dir={run}"]  # fmt: skip
+    assert main([*ppo, "train.steps=4"]) == 0
+    out = capsys.readouterr().out
+    assert "1 rollouts of 16 prompts x 2 epochs of 2 minibatches" in out and "held-out reward" in out
+    assert main([*ppo, "train.steps=8"]) == 0  # resumes: one more rollout
+    out = capsys.readouterr().out
+    assert "resumed from" in out and "(step 4, iteration 1," in out and "rollout 2 " in out
+    rows = read_metrics(run)
+    val = [r for r in rows if r["split"] == "val"]
+    assert [r["step"] for r in val] == [0, 4, 8]
+    assert val[0]["kl"] == 0.0  # the policy is the reference before its first update
+    train = [r for r in rows if r["split"] == "train"]
+    assert [r["step"] for r in train] == [4, 8] and train[1]["iteration"] == 2
+    assert {"reward", "kl", "kl_coef", "policy_loss", "value_loss", "clip_frac", "entropy"} <= set(train[0])
+    assert train[0]["kl_coef"] != 0.05  # the adaptive controller moved it
+    cfg, params, step = load_run(run)  # the policy: a language model `jaxllm sample` can run
+    assert step == 8 and cfg.model.head == "lm" and "score" not in params
+    assert load_run(run / "critic")[0].model.head == "scalar"
+
+    assert main(["ppo", str(sft_run), f"posttrain.data={INSTRUCTIONS}", f"train.out_dir={tmp_path}/x"]) == 2
+    assert "set ppo.reward_from=RUN_DIR" in capsys.readouterr().err
+    assert main([*ppo[:-1], "ppo.rollout_batch=12", f"train.out_dir={tmp_path}/y"]) == 2
+    assert "ppo.rollout_batch=12 is not a multiple of train.batch_size=8" in capsys.readouterr().err
