@@ -9,6 +9,7 @@ import pytest
 
 import jaxllm
 from jaxllm.cli import main
+from jaxllm.posttrain.ppo_loop import evaluate_policy
 from jaxllm.train.load import load_run
 from jaxllm.train.metrics import read_metrics
 from tests.data_paths import SHARED_DATA
@@ -56,6 +57,9 @@ def test_reward_then_ppo_cli_from_an_sft_checkpoint(tmp_path, capsys):
     cfg, params, step = load_run(run)  # the policy: a language model `jaxllm sample` can run
     assert step == 8 and cfg.model.head == "lm" and "score" not in params
     assert load_run(run / "critic")[0].model.head == "scalar"
+    _, sft_params, _ = load_run(sft_run)
+    stats, replies = evaluate_policy(cfg, sft_params, [[1, 2, 3], [4, 5]], seed=0)  # the reference itself
+    assert stats["kl"] == 0.0 and len(replies) == 2 and 1 <= stats["reply_tokens"] <= 6
 
     assert main(["ppo", str(sft_run), f"posttrain.data={INSTRUCTIONS}", f"train.out_dir={tmp_path}/x"]) == 2
     assert "set ppo.reward_from=RUN_DIR" in capsys.readouterr().err

@@ -130,6 +130,7 @@ class DPOTask(PairTask):
         records = load_records(pt.data)
         train_recs, val_recs = split_records(records, pt.val_fraction, cfg.train.seed)
         T, B = cfg.data.seq_len, cfg.train.batch_size
+        self.tokens_per_count = 2.0 * T  # a pair is two rows read: throughput and MFU count tokens
         rows = [[pair_rows(tokenizer, cfg.chat, r, f"{pt.data} record {i}", T) for i, r in enumerate(recs)]
                 for recs in (train_recs, val_recs)]  # fmt: skip
         self.start = None

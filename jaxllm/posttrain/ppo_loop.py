@@ -17,8 +17,8 @@ One iteration over `ppo.rollout_batch` prompts from posttrain.data:
 3. **Advantages.** With `ppo.normalize_reward` (the default) the score is first made
    (score − μ) / σ, μ and σ measured once on the starting policy's replies to one
    rollout batch (as Ziegler et al. normalise their reward model), so kl_coef, the
-   value clip and the critic's learning rate mean the same for any reward model; the
-   critic's score vector is divided by σ to match. Per-token rewards −kl_coef · (log π −
+   value clip and the critic's learning rate mean the same for any reward model.
+   Per-token rewards −kl_coef · (log π −
    log π_ref) plus the score on the last reply token; GAE(γ, λ) by a reverse `lax.scan`;
    advantages whitened over the rollout batch (jaxllm/posttrain/ppo.py holds the math and its conventions).
 4. **Updates.** `ppo.epochs` shuffled passes over the batch in minibatches of
@@ -27,10 +27,14 @@ One iteration over `ppo.rollout_batch` prompts from posttrain.data:
    pre-training step with another loss: the same mesh, shardings, gradient accumulation
    and optimizer code.
 
-The critic is a separate model (InstructGPT's choice), a scalar-head Decoder started
-from the reward model (or `ppo.critic_from`): a shared backbone would let the value loss
-pull on the policy's features, and the reward model's features already describe what is
-being valued. train.steps counts policy updates. The policy's checkpoints are the run's
+The critic is a separate model (InstructGPT's choice), a scalar-head Decoder with the
+reward model's backbone (or `ppo.critic_from`'s) and a zero score head: a shared
+backbone would let the value loss pull on the policy's features, and the reward model's
+features already describe what is being valued; its head is reset because it was
+trained at the last token only (its values at other positions were measured several σ
+off, more than the clipped value loss lets a value move per rollout). With
+`ppo.critic_warmup` the critic first fits the starting policy's returns on its own,
+without the value clip. train.steps counts policy updates. The policy's checkpoints are the run's
 (`jaxllm sample RUN_DIR` works on it); the critic's live in RUN_DIR/critic. Checkpoints
 and signals are handled between iterations, so a stopped run resumes at a rollout
 boundary (prompt order, KL coefficient and both optimizers restored).
@@ -291,6 +295,25 @@ def rollout_stats(rollout: Rollout, logp, ref_logp, scores, n: int | None = None
             "stopped": float(rollout.stopped[:n].mean())}  # fmt: skip
 
 
+def evaluate_policy(cfg: Config, params, prompts: list[list[int]], seed: int = 0) -> tuple[dict[str, float], list[str]]:
+    """Sample one reply per prompt from `params` as PPO does (ppo.temperature), score it
+    with ppo.reward_from and measure its KL to posttrain.init_from: (mean raw score, KL,
+    reply length and stop share; the decoded replies, stop string removed)."""
+    from jaxllm.chat import stop_string
+    from jaxllm.parallel.mesh import make_mesh
+
+    cfg = ppo_config(cfg)
+    models, start = _load_models(cfg, lambda _: None)
+    mesh = make_mesh(cfg.mesh)
+    rows, n = _pad_rows(prompts, mesh.shape["data"] * mesh.shape["fsdp"])
+    ro = _sample(models, params, rows, seed, mesh)
+    logp, ref_logp, _, scores = _make_scorer(models, mesh)(params, start["critic"], ro)
+    scores = scores - cfg.ppo.missing_stop_penalty * ~ro.stopped
+    stop = stop_string(cfg.chat)
+    replies = [models.tokenizer.decode(r).split(stop)[0] for r in ro.replies[:n]]
+    return rollout_stats(ro, logp, ref_logp, scores, n), replies
+
+
 def ppo(cfg: Config, log: Callable[[str], None] = print, stop_after: int | None = None) -> TrainResult:
     """Train the policy in posttrain.init_from with PPO against ppo.reward_from; resumes
     the run in train.out_dir if it has checkpoints. Returns the run (val_losses holds
@@ -362,12 +385,17 @@ def ppo(cfg: Config, log: Callable[[str], None] = print, stop_after: int | None 
             norm = (float(scores.mean()), float(scores.std()) + 1e-6)
             log(f"ppo: reward-model scores of the starting policy: mean {norm[0]:.4f}, std {norm[1]:.4f}; "
                 "the policy learns from (score - mean) / std")  # fmt: skip
-        critic_start = {**start["critic"], "score": start["critic"]["score"] / norm[1]}
+        # The critic keeps the reward model's features but not its head: that was trained at the
+        # last token only, and its values elsewhere are far off (several σ), further than the
+        # clipped value loss lets a value move per rollout. Zero is the mean normalised return.
+        critic_start = {**start["critic"], "score": jnp.zeros_like(start["critic"]["score"])}
         cstate = fresh(ccfg, ctx, cshardings, critic_start)
     del start
 
     policy_step = make_train_step(cfg, mesh, tx, policy_loss_fn(p.temperature, models.vocab_limit, p.clip))
     critic_step = make_train_step(ccfg, mesh, ctx, critic_loss_fn(p.value_clip))
+    # warm-up fits the starting policy's returns freely: no clip to keep it near old values
+    warmup_step = make_train_step(ccfg, mesh, ctx, critic_loss_fn(math.inf)) if p.critic_warmup else None
     scorer = _make_scorer(models, mesh)
     gae = jax.jit(ppo_math.gae, static_argnums=(3, 4))
     per_rollout = p.epochs * (p.rollout_batch // t.batch_size)
@@ -432,7 +460,7 @@ def ppo(cfg: Config, log: Callable[[str], None] = print, stop_after: int | None 
                     _, data, stats = rollout(1_000_000 + k)
                     losses = []
                     for mb in minibatches(data, 1_000_000 + k):
-                        cstate, m = critic_step(cstate, mb)
+                        cstate, m = warmup_step(cstate, mb)
                         losses.append(float(jax.device_get(m["loss"])))
                     writer.write(0, "critic_warmup", {"rollout": k + 1, "value_loss": float(np.mean(losses))})
                     log(f"critic warmup {k + 1}/{p.critic_warmup}: value loss {np.mean(losses):.4f} "

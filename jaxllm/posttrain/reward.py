@@ -113,6 +113,7 @@ class RewardTask(PairTask):
         tokenizer = run_tokenizer(cfg)
         train_recs, val_recs = split_records(load_records(pt.data), pt.val_fraction, cfg.train.seed)
         T, B = cfg.data.seq_len, cfg.train.batch_size
+        self.tokens_per_count = 2.0 * T  # a pair is two rows read: throughput and MFU count tokens
         rows = [[pair_rows(tokenizer, cfg.chat, r, f"{pt.data} record {i}", T) for i, r in enumerate(recs)]
                 for recs in (train_recs, val_recs)]  # fmt: skip
         self.train_batches = with_last_index(pair_batches(rows[0], B, T))

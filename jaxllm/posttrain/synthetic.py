@@ -109,3 +109,34 @@ def make_preference_records(
     rng = np.random.default_rng(seed + 1000)
     return [{**r, "chosen": r["output"], "rejected": wrong_answer(r, rng, off_task)}
             for r in make_records(n, seed, kinds)]  # fmt: skip
+
+
+def policy_preference_records(
+    cfg: Config, params, tokenizer, records: Sequence[dict], samples: int = 4, seed: int = 0, batch: int = 64
+) -> list[dict[str, str]]:
+    """Preference pairs whose rejected reply is the policy's own mistake: `samples`
+    replies per record are drawn at temperature 1 and graded; chosen = the correct
+    answer, rejected = the first wrong sample. Records the policy got right every time
+    are skipped. This is how people label a policy's samples: a reward model trained on
+    such pairs judges the errors PPO will actually meet, where near misses of a fixed
+    form leave it blind to the rest (measured: it then preferred some wrong replies)."""
+    from jaxllm.chat import stop_string
+    from jaxllm.generate import generate
+    from jaxllm.posttrain.data import prompt_messages, tokenize_prompt
+
+    stop = stop_string(cfg.chat)
+    out = []
+    for i in range(0, len(records), batch):
+        chunk = records[i : i + batch]
+        prompts = [tokenize_prompt(tokenizer, cfg.chat, prompt_messages(r, "record")) for r in chunk]
+        wrong: list[str | None] = [None] * len(chunk)
+        for k in range(samples):
+            gen = generate(cfg, params, prompts, 16, temperature=1.0, seed=seed * 1_000_003 + i * samples + k,
+                           stop_tokens=[tokenizer.eos_id], stop_sequences=[tokenizer.encode(stop).tolist()],
+                           vocab_limit=min(tokenizer.vocab_size, cfg.model.vocab_size), overflow="stop")  # fmt: skip
+            for j, (r, ids) in enumerate(zip(chunk, gen.tokens, strict=True)):
+                reply = tokenizer.decode(ids).split(stop)[0].strip()
+                if wrong[j] is None and reply != r["output"]:
+                    wrong[j] = reply
+        out += [{**r, "chosen": r["output"], "rejected": w} for r, w in zip(chunk, wrong, strict=True) if w is not None]
+    return out

@@ -135,6 +135,7 @@ class Task:
 
     name = "pretrain"
     loss_fn = None  # the train step's loss (None: next-token cross-entropy); see make_train_step
+    tokens_per_count = 1.0  # tokens the model reads per unit of the loss's count (a DPO pair: 2 x seq_len)
 
     def train_iter(self, cfg: Config):
         """Batches with get_state/set_state (saved with each checkpoint)."""
@@ -206,7 +207,7 @@ def train(
         """Host side of a finished step: fetch its metrics (one step late), log, check."""
         nonlocal window_tokens, window_steps, window_start
         m = jax.device_get(metrics)
-        loss, tokens = float(m["loss"]), float(m["tokens"])
+        loss, tokens = float(m["loss"]), float(m["tokens"]) * task.tokens_per_count
         window_tokens += tokens
         window_steps += 1
         result.train_losses[step] = loss
