@@ -133,6 +133,9 @@ class TokenizerConfig:
     character_coverage: float = 1.0  # share of characters that get their own piece; the rest fall back to bytes
     input_sentence_size: int = 0  # lines sampled for training; 0 = all
     max_sentence_length: int = 65536  # longest training line, in bytes; longer lines are skipped
+    # pieces that always stay whole (sentencepiece user-defined symbols): the default chat
+    # template's markers, so `<|user|>` costs one token, never seven
+    special_tokens: tuple[str, ...] = ("<|system|>", "<|user|>", "<|assistant|>", "<|end|>")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -57,7 +57,17 @@ def test_complete_works_prepared_and_every_file_round_trips(works_bpe, tmp_path)
     assert decoded == {clean_text(p.read_text(encoding="utf-8")) for p in WORKS}
 
 
+def _assert_chat_markers_are_single_pieces(tok):
+    text = "<|user|>\nadd 2+2<|end|>\n<|assistant|>\n4<|end|>\n"
+    ids = tok.encode(text).tolist()
+    markers = [tok.encode(m).tolist() for m in TokenizerConfig().special_tokens]
+    assert all(len(m) == 1 for m in markers), markers
+    assert ids.count(markers[1][0]) == 1 and ids.count(markers[3][0]) == 2
+    assert tok.decode(ids) == text
+
+
 def test_special_ids_and_byte_fallback(works_bpe):
+    _assert_chat_markers_are_single_pieces(works_bpe)
     assert (works_bpe.bos_id, works_bpe.eos_id, works_bpe.pad_id) == (1, 2, 3)
     ids = works_bpe.encode("日本語 🙂 Ω")  # characters Shakespeare never wrote
     assert 0 not in ids.tolist(), "byte fallback: nothing maps to <unk> (id 0)"
@@ -70,9 +80,10 @@ def test_unigram_and_char_models_round_trip(kind, vocab, tmp_path):
     text = TINY.read_text(encoding="utf-8")[:200_000]
     out = tmp_path / f"{kind}.model"
     tok = train_sentencepiece([text], TokenizerConfig(kind=kind, vocab_size=vocab), out, log=lambda _: None)
-    if kind == "char":  # one piece per character seen (+ 256 byte pieces + 4 specials), not 400
-        assert tok.vocab_size == 260 + len(set(text) - {"\n"})
+    if kind == "char":  # one piece per character seen (+ 256 byte pieces + 4 specials + 4 chat markers), not 400
+        assert tok.vocab_size == 264 + len(set(text) - {"\n"})
     assert tok.decode(tok.encode(text)) == text
+    _assert_chat_markers_are_single_pieces(tok)
     assert tok.decode(tok.encode(UNICODE)) == UNICODE
     assert load_tokenizer(str(out)).identity == tok.identity
 

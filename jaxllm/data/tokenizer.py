@@ -153,6 +153,7 @@ def train_sentencepiece(
                 remove_extra_whitespaces=False,
                 add_dummy_prefix=False,
                 split_digits=True,
+                **({"user_defined_symbols": list(cfg.special_tokens)} if cfg.special_tokens else {}),
                 allow_whitespace_only_pieces=True,
                 unk_id=0,
                 bos_id=1,
