@@ -56,6 +56,7 @@ def main() -> None:
     ap.add_argument("--ppo-steps", type=int, default=640)
     ap.add_argument("--ppo-lr", type=float, default=2e-5)
     ap.add_argument("--critic-lr", type=float, default=3e-4)
+    ap.add_argument("--rollout", type=int, default=64, help="prompts per PPO rollout (minibatch = rollout / 4)")
     ap.add_argument("--kl-coef", type=float, default=0.2, help="0.05 let PPO trade correctness for reward (KL ~1)")
     ap.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
     args = ap.parse_args()
@@ -243,7 +244,8 @@ def _ppo_phase(args, out: Path, start: Path, held_out: list) -> list[str]:
     shutil.rmtree(out / "ppo", ignore_errors=True)
     cfg = sft_config(start, [*TEMPLATE, f"posttrain.data={path}", f"ppo.reward_from={out / 'reward'}",
                              "posttrain.val_fraction=0.04", "ppo.eval_prompts=120", f"train.steps={args.ppo_steps}",
-                             "train.batch_size=16", "ppo.rollout_batch=64", f"optimizer.lr={args.ppo_lr}",
+                             f"train.batch_size={args.rollout // 4}", f"ppo.rollout_batch={args.rollout}",
+                             f"optimizer.lr={args.ppo_lr}",
                              "optimizer.warmup_steps=0", f"ppo.critic_lr={args.critic_lr}", "ppo.critic_warmup=4",
                              "ppo.max_new_tokens=16", f"ppo.kl_coef={args.kl_coef}", "train.eval_every=64",
                              "train.checkpoint_every=100000", f"train.out_dir={out / 'ppo'}"],
@@ -270,8 +272,9 @@ def _ppo_phase(args, out: Path, start: Path, held_out: list) -> list[str]:
     return [
         f"PPO (`jaxllm ppo`, {ppo_time:.0f} s): the policy starts from the same SFT recipe stopped at "
         f"{args.ppo_start_steps} steps (room to improve) and learns against the reward model above; "
-        f"{len(prompts)} synthetic prompts (seed 5, none of the held-out records), rollouts of 64 at temperature 1, "
-        f"4 epochs of minibatch 16, lr {args.ppo_lr:g}, critic lr {args.critic_lr:g} (4 warm-up rollouts), "
+        f"{len(prompts)} synthetic prompts (seed 5, none of the held-out records), rollouts of {args.rollout} at "
+        f"temperature 1, 4 epochs of minibatch {args.rollout // 4}, lr {args.ppo_lr:g}, critic lr {args.critic_lr:g} "
+        "(4 warm-up rollouts), "
         f"kl_coef {args.kl_coef:g}, scores normalised on the start policy. Held-out curve (120 prompts of the PPO "
         "split, the same seeded samples each time; reward = raw reward-model score, KL = Σ log π − log π_ref "
         "per reply):",
