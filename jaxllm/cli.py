@@ -98,36 +98,36 @@ def _sampling_args(p: argparse.ArgumentParser, max_new_tokens: int, temperature:
     p.add_argument("--seed", type=int, default=0)
 
 
+def _exit_code(result) -> int:
+    """0, or 128 + the signal that stopped a post-training run (as `jaxllm train` does)."""
+    return 128 + result.interrupted if result.interrupted is not None else 0
+
+
 def _sft(args: argparse.Namespace) -> int:
     from jaxllm.posttrain.sft import sft, sft_config
 
-    cfg = sft_config(args.source, args.overrides)
-    result = sft(cfg)
-    return 128 + result.interrupted if result.interrupted is not None else 0
+    return _exit_code(sft(sft_config(args.source, args.overrides)))
 
 
 def _dpo(args: argparse.Namespace) -> int:
     from jaxllm.posttrain.dpo import dpo
     from jaxllm.posttrain.sft import sft_config
 
-    result, _ = dpo(sft_config(args.source, args.overrides, suffix="dpo"))
-    return 128 + result.interrupted if result.interrupted is not None else 0
+    return _exit_code(dpo(sft_config(args.source, args.overrides, suffix="dpo"))[0])
 
 
 def _reward(args: argparse.Namespace) -> int:
     from jaxllm.posttrain.reward import reward
     from jaxllm.posttrain.sft import sft_config
 
-    result, _ = reward(sft_config(args.source, [*args.overrides, "model.head=scalar"], suffix="reward"))
-    return 128 + result.interrupted if result.interrupted is not None else 0
+    return _exit_code(reward(sft_config(args.source, [*args.overrides, "model.head=scalar"], suffix="reward"))[0])
 
 
 def _ppo(args: argparse.Namespace) -> int:
     from jaxllm.posttrain.ppo_loop import ppo
     from jaxllm.posttrain.sft import sft_config
 
-    result = ppo(sft_config(args.source, args.overrides, suffix="ppo"))
-    return 128 + result.interrupted if result.interrupted is not None else 0
+    return _exit_code(ppo(sft_config(args.source, args.overrides, suffix="ppo")))
 
 
 def _plot(args: argparse.Namespace) -> None:
@@ -207,18 +207,21 @@ def build_parser() -> argparse.ArgumentParser:
     sft.add_argument("source", help="a run directory to start from, or a preset / YAML (random init)")
     sft.add_argument("overrides", nargs="*", help="a.b.c=value, e.g. posttrain.data=instructions.json train.steps=200")
     sft.set_defaults(func=_sft)
-    dpo = verbs.add_parser("dpo", help="direct preference optimization on chosen/rejected pairs")
-    dpo.add_argument("source", help="the run to start from and keep as the reference (e.g. an SFT run)")
-    dpo.add_argument("overrides", nargs="*", help="e.g. posttrain.data=prefs.json posttrain.beta=0.1 train.steps=100")
-    dpo.set_defaults(func=_dpo)
-    rwd = verbs.add_parser("reward", help="train a reward model (scalar head, Bradley-Terry) on chosen/rejected pairs")
-    rwd.add_argument("source", help="a run whose backbone starts the reward model (e.g. an SFT run)")
-    rwd.add_argument("overrides", nargs="*", help="e.g. posttrain.data=prefs.json posttrain.reward_center=0.01")
-    rwd.set_defaults(func=_reward)
-    ppo = verbs.add_parser("ppo", help="RLHF: PPO against a reward model, with a critic and a KL leash to the start")
-    ppo.add_argument("source", help="the policy to start from and keep as the reference (e.g. an SFT run)")
-    ppo.add_argument("overrides", nargs="*", help="e.g. ppo.reward_from=RM_RUN posttrain.data=prompts.json")
-    ppo.set_defaults(func=_ppo)
+    for verb, func, help_, source, example in (
+        ("dpo", _dpo, "direct preference optimization on chosen/rejected pairs",
+         "the run to start from and keep as the reference (e.g. an SFT run)",
+         "e.g. posttrain.data=prefs.json posttrain.beta=0.1 train.steps=100"),
+        ("reward", _reward, "train a reward model (scalar head, Bradley-Terry) on chosen/rejected pairs",
+         "a run whose backbone starts the reward model (e.g. an SFT run)",
+         "e.g. posttrain.data=prefs.json posttrain.reward_center=0.01"),
+        ("ppo", _ppo, "RLHF: PPO against a reward model, with a critic and a KL leash to the start",
+         "the policy to start from and keep as the reference (e.g. an SFT run)",
+         "e.g. ppo.reward_from=RM_RUN posttrain.data=prompts.json"),
+    ):  # fmt: skip
+        posttrain = verbs.add_parser(verb, help=help_)
+        posttrain.add_argument("source", help=source)
+        posttrain.add_argument("overrides", nargs="*", help=example)
+        posttrain.set_defaults(func=func)
     plot = verbs.add_parser("plot", help="PNG of a run's train/val loss and throughput")
     plot.add_argument("run_dir")
     plot.add_argument("--out", default=None, help="output PNG (default RUN_DIR/metrics.png)")

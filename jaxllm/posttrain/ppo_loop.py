@@ -352,6 +352,7 @@ def ppo(cfg: Config, log: Callable[[str], None] = print, stop_after: int | None 
     ckpt = Checkpointer(run_dir / "checkpoints", keep=t.keep_checkpoints, keep_every=t.keep_every)
     cckpt = Checkpointer(Path(ccfg.train.out_dir) / "checkpoints", keep=t.keep_checkpoints, keep_every=t.keep_every)
     prompts = BatchCycle(train_prompts, t.seed)
+    scorer = _make_scorer(models, mesh)  # one jitted forward, for the normalisation sample and every rollout
     kl_coef, iteration = p.kl_coef, 0
 
     restored = ckpt.restore_latest(abstract_state(cfg, tx, shardings), log=log)
@@ -376,7 +377,6 @@ def ppo(cfg: Config, log: Callable[[str], None] = print, stop_after: int | None 
             return {**s, "params": placed, "opt_state": jax.jit(opt.init, out_shardings=sh["opt_state"])(placed)}
 
         state = fresh(cfg, tx, shardings, start["policy"])
-        scorer = _make_scorer(models, mesh)
         norm = (0.0, 1.0)
         if p.normalize_reward:
             picks = np.random.default_rng(t.seed).choice(len(train_prompts), p.rollout_batch)
@@ -396,7 +396,6 @@ def ppo(cfg: Config, log: Callable[[str], None] = print, stop_after: int | None 
     critic_step = make_train_step(ccfg, mesh, ctx, critic_loss_fn(p.value_clip))
     # warm-up fits the starting policy's returns freely: no clip to keep it near old values
     warmup_step = make_train_step(ccfg, mesh, ctx, critic_loss_fn(math.inf)) if p.critic_warmup else None
-    scorer = _make_scorer(models, mesh)
     gae = jax.jit(ppo_math.gae, static_argnums=(3, 4))
     per_rollout = p.epochs * (p.rollout_batch // t.batch_size)
     last_step = min(t.steps, stop_after) if stop_after is not None else t.steps
