@@ -154,6 +154,74 @@ def _tokenizer_decode(args: argparse.Namespace) -> None:
     sys.stdout.write(load_tokenizer(args.tokenizer).decode(values))
 
 
+def _progress(label: str):
+    """A callback printing `label: done/total` to stderr about ten times over a long evaluation."""
+    last = [-1]
+
+    def report(done: int, total: int) -> None:
+        tenth = 10 * done // max(total, 1)
+        if tenth != last[0]:
+            last[0] = tenth
+            print(f"{label}: {done}/{total} batches", file=sys.stderr)
+
+    return report
+
+
+def _report(name: str, run_dir: str, step: int, figures: dict, out: str | None) -> None:
+    """Print the figures as `key value` lines and, with --out, write them as JSON."""
+    import json
+
+    print(f"# {name} of {run_dir} (step {step})")
+    for key, value in figures.items():
+        print(f"{key:>14} {value:.6g}" if isinstance(value, float) else f"{key:>14} {value}")
+    if out:
+        with open(out, "w", encoding="utf-8") as f:
+            json.dump({"eval": name, "run": run_dir, "step": step, **figures}, f, indent=1)
+        print(f"wrote {out}", file=sys.stderr)
+
+
+def _eval_perplexity(args: argparse.Namespace) -> None:
+    from jaxllm.evaluate.perplexity import perplexity, read_texts
+    from jaxllm.train.load import load_run, load_run_tokenizer
+
+    texts = read_texts(args.data, args.field)
+    cfg, params, step = load_run(args.run_dir)
+    result = perplexity(
+        cfg, params, load_run_tokenizer(cfg), texts, args.stride, args.batch_size, _progress("perplexity")
+    )
+    _report("perplexity", args.run_dir, step, result.as_dict(), args.out)
+
+
+def _eval_mc(args: argparse.Namespace) -> None:
+    from jaxllm.evaluate.multiple_choice import evaluate_mc, read_mc
+    from jaxllm.train.load import load_run, load_run_tokenizer
+
+    examples = read_mc(args.data, args.limit)
+    cfg, params, step = load_run(args.run_dir)
+    result = evaluate_mc(cfg, params, load_run_tokenizer(cfg), examples, args.batch_size, _progress("mc"))
+    _report("mc", args.run_dir, step, result.as_dict(), args.out)
+
+
+def _eval_harness(args: argparse.Namespace) -> int:
+    try:
+        from jaxllm.evaluate.harness import main as harness_main
+    except ImportError as e:
+        raise ConfigError(f"the lm-evaluation-harness is not installed ({e}); pip install -e '.[eval]'") from None
+    return harness_main(args.extra)
+
+
+def _convert_from_hf(args: argparse.Namespace) -> None:
+    from jaxllm.convert.hf import import_hf
+
+    print(f"wrote {import_hf(args.hf_dir, args.out)}")
+
+
+def _convert_to_hf(args: argparse.Namespace) -> None:
+    from jaxllm.convert.hf import export_hf
+
+    print(f"wrote {export_hf(args.run_dir, args.out, max_shard_size=int(args.max_shard_mb * 2**20))}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jaxllm", description="Build, train and evaluate decoder LMs in JAX.")
     verbs = parser.add_subparsers(dest="verb", required=True)
@@ -222,6 +290,41 @@ def build_parser() -> argparse.ArgumentParser:
         posttrain.add_argument("source", help=source)
         posttrain.add_argument("overrides", nargs="*", help=example)
         posttrain.set_defaults(func=func)
+    ev = verbs.add_parser("eval", help="evaluate a run").add_subparsers(dest="action", required=True)
+    ppl = ev.add_parser("perplexity", help="loss, perplexity and bits-per-byte of text, in rolling windows")
+    ppl.add_argument("run_dir")
+    ppl.add_argument("--data", required=True, help=".txt (one document), .jsonl/.json records or a dir of .txt")
+    ppl.add_argument("--field", default="text", help="the text field of .jsonl/.json records")
+    ppl.add_argument("--stride", type=int, default=None, help="new tokens scored per window (default: the context)")
+    ppl.add_argument("--batch-size", type=int, default=16, help="windows per forward pass")
+    ppl.add_argument("--out", default=None, help="also write the figures as JSON here")
+    ppl.set_defaults(func=_eval_perplexity)
+    mc = ev.add_parser("mc", help="multiple choice by log-likelihood: acc and acc_norm (HellaSwag-format JSONL)")
+    mc.add_argument("run_dir")
+    mc.add_argument("--data", required=True, help="JSONL: HellaSwag records or {context, choices, label}")
+    mc.add_argument("--limit", type=int, default=0, help="only the first N examples (0: all)")
+    mc.add_argument("--batch-size", type=int, default=16, help="choices per forward pass")
+    mc.add_argument("--out", default=None, help="also write the figures as JSON here")
+    mc.set_defaults(func=_eval_mc)
+    harness = ev.add_parser(
+        "harness",
+        help="lm-evaluation-harness with jaxllm registered: --model jaxllm --model_args path=RUN_DIR --tasks ...",
+    )
+    harness.set_defaults(func=_eval_harness, passthrough=True)  # every other argument goes to the harness
+
+    convert = verbs.add_parser("convert", help="Hugging Face import/export").add_subparsers(
+        dest="action", required=True
+    )
+    from_hf = convert.add_parser("from-hf", help="a Hugging Face model dir (config.json + safetensors) -> a run dir")
+    from_hf.add_argument("hf_dir")
+    from_hf.add_argument("out", help="the run directory to write")
+    from_hf.set_defaults(func=_convert_from_hf)
+    to_hf = convert.add_parser("to-hf", help="a run's newest weights -> config.json + safetensors (+ tokenizer)")
+    to_hf.add_argument("run_dir")
+    to_hf.add_argument("out", help="the Hugging Face model directory to write")
+    to_hf.add_argument("--max-shard-mb", type=float, default=4096, help="split the safetensors above this size")
+    to_hf.set_defaults(func=_convert_to_hf)
+
     plot = verbs.add_parser("plot", help="PNG of a run's train/val loss and throughput")
     plot.add_argument("run_dir")
     plot.add_argument("--out", default=None, help="output PNG (default RUN_DIR/metrics.png)")
@@ -251,7 +354,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from jaxllm.generate import GenerationError
     from jaxllm.train.trainer import NonFiniteLoss
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "passthrough", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.extra = extra
     try:
         code = args.func(args)
     except (ConfigError, DataError, FetchError, ShardError, TokenizerError, NonFiniteLoss, GenerationError) as e:

@@ -40,3 +40,41 @@ def load_run_tokenizer(cfg: Config):
     except (DataError, OSError, KeyError):
         path = cfg.tokenizer.path
     return load_tokenizer(path)
+
+
+def write_run(cfg: Config, params: dict, run_dir: str | os.PathLike[str], step: int = 0) -> Path:
+    """A run directory holding `params` (config.yaml plus a checkpoint at `step` with
+    fresh AdamW moments): what `load_run` reads and `jaxllm sft/train/sample/eval` accept.
+
+    This is how weights made outside a training run (imported ones, or a test's
+    random ones) become a run like any other.
+    """
+    import jax
+    import numpy as np
+
+    from jaxllm.config import save_config, to_dict
+    from jaxllm.train.state import state_shardings
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir / "config.yaml")
+    mesh = make_mesh(cfg.mesh)
+    tx = make_optimizer(cfg.optimizer)
+    shardings = state_shardings(cfg, mesh, tx)
+    expected = abstract_state(cfg, tx)["params"]
+    got = jax.tree.map(lambda a: (tuple(np.shape(a)), np.asarray(a).dtype), params)
+    want = jax.tree.map(lambda s: (tuple(s.shape), s.dtype), expected)
+    if jax.tree.structure(got) != jax.tree.structure(want) or got != want:
+        raise DataError(f"params do not match model config {cfg.model}: shapes/dtypes differ from init_params'")
+    placed = jax.device_put(params, shardings["params"])
+    state = {
+        "step": jax.device_put(np.int32(step), shardings["step"]),
+        "params": placed,
+        "opt_state": jax.jit(tx.init, out_shardings=shardings["opt_state"])(placed),
+        "rng": jax.device_put(jax.random.PRNGKey(cfg.train.seed), shardings["rng"]),
+    }
+    ckpt = Checkpointer(run_dir / "checkpoints")
+    ckpt.save(step, state, {}, to_dict(cfg), force=True)
+    ckpt.wait()
+    ckpt.close()
+    return run_dir
