@@ -226,3 +226,22 @@ def test_resume_across_pipeline_degrees_gives_the_same_next_step(data_dir, tmp_p
     resumed = train(config(data_dir, run, "mesh.data=8", "train.steps=3"), **QUIET)  # pipeline=1 now
     assert sorted(resumed.train_losses) == [3]
     np.testing.assert_allclose(resumed.train_losses[3], straight.train_losses[3], rtol=1e-5)
+
+
+def test_training_continues_from_a_weights_only_run(data_dir, tmp_path):
+    """Weights made outside training (an imported model, write_run) train like a native run:
+    the trainer starts from them, not from a fresh init, and reads the data from its start."""
+    from jaxllm.train.load import load_run, write_run
+
+    cfg = config(data_dir, tmp_path / "run", "train.steps=2")
+    start = jaxllm.init_params(cfg, jax.random.key(123))
+    write_run(cfg, start, tmp_path / "run")
+    logs: list[str] = []
+    result = train(cfg, log=logs.append)
+    assert any("no data-iterator state" in line for line in logs)
+    assert set(result.train_losses) == {1, 2} and all(np.isfinite(list(result.train_losses.values())))
+    _, params, step = load_run(tmp_path / "run")
+    assert step == 2
+    pairs = zip(jax.tree.leaves(params), jax.tree.leaves(start), strict=True)
+    moved = max(float(np.max(np.abs(a - b))) for a, b in pairs)
+    assert 0 < moved < 0.01  # two small AdamW steps away from the written weights (a fresh init is ~0.02 away)

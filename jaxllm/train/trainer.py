@@ -173,7 +173,10 @@ def train(
     restored = ckpt.restore_latest(abstract_state(cfg, tx, shardings), log=log)
     if restored is not None:
         step0, state, data_state, _ = restored
-        data_iter.set_state(data_state)
+        if data_state:
+            data_iter.set_state(data_state)
+        else:  # a weights-only checkpoint (jaxllm convert from-hf, write_run): the data starts at its beginning
+            log("the checkpoint holds no data-iterator state: reading the data from its start")
         log(f"resumed from {ckpt.directory}/{step0} (step {step0})")
     else:
         state = init_state(cfg, mesh, tx)
