@@ -219,7 +219,8 @@ def _convert_from_hf(args: argparse.Namespace) -> None:
 def _convert_to_hf(args: argparse.Namespace) -> None:
     from jaxllm.convert.hf import export_hf
 
-    print(f"wrote {export_hf(args.run_dir, args.out, max_shard_size=int(args.max_shard_mb * 2**20))}")
+    out = export_hf(args.run_dir, args.out, max_shard_size=int(args.max_shard_mb * 2**20), dtype=args.dtype)
+    print(f"wrote {out}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -323,6 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     to_hf.add_argument("run_dir")
     to_hf.add_argument("out", help="the Hugging Face model directory to write")
     to_hf.add_argument("--max-shard-mb", type=float, default=4096, help="split the safetensors above this size")
+    to_hf.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="weights as stored")
     to_hf.set_defaults(func=_convert_to_hf)
 
     plot = verbs.add_parser("plot", help="PNG of a run's train/val loss and throughput")
@@ -335,11 +337,11 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(tok_train)
     tok_train.set_defaults(func=_tokenizer_train)
     enc = tok.add_parser("encode", help="print the token ids of TEXT (or stdin)")
-    enc.add_argument("--tokenizer", default="byte", help="'byte' or a sentencepiece .model file")
+    enc.add_argument("--tokenizer", default="byte", help="'byte', a sentencepiece .model or an HF tokenizer.json")
     enc.add_argument("text", nargs="?", default=None)
     enc.set_defaults(func=_tokenizer_encode)
     dec = tok.add_parser("decode", help="print the text of token IDS (or stdin)")
-    dec.add_argument("--tokenizer", default="byte", help="'byte' or a sentencepiece .model file")
+    dec.add_argument("--tokenizer", default="byte", help="'byte', a sentencepiece .model or an HF tokenizer.json")
     dec.add_argument("ids", nargs="*")
     dec.set_defaults(func=_tokenizer_decode)
     return parser

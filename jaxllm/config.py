@@ -122,8 +122,9 @@ TokenizerKind = Literal["bpe", "unigram", "char"]
 class TokenizerConfig:
     """Which tokenizer a run uses, and how `jaxllm tokenizer train` makes one.
 
-    `path` is "byte" (256 byte ids, no training; byte 0 doubles as EOS/PAD) or a
-    sentencepiece `.model` file. The rest only matters when training one.
+    `path` is "byte" (256 byte ids, no training; byte 0 doubles as EOS/PAD), a
+    sentencepiece `.model` file, or a Hugging Face `tokenizer.json` (an imported
+    model's). The rest only matters when training one.
     """
 
     path: str = "byte"

@@ -1,7 +1,8 @@
 """Tokenizers: a byte-level one for smoke tests, and sentencepiece models trained here.
 
-A tokenizer is named by `tokenizer.path` in the config: the string "byte", or a
-sentencepiece `.model` file written by `jaxllm tokenizer train`. Training settings are
+A tokenizer is named by `tokenizer.path` in the config: the string "byte", a
+sentencepiece `.model` file written by `jaxllm tokenizer train`, or a Hugging Face
+`tokenizer.json` (an imported model's own; jaxllm/data/hf_tokenizer.py). Training settings are
 chosen so that decode(encode(text)) == text exactly:
 
 - normalization "identity", no extra-whitespace removal, no dummy prefix: the text the
@@ -26,12 +27,15 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from jaxllm.config import TokenizerConfig
 from jaxllm.data.errors import DataError
+
+if TYPE_CHECKING:
+    from jaxllm.data.hf_tokenizer import HFTokenizer
 
 
 class TokenizerError(DataError):
@@ -105,9 +109,15 @@ class SentencePieceTokenizer:
         return self._sp.id_to_piece(int(token_id))
 
 
-def load_tokenizer(path: str) -> ByteTokenizer | SentencePieceTokenizer:
-    """ "byte" or a sentencepiece model file."""
-    return ByteTokenizer() if path == "byte" else SentencePieceTokenizer(path)
+def load_tokenizer(path: str) -> ByteTokenizer | SentencePieceTokenizer | HFTokenizer:
+    """ "byte", a sentencepiece model file, or a Hugging Face tokenizer.json (any path ending in .json)."""
+    if path == "byte":
+        return ByteTokenizer()
+    if str(path).endswith(".json"):
+        from jaxllm.data.hf_tokenizer import HFTokenizer  # imported here: it imports this module
+
+        return HFTokenizer(path)
+    return SentencePieceTokenizer(path)
 
 
 def train_sentencepiece(

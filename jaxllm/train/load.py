@@ -56,25 +56,32 @@ def write_run(cfg: Config, params: dict, run_dir: str | os.PathLike[str], step: 
     from jaxllm.train.state import state_shardings
 
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir / "config.yaml")
+    ckpt_dir = run_dir / "checkpoints"
+    if ckpt_dir.is_dir() and any(ckpt_dir.iterdir()):
+        raise DataError(f"{run_dir} already holds checkpoints; give a new or empty run directory")
     mesh = make_mesh(cfg.mesh)
     tx = make_optimizer(cfg.optimizer)
     shardings = state_shardings(cfg, mesh, tx)
-    expected = abstract_state(cfg, tx)["params"]
-    got = jax.tree.map(lambda a: (tuple(np.shape(a)), np.asarray(a).dtype), params)
-    want = jax.tree.map(lambda s: (tuple(s.shape), s.dtype), expected)
+    dtype = jax.numpy.dtype(cfg.model.param_dtype)
+    params = jax.tree.map(lambda a: np.asarray(a, dtype), params)
+    got = jax.tree.map(lambda a: tuple(a.shape), params)
+    want = jax.tree.map(lambda s: tuple(s.shape), abstract_state(cfg, tx)["params"])
     if jax.tree.structure(got) != jax.tree.structure(want) or got != want:
-        raise DataError(f"params do not match model config {cfg.model}: shapes/dtypes differ from init_params'")
+        raise DataError(f"the parameters do not fit model config {cfg.model}: their tree or shapes differ")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir / "config.yaml")
     placed = jax.device_put(params, shardings["params"])
+    _, train_rng = jax.random.split(jax.random.PRNGKey(cfg.train.seed))  # what a fresh training run holds
     state = {
         "step": jax.device_put(np.int32(step), shardings["step"]),
         "params": placed,
         "opt_state": jax.jit(tx.init, out_shardings=shardings["opt_state"])(placed),
-        "rng": jax.device_put(jax.random.PRNGKey(cfg.train.seed), shardings["rng"]),
+        "rng": jax.device_put(train_rng, shardings["rng"]),
     }
-    ckpt = Checkpointer(run_dir / "checkpoints")
-    ckpt.save(step, state, {}, to_dict(cfg), force=True)
-    ckpt.wait()
-    ckpt.close()
+    ckpt = Checkpointer(ckpt_dir, keep=cfg.train.keep_checkpoints, keep_every=cfg.train.keep_every)
+    try:
+        ckpt.save(step, state, {}, to_dict(cfg), force=True)
+        ckpt.wait()
+    finally:
+        ckpt.close()
     return run_dir
