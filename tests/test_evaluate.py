@@ -41,9 +41,12 @@ def run(tmp_path_factory):
 
 
 def direct_logprob(cfg, params, ids: list[int], first_scored: int) -> float:
-    """log p(ids[first_scored:] | ids[:first_scored]) from one unpadded forward pass."""
-    x = np.asarray(ids, np.int32)[None]
-    logp = jax.nn.log_softmax(forward(cfg, params, x[:, :-1]), axis=-1)[0]
+    """log p(ids[first_scored:] | ids[:first_scored]) from one forward pass over the
+    sequence, padded at the end to the full context (one compiled shape for every call;
+    tests/test_model.py proves trailing padding leaves earlier logits alone)."""
+    x = np.zeros((1, MAX_LEN), np.int32)
+    x[0, : len(ids) - 1] = ids[:-1]
+    logp = jax.nn.log_softmax(forward(cfg, params, x), axis=-1)[0]
     return float(sum(logp[t - 1, ids[t]] for t in range(first_scored, len(ids))))
 
 
