@@ -60,13 +60,32 @@ def _tokenizer_train(args: argparse.Namespace) -> None:
     train_tokenizer(load_config(args.config, args.overrides))
 
 
+def _multiprocess_args(p: argparse.ArgumentParser) -> None:
+    """Flags that join a multi-process run (default: SLURM / TPU-pod detection, else one process)."""
+    p.add_argument("--coordinator", default=None, help="HOST:PORT of process 0 (env JAXLLM_COORDINATOR)")
+    p.add_argument("--num-processes", type=int, default=None, help="processes in the run (env JAXLLM_NUM_PROCESSES)")
+    p.add_argument("--process-id", type=int, default=None, help="this process's rank, from 0 (env JAXLLM_PROCESS_ID)")
+
+
 def _train(args: argparse.Namespace) -> int:
     from jaxllm.data.ready import ensure_data
+    from jaxllm.parallel import distributed
     from jaxllm.train.trainer import train_main
 
-    cfg = load_config(args.config, args.overrides)
-    ensure_data(cfg)
-    return train_main(cfg)
+    cfg = load_config(args.config, args.overrides)  # config errors first, before joining anything
+    cluster = distributed.initialize(distributed.detect(args.coordinator, args.num_processes, args.process_id))
+    try:
+        if cluster.multi:
+            from jax.experimental import multihost_utils
+
+            if distributed.is_primary():  # one process prepares missing data; the others wait for it
+                ensure_data(cfg)
+            multihost_utils.sync_global_devices("jaxllm: data ready")
+        else:
+            ensure_data(cfg)
+        return train_main(cfg)
+    finally:
+        distributed.shutdown()
 
 
 def _quickstart(args: argparse.Namespace) -> None:
@@ -253,6 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = verbs.add_parser("train", help="train (or resume) a model; prepares missing data first")
     _config_args(train)
+    _multiprocess_args(train)
     train.set_defaults(func=_train)
     quick = verbs.add_parser("quickstart", help="fetch, tokenize, prepare, train and sample tiny Shakespeare")
     quick.add_argument("--out", default="runs/quickstart", help="where everything goes")

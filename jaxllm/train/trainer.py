@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import numpy as np
 
 from jaxllm.config import Config, ConfigError, save_config, to_dict
 from jaxllm.data.errors import DataError
@@ -68,9 +69,36 @@ class _Signals:
     def _handle(self, signum: int, frame) -> None:
         self.received = signum
 
+    def agreed(self) -> int | None:
+        """The signal that stops the run, the same in every process.
+
+        With several processes a signal may reach only some of them; they must still
+        stop at the same step (a process that leaves early would hang the others in the
+        next collective), so the processes share what they received each step."""
+        if jax.process_count() == 1:
+            return self.received
+        from jax.experimental import multihost_utils
+
+        every = multihost_utils.process_allgather(np.int32(self.received or 0))
+        return int(np.max(every)) or None
+
     def __exit__(self, *exc) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+
+
+def _quiet(_: str) -> None:
+    """The log of processes other than 0: one voice per run."""
+
+
+class _NoMetrics:
+    """Stands in for MetricsWriter in processes other than 0."""
+
+    def write(self, *args, **kwargs) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 _STEP_KEYS = ("loss", "lr", "grad_norm", "tokens", "finite")
@@ -160,8 +188,12 @@ def train(
     task = task or Task()
     t = cfg.train
     run_dir = Path(t.out_dir)
+    primary = jax.process_index() == 0  # process 0 alone writes logs, metrics and config; orbax saves collectively
+    if not primary:
+        log = _quiet
     run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir / "config.yaml")
+    if primary:
+        save_config(cfg, run_dir / "config.yaml")
     has_val = task.has_val(cfg)
 
     mesh = make_mesh(cfg.mesh)
@@ -198,7 +230,7 @@ def train(
     flops_token = flops_per_token(cfg, cfg.data.seq_len)
     peak = peak_flops(jax.devices()[0])
     peak_total = peak * mesh.devices.size if peak else None
-    writer = MetricsWriter(run_dir, tensorboard=t.tensorboard)
+    writer = MetricsWriter(run_dir, tensorboard=t.tensorboard) if primary else _NoMetrics()
     result = TrainResult(run_dir, step0, {}, {})
     last_step = min(t.steps, stop_after) if stop_after is not None else t.steps
 
@@ -267,13 +299,14 @@ def train(
                         log(f"step {step}: val loss {val:.4f} (perplexity {math.exp(min(val, 50.0)):.2f})")
                 if step % t.checkpoint_every == 0 or step == last_step:
                     save(step)
-                if signals.received is not None:
+                received = signals.agreed()
+                if received is not None:
                     if pending is not None:
                         finish(*pending)
                         pending = None
                     save(step, force=True)
-                    result.interrupted = signals.received
-                    log(f"received signal {signals.received} at step {step}: checkpoint saved, stopping")
+                    result.interrupted = received
+                    log(f"received signal {received} at step {step}: checkpoint saved, stopping")
                     break
             if pending is not None:
                 finish(*pending)
