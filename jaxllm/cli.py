@@ -242,6 +242,27 @@ def _convert_to_hf(args: argparse.Namespace) -> None:
     print(f"wrote {out}")
 
 
+def _plan(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config, args.overrides)
+    import jax
+
+    # Planning compiles for the target's devices (fake TPU ones from libtpu, or host CPU
+    # ones): no accelerator backend of this host is needed, and none is started.
+    try:  # only possible before the first JAX computation (in a notebook the devices are what they are)
+        jax.config.update("jax_platforms", "cpu")
+        if args.topology.startswith("cpu:") and args.topology[4:].isdigit():
+            jax.config.update("jax_num_cpu_devices", max(int(args.topology[4:]), 1))
+    except RuntimeError:
+        pass
+    from jaxllm.plan import get_topology, plan
+
+    topology = get_topology(args.topology, args.slices)
+    print(f"# planning {args.config} for {topology.name}: compiling the train step ahead of time", file=sys.stderr)
+    result = plan(cfg, topology, hbm_bytes=args.hbm_gib * 2**30 if args.hbm_gib else None)
+    print(result.table())
+    return 0 if result.fits is not False else 3
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jaxllm", description="Build, train and evaluate decoder LMs in JAX.")
     verbs = parser.add_subparsers(dest="verb", required=True)
@@ -347,6 +368,12 @@ def build_parser() -> argparse.ArgumentParser:
     to_hf.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="weights as stored")
     to_hf.set_defaults(func=_convert_to_hf)
 
+    pl = verbs.add_parser("plan", help="compile the train step for a topology ahead of time: memory, fit, FLOPs, MFU")
+    _config_args(pl)
+    pl.add_argument("--topology", required=True, help="cpu:N, v4-N, v5p-N, v5e-N, v6e-N or GEN:AxBxC, e.g. v5p-128")
+    pl.add_argument("--slices", type=int, default=1, help="TPU slices joined over DCN (multi-slice)")
+    pl.add_argument("--hbm-gib", type=float, default=None, help="memory per device to check against (default: chip's)")
+    pl.set_defaults(func=_plan)
     plot = verbs.add_parser("plot", help="PNG of a run's train/val loss and throughput")
     plot.add_argument("run_dir")
     plot.add_argument("--out", default=None, help="output PNG (default RUN_DIR/metrics.png)")

@@ -87,6 +87,10 @@ class ModelConfig:
     attention_dropout: float = 0.0  # on the attention probabilities
     init_std: float = 0.02
     remat: Remat = "none"
+    # Unroll every loop over layers (and the pipeline schedule's ticks and the accumulation
+    # microbatches) into straight-line code. Compiles grow with depth; XLA's cost analysis
+    # counts a loop body once, so `jaxllm plan` compiles small unrolled probes to count all.
+    scan_unroll: bool = False
     head: Head = "lm"  # "lm": next-token logits; "scalar": one value per position (reward models)
     dtype: DType = "float32"  # compute dtype of matmuls and activations
     param_dtype: DType = "float32"

@@ -75,6 +75,7 @@ def block_stack(config: ModelConfig, deterministic: bool, decoding: bool = False
         split_rngs={"params": True, "dropout": True},  # each layer its own init and dropout
         in_axes=(nn.broadcast, nn.broadcast),  # positions, segment_ids: same for every layer
         length=config.num_layers,
+        unroll=config.num_layers if config.scan_unroll else 1,
         metadata_params={nn.PARTITION_NAME: "layers"},
     )
     return stack(config, deterministic, name="blocks")

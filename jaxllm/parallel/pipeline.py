@@ -56,6 +56,7 @@ def pipeline_stack(
     stages: int,
     repeats: int,
     microbatches: int,
+    unroll: bool = False,
 ) -> jax.Array:
     """Apply the layer stack to x (B, T, E) through the pipeline schedule.
 
@@ -91,7 +92,7 @@ def pipeline_stack(
         return (shift_stages(y), laps), None
 
     buf0 = jnp.zeros((S, *xs.shape[1:]), x.dtype)
-    (_, laps), _ = jax.lax.scan(step, (buf0, jnp.zeros_like(xs)), jnp.arange(R * M + S - 1))
+    (_, laps), _ = jax.lax.scan(step, (buf0, jnp.zeros_like(xs)), jnp.arange(R * M + S - 1), unroll=unroll)
     return laps.swapaxes(0, 1).reshape(B, *x.shape[1:])
 
 
@@ -123,9 +124,9 @@ class PipelinedBlocks(nn.Module):
 
             if cfg.remat != "none":  # the policy applies per layer, inside every stage iteration
                 layer = jax.checkpoint(layer, policy=REMAT_POLICIES[cfg.remat], prevent_cse=False)
-            return jax.lax.scan(layer, h, chunk)[0]
+            return jax.lax.scan(layer, h, chunk, unroll=cfg.scan_unroll)[0]
 
         return pipeline_stack(
             run_chunk, blocks, x, positions, segment_ids,
-            stages=self.stages, repeats=self.repeats, microbatches=self.microbatches,
+            stages=self.stages, repeats=self.repeats, microbatches=self.microbatches, unroll=cfg.scan_unroll,
         )  # fmt: skip

@@ -1,0 +1,95 @@
+"""`jaxllm plan`: the memory it reports is the compiled step's memory_analysis(), its
+FLOP count matches the analytic one, layouts that do not fit say so, and TPU
+topologies (fake devices from libtpu) plan on this CPU-only host."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import numpy as np
+import pytest
+
+import jaxllm
+from jaxllm.cli import main
+from jaxllm.parallel.mesh import make_mesh
+from jaxllm.plan import _torus, compile_train_step, compiler_estimates, get_topology, plan
+from jaxllm.train.optimizer import make_optimizer
+from jaxllm.train.state import init_state
+from jaxllm.train.step import make_train_step, shard_batch
+
+SMALL = ["model.vocab_size=256", "model.max_seq_len=64", "model.d_model=64", "model.num_layers=4",
+         "model.num_heads=4", "model.dropout=0.0", "data.seq_len=64", "train.batch_size=16"]  # fmt: skip
+
+
+def small(*extra: str) -> jaxllm.Config:
+    return jaxllm.load_config("shakespeare-char", [*SMALL, *extra])
+
+
+def test_memory_is_the_compiled_steps_memory_analysis():
+    cfg = small("mesh.fsdp=2", "mesh.tensor=2")
+    result = plan(cfg, get_topology("cpu:8"))
+    # the same step compiled independently, from real arrays
+    mesh = make_mesh(cfg.mesh, jax.devices()[:8])
+    tx = make_optimizer(cfg.optimizer)
+    state = init_state(cfg, mesh, tx)
+    rows = np.zeros((cfg.train.batch_size, cfg.data.seq_len), np.int32)
+    batch = shard_batch({k: rows for k in ("inputs", "targets", "segment_ids", "positions", "target_mask")}, mesh)
+    with jax.set_mesh(mesh):
+        mem = make_train_step(cfg, mesh, tx).jitted.lower(state, batch).compile().memory_analysis()
+    assert result.argument_bytes == mem.argument_size_in_bytes
+    assert result.temp_bytes == mem.temp_size_in_bytes
+    assert result.output_bytes == max(0, mem.output_size_in_bytes - mem.alias_size_in_bytes)
+    # and the arguments are what each device holds of the state and the batch
+    held = sum(s.data.nbytes for leaf in jax.tree.leaves((state, batch)) for s in leaf.addressable_shards[:1])
+    assert result.argument_bytes == held
+    assert result.mesh == {"data": 2, "fsdp": 2, "tensor": 2, "pipeline": 1}
+
+
+def test_compiler_flops_count_every_layer_and_match_the_analytic_count():
+    cfg = small()
+    devices = jax.devices()[:8]
+    flops, _ = compiler_estimates(cfg, devices)
+    # the extrapolation from 1- and 2-layer probes equals compiling all 4 layers unrolled
+    unrolled = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, scan_unroll=True))
+    direct = compile_train_step(unrolled, devices)[1].cost_analysis()
+    direct = direct[0] if isinstance(direct, list) else direct
+    assert flops == pytest.approx(direct["flops"], rel=1e-3)
+    # the scanned step alone would count one layer's body
+    scanned = compile_train_step(cfg, devices)[1].cost_analysis()
+    scanned = scanned[0] if isinstance(scanned, list) else scanned
+    assert scanned["flops"] < 0.7 * flops
+    result = plan(cfg, get_topology("cpu:8"))
+    assert 0.95 < result.compiler_flops / (result.analytic_flops / 8) < 1.25
+
+
+def test_a_layout_that_does_not_fit_says_by_how_much(capsys):
+    result = plan(small(), get_topology("cpu:8"), hbm_bytes=1e6)
+    assert result.fits is False
+    short = (result.total_bytes - 1e6) / 2**30
+    assert f"does not fit by {short:,.2f} GiB" in result.table()
+    code = main(["plan", "shakespeare-char", *SMALL, "--topology", "cpu:8", "--hbm-gib", "0.001"])
+    assert code == 3 and "NO: does not fit by" in capsys.readouterr().out
+    assert main(["plan", "shakespeare-char", *SMALL, "--topology", "cpu:8", "--hbm-gib", "64"]) == 0
+    assert "fits  yes" in capsys.readouterr().out
+
+
+def test_topology_names():
+    assert _torus(64, 3) == "4x4x4" and _torus(16, 2) == "4x4" and _torus(32, 2) == "4x8" and _torus(8, 3) == "2x2x2"
+    for bad, match in (("v9-8", "unknown"), ("v5p-7", "N must be even"), ("tpu-8", "not a topology"),
+                       ("v5e-12", "powers of two"), ("cpu:999", "needs 999 CPU devices")):  # fmt: skip
+        with pytest.raises(jaxllm.ConfigError, match=match):
+            get_topology(bad)
+
+
+def test_plans_a_tpu_slice_from_a_cpu_host():
+    """libtpu (the [tpu] extra, installed for the tests) describes a v5e 2x2 slice; the
+    step compiles for its four fake chips and the compiler estimates the step time."""
+    topology = get_topology("v5e-4")
+    assert len(topology.devices) == 4 and "v5" in topology.device_kind.lower()
+    result = plan(small("mesh.fsdp=4", "mesh.data=1", "model.dtype=bfloat16"), topology)
+    assert result.fits and result.hbm_bytes == 16 * 2**30
+    assert result.estimated_seconds > 0 and 0 < result.mfu < 1
+    assert math.isclose(result.compiler_flops / (result.analytic_flops / 4), 1.0, rel_tol=0.3)
+    assert "estimated MFU" in result.table()
