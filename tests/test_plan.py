@@ -93,3 +93,12 @@ def test_plans_a_tpu_slice_from_a_cpu_host():
     assert result.estimated_seconds > 0 and 0 < result.mfu < 1
     assert math.isclose(result.compiler_flops / (result.analytic_flops / 4), 1.0, rel_tol=0.3)
     assert "estimated MFU" in result.table()
+
+
+def test_a_mesh_axis_smaller_than_a_torus_side_is_placed():
+    """pipeline 2 on a 4x4x4 v5p slice needs part of a physical axis: the mesh splits one."""
+    from jaxllm.config import MeshConfig
+
+    mesh = make_mesh(MeshConfig(data=1, fsdp=8, tensor=4, pipeline=2), get_topology("v5p-128").devices)
+    assert dict(mesh.shape) == {"data": 1, "fsdp": 8, "tensor": 4, "pipeline": 2}
+    assert len({d.id for d in mesh.devices.flat}) == 64

@@ -41,7 +41,16 @@ def make_mesh(cfg: MeshConfig, devices: Sequence[jax.Device] | None = None) -> M
     """A mesh over `devices` (default: all), axes in AXES order, Auto axis types."""
     devices = list(devices) if devices is not None else jax.devices()
     shape = mesh_shape(cfg, len(devices))
-    return jax.make_mesh(shape, AXES, axis_types=(AxisType.Auto,) * len(AXES), devices=devices)
+    try:
+        return jax.make_mesh(shape, AXES, axis_types=(AxisType.Auto,) * len(AXES), devices=devices)
+    except NotImplementedError:
+        # A TPU torus assigns each mesh axis a product of whole physical axes; an axis that
+        # needs part of one (pipeline 2 on a 4x4x4 slice) is placed by splitting physical
+        # axes instead: still correct, with some links shared by two mesh axes.
+        from jax.experimental import mesh_utils
+
+        grid = mesh_utils.create_device_mesh(shape, devices, allow_split_physical_axes=True)
+        return Mesh(grid, AXES, axis_types=(AxisType.Auto,) * len(AXES))
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
