@@ -9,9 +9,11 @@ every process is killed if the pair does not finish, and only 127.0.0.1 is used.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -49,11 +51,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(args: list[str], processes: int = 2, devices_each: int = 4) -> list[str]:
-    """Run `jaxllm train ARGS` as `processes` loopback processes; their outputs."""
+def start(args: list[str], processes: int = 2, devices_each: int = 4) -> list[subprocess.Popen]:
+    """`jaxllm train ARGS` as `processes` loopback processes."""
     port = free_port()
     env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices_each}", "JAX_PLATFORMS": "cpu"}
-    procs = [
+    return [
         subprocess.Popen(
             [sys.executable, "-m", "jaxllm.cli", "train", "shakespeare-char", *args,
              "--coordinator", f"127.0.0.1:{port}", "--num-processes", str(processes), "--process-id", str(i)],
@@ -61,6 +63,11 @@ def launch(args: list[str], processes: int = 2, devices_each: int = 4) -> list[s
         )  # fmt: skip
         for i in range(processes)
     ]
+
+
+def launch(args: list[str], processes: int = 2, devices_each: int = 4) -> list[str]:
+    """Run `jaxllm train ARGS` as `processes` loopback processes to the end; their outputs."""
+    procs = start(args, processes, devices_each)
     outputs = []
     try:
         for p in procs:
@@ -108,3 +115,31 @@ def test_detect_reads_flags_env_slurm_and_tpu():
         detect("127.0.0.1:1234", 2, 2, env={})
     with pytest.raises(jaxllm.ConfigError, match="needs a port"):
         detect("127.0.0.1", 2, 0, env={})
+
+
+def test_a_signal_to_one_process_stops_both_at_the_same_checkpointed_step(data_dir, tmp_path):
+    """Preemption notices need not reach every host: the processes agree each step on
+    what was received, checkpoint together and exit together with 128 + signal."""
+    run = tmp_path / "preempted"
+    procs = start(overrides(data_dir, run, 10_000))
+    try:
+        deadline = time.monotonic() + TIMEOUT_S
+        seen = []
+        for line in procs[0].stdout:  # process 0 speaks for the run
+            seen.append(line)
+            if "step 3/" in line:
+                break
+            assert time.monotonic() < deadline, "no step 3 in time:\n" + "".join(seen[-20:])
+        procs[1].send_signal(signal.SIGTERM)  # only process 1 is told
+        out0 = "".join(seen) + procs[0].communicate(timeout=TIMEOUT_S)[0]
+        procs[1].communicate(timeout=TIMEOUT_S)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert [p.returncode for p in procs] == [128 + signal.SIGTERM] * 2
+    stopped = [line for line in out0.splitlines() if "received signal" in line]
+    assert len(stopped) == 1, out0[-2000:]
+    step = int(stopped[0].split(" at step ")[1].split(":")[0])
+    assert step >= 3 and str(step) in {p.name for p in (run / "checkpoints").iterdir()}

@@ -297,14 +297,16 @@ def train(
                         result.val_losses[step] = val
                         writer.write(step, "val", {"loss": val, "perplexity": math.exp(min(val, 50.0))})
                         log(f"step {step}: val loss {val:.4f} (perplexity {math.exp(min(val, 50.0)):.2f})")
-                if step % t.checkpoint_every == 0 or step == last_step:
+                saved = step % t.checkpoint_every == 0 or step == last_step
+                if saved:
                     save(step)
                 received = signals.agreed()
                 if received is not None:
                     if pending is not None:
                         finish(*pending)
                         pending = None
-                    save(step, force=True)
+                    if not saved:  # a signal on a checkpoint step: that checkpoint is the one
+                        save(step, force=True)
                     result.interrupted = received
                     log(f"received signal {received} at step {step}: checkpoint saved, stopping")
                     break
