@@ -13,6 +13,7 @@ import pytest
 
 import jaxllm
 from jaxllm.cli import main
+from jaxllm.model.summary import flops_per_token
 from jaxllm.parallel.mesh import make_mesh
 from jaxllm.plan import _torus, compile_train_step, compiler_estimates, get_topology, plan
 from jaxllm.train.optimizer import make_optimizer
@@ -60,8 +61,8 @@ def test_compiler_flops_count_every_layer_and_match_the_analytic_count():
     scanned = compile_train_step(cfg, devices)[1].cost_analysis()
     scanned = scanned[0] if isinstance(scanned, list) else scanned
     assert scanned["flops"] < 0.7 * flops
-    result = plan(cfg, get_topology("cpu:8"))
-    assert 0.95 < result.compiler_flops / (result.analytic_flops / 8) < 1.25
+    analytic = flops_per_token(cfg, cfg.data.seq_len) * cfg.train.batch_size * cfg.data.seq_len / 8
+    assert 0.95 < flops / analytic < 1.25
 
 
 def test_a_layout_that_does_not_fit_says_by_how_much(capsys):
@@ -71,8 +72,6 @@ def test_a_layout_that_does_not_fit_says_by_how_much(capsys):
     assert f"does not fit by {short:,.2f} GiB" in result.table()
     code = main(["plan", "shakespeare-char", *SMALL, "--topology", "cpu:8", "--hbm-gib", "0.001"])
     assert code == 3 and "NO: does not fit by" in capsys.readouterr().out
-    assert main(["plan", "shakespeare-char", *SMALL, "--topology", "cpu:8", "--hbm-gib", "64"]) == 0
-    assert "fits  yes" in capsys.readouterr().out
 
 
 def test_topology_names():
