@@ -16,7 +16,7 @@
 # across slices; see launch/README.md.
 set -euo pipefail
 
-name="" zone="" type="v5p-128" version="v2-alpha-tpuv5" project="" create=0 dry_run=0
+name="" zone="" type="v5p-128" version="" project="" create=0 dry_run=0
 repo="" ref="main"
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -38,6 +38,15 @@ done
 [[ -n "$zone" ]] || { echo "tpu_pod.sh: --zone is required, e.g. --zone us-east5-a" >&2; exit 2; }
 [[ $# -ge 1 ]] || { echo "tpu_pod.sh: give the config after --, e.g. -- llama-8b train.out_dir=gs://..." >&2; exit 2; }
 
+if [[ -z "$version" ]]; then  # the TPU VM runtime image that matches the generation
+  case "$type" in
+    v4-*) version="tpu-ubuntu2204-base" ;;
+    v5p-*) version="v2-alpha-tpuv5" ;;
+    v5litepod-*|v5e-*) version="v2-alpha-tpuv5-lite" ;;
+    v6e-*) version="v2-alpha-tpuv6e" ;;
+    *) echo "tpu_pod.sh: no default runtime for --type $type; give --version" >&2; exit 2 ;;
+  esac
+fi
 gcloud_tpu=(gcloud compute tpus tpu-vm)
 where=(--zone "$zone")
 [[ -n "$project" ]] && where+=(--project "$project")
