@@ -67,25 +67,31 @@ def _multiprocess_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--process-id", type=int, default=None, help="this process's rank, from 0 (env JAXLLM_PROCESS_ID)")
 
 
+def _joined(args: argparse.Namespace, work, prepare=None) -> int:
+    """Run `work()` as this process's part of a (possibly) multi-process run: join it,
+    let process 0 alone run `prepare()` while the others wait, leave it cleanly."""
+    from jaxllm.parallel import distributed
+
+    cluster = distributed.initialize(distributed.detect(args.coordinator, args.num_processes, args.process_id))
+    try:
+        if prepare is not None:
+            if distributed.is_primary():
+                prepare()
+            if cluster.multi:
+                from jax.experimental import multihost_utils
+
+                multihost_utils.sync_global_devices("jaxllm: prepared")
+        return work()
+    finally:
+        distributed.shutdown()
+
+
 def _train(args: argparse.Namespace) -> int:
     from jaxllm.data.ready import ensure_data
-    from jaxllm.parallel import distributed
     from jaxllm.train.trainer import train_main
 
     cfg = load_config(args.config, args.overrides)  # config errors first, before joining anything
-    cluster = distributed.initialize(distributed.detect(args.coordinator, args.num_processes, args.process_id))
-    try:
-        if cluster.multi:
-            from jax.experimental import multihost_utils
-
-            if distributed.is_primary():  # one process prepares missing data; the others wait for it
-                ensure_data(cfg)
-            multihost_utils.sync_global_devices("jaxllm: data ready")
-        else:
-            ensure_data(cfg)
-        return train_main(cfg)
-    finally:
-        distributed.shutdown()
+    return _joined(args, lambda: train_main(cfg), prepare=lambda: ensure_data(cfg))
 
 
 def _quickstart(args: argparse.Namespace) -> None:
@@ -125,7 +131,8 @@ def _exit_code(result) -> int:
 def _sft(args: argparse.Namespace) -> int:
     from jaxllm.posttrain.sft import sft, sft_config
 
-    return _exit_code(sft(sft_config(args.source, args.overrides)))
+    cfg = sft_config(args.source, args.overrides)
+    return _joined(args, lambda: _exit_code(sft(cfg)))
 
 
 def _dpo(args: argparse.Namespace) -> int:
@@ -316,6 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sft.add_argument("source", help="a run directory to start from, or a preset / YAML (random init)")
     sft.add_argument("overrides", nargs="*", help="a.b.c=value, e.g. posttrain.data=instructions.json train.steps=200")
+    _multiprocess_args(sft)
     sft.set_defaults(func=_sft)
     for verb, func, help_, source, example in (
         ("dpo", _dpo, "direct preference optimization on chosen/rejected pairs",

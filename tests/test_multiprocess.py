@@ -143,3 +143,39 @@ def test_a_signal_to_one_process_stops_both_at_the_same_checkpointed_step(data_d
     assert len(stopped) == 1, out0[-2000:]
     step = int(stopped[0].split(" at step ")[1].split(":")[0])
     assert step >= 3 and str(step) in {p.name for p in (run / "checkpoints").iterdir()}
+
+
+def test_instruction_tuning_on_two_processes_equals_one(tmp_path):
+    """SFT batches are built alike in every process, which keeps its own rows: the
+    two-process losses are the one-process losses."""
+    from jaxllm.cli import main
+    from tests.data_paths import SHARED_DATA
+
+    data = SHARED_DATA / "instructions" / "instruction-data.json"
+    args = [*TINY_MODEL, "data.seq_len=64", "model.max_seq_len=64", f"posttrain.data={data}", "train.steps=3",
+            "train.batch_size=8", "train.eval_every=3", "train.eval_batches=1", "train.tensorboard=false",
+            "train.log_every=1", f"data.path={tmp_path}/none"]  # fmt: skip
+    assert main(["sft", "shakespeare-char", *args, f"train.out_dir={tmp_path}/one"]) == 0
+    port = free_port()
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "jaxllm.cli", "sft", "shakespeare-char", *args, f"train.out_dir={tmp_path}/two",
+             "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i)],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+        for i in range(2)
+    ]
+    try:
+        outs = [p.communicate(timeout=TIMEOUT_S)[0] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert [p.returncode for p in procs] == [0, 0], outs[0][-3000:]
+    one = {(r["split"], r["step"]): r["loss"] for r in read_metrics(tmp_path / "one")}
+    two = {(r["split"], r["step"]): r["loss"] for r in read_metrics(tmp_path / "two")}
+    assert set(one) == set(two) and ("val", 3) in one
+    for key, loss in one.items():
+        assert two[key] == pytest.approx(loss, rel=1e-5), key

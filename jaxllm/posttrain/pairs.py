@@ -76,6 +76,7 @@ class PairTask(Task):
     train_batches: list
     val: list
     start = None
+    global_batches = True  # every process builds the same pair batches and keeps its rows
 
     def train_iter(self, cfg: Config) -> BatchCycle:
         return BatchCycle(self.train_batches, cfg.train.seed)

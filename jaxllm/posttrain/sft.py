@@ -52,6 +52,7 @@ class SFTTask(Task):
     """Instruction data in, reply-only loss out."""
 
     name = "sft"
+    global_batches = True  # every process packs the same batches (seeded) and keeps its rows
 
     def __init__(self, cfg: Config, log: Callable[[str], None] = print):
         pt = cfg.posttrain

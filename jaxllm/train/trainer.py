@@ -135,10 +135,27 @@ def check_batch(cfg: Config, mesh) -> None:
         )
 
 
-def evaluate(cfg: Config, eval_step, params, mesh, has_val: bool = True, batches=None) -> float | None:
+def process_rows(batch: dict) -> dict:
+    """This process's rows of a global batch that every process built alike (instruction
+    and preference batches): process i takes the i-th block of rows, the rows its devices
+    hold on the mesh, as the pre-training pipeline's per-process slices do."""
+    n, i = jax.process_count(), jax.process_index()
+    if n == 1:
+        return batch
+    rows = len(next(iter(batch.values())))
+    if rows % n:
+        raise ConfigError(f"train.batch_size={rows} is not divisible by the {n} processes; use a multiple of {n}")
+    k = rows // n
+    return {key: value[i * k : (i + 1) * k] for key, value in batch.items()}
+
+
+def evaluate(
+    cfg: Config, eval_step, params, mesh, has_val: bool = True, batches=None, global_batches: bool = False
+) -> float | None:
     """Mean token loss over `train.eval_batches` validation batches (None without a val split).
 
-    `batches`: the validation batches to use (a task's); default: the prepared dataset's."""
+    `batches`: the validation batches to use (a task's; `global_batches` when every
+    process built the whole batch); default: the prepared dataset's, already per process."""
     if not has_val:
         return None
     if batches is None:
@@ -150,7 +167,7 @@ def evaluate(cfg: Config, eval_step, params, mesh, has_val: bool = True, batches
     for i, batch in enumerate(batches):
         if i >= cfg.train.eval_batches:
             break
-        s, c = jax.device_get(eval_step(params, shard_batch(batch, mesh)))
+        s, c = jax.device_get(eval_step(params, shard_batch(process_rows(batch) if global_batches else batch, mesh)))
         total, count = total + float(s), count + float(c)
     return total / count if count else None
 
@@ -164,6 +181,7 @@ class Task:
     name = "pretrain"
     loss_fn = None  # the train step's loss (None: next-token cross-entropy); see make_train_step
     tokens_per_count = 1.0  # tokens the model reads per unit of the loss's count (a DPO pair: 2 x seq_len)
+    global_batches = False  # True: every process builds the whole global batch and keeps its own rows
 
     def train_iter(self, cfg: Config):
         """Batches with get_state/set_state (saved with each checkpoint)."""
@@ -281,7 +299,8 @@ def train(
         step = step0
         try:
             while step < last_step:
-                batch = shard_batch(next(data_iter), mesh)
+                host = next(data_iter)
+                batch = shard_batch(process_rows(host) if task.global_batches else host, mesh)
                 state, metrics = train_step(state, batch)
                 step += 1
                 if pending is not None:
@@ -291,7 +310,8 @@ def train(
                     finish(*pending)
                     pending = None
                     eval_start = time.perf_counter()
-                    val = evaluate(cfg, eval_step, state["params"], mesh, has_val, task.val_batches(cfg))
+                    val = evaluate(cfg, eval_step, state["params"], mesh, has_val, task.val_batches(cfg),
+                                   task.global_batches)  # fmt: skip
                     window_start += time.perf_counter() - eval_start  # throughput counts training time only
                     if val is not None:
                         result.val_losses[step] = val
