@@ -108,6 +108,8 @@ def _tpu_topology(name: str, slices: int) -> Topology:
 
 
 def _cpu_topology(n: int) -> Topology:
+    if n < 1:
+        raise ConfigError(f"cpu:{n} has no devices; give cpu:N with N >= 1, e.g. cpu:8")
     devices = jax.devices("cpu")
     if len(devices) < n:
         raise ConfigError(
@@ -170,13 +172,13 @@ class Plan:
             ("topology", f"{self.topology}: {self.devices} x {self.device_kind}"),
             ("mesh", " x ".join(f"{k} {v}" for k, v in self.mesh.items())),
             ("arguments / device", f"{gib(self.argument_bytes)} (params, optimizer state, batch)"),
-            ("temporaries / device", f"{gib(self.temp_bytes)} (activations, gradients, collective buffers)"),
+            ("temporaries / device", f"{gib(self.temp_bytes)} " + ("(the compiler's figure when it gave up)"
+                                     if self.refused else "(activations, gradients, collective buffers)")),
             ("outputs / device", f"{gib(self.output_bytes)} (not aliased to donated inputs)"),
             ("total / device", gib(self.total_bytes)),
         ]
         if self.refused:
             rows.append(("compiler", f"refused the step: {self.refused[:200]}"))
-            rows[3] = ("temporaries / device", f"{gib(self.temp_bytes)} (the compiler's figure when it gave up)")
         if self.hbm_bytes is None:
             rows.append(("fits", "unknown (no memory limit for this device; set --hbm-gib)"))
         elif self.fits:

@@ -77,7 +77,8 @@ def test_a_layout_that_does_not_fit_says_by_how_much(capsys):
 def test_topology_names():
     assert _torus(64, 3) == "4x4x4" and _torus(16, 2) == "4x4" and _torus(32, 2) == "4x8" and _torus(8, 3) == "2x2x2"
     for bad, match in (("v9-8", "unknown"), ("v5p-7", "N must be even"), ("tpu-8", "not a topology"),
-                       ("v5e-12", "powers of two"), ("cpu:999", "needs 999 CPU devices")):  # fmt: skip
+                       ("v5e-12", "powers of two"), ("cpu:999", "needs 999 CPU devices"),
+                       ("cpu:0", "has no devices")):  # fmt: skip
         with pytest.raises(jaxllm.ConfigError, match=match):
             get_topology(bad)
 

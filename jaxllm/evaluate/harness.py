@@ -25,6 +25,7 @@ from lm_eval.api.registry import register_model
 
 from jaxllm.evaluate.multiple_choice import choice_logprobs
 from jaxllm.evaluate.perplexity import document_logprobs
+from jaxllm.evaluate.scoring import document_start
 from jaxllm.generate import generate
 
 
@@ -67,9 +68,6 @@ class JaxLLM(LM):
     def tokenizer_name(self) -> str:
         return self.tokenizer.identity
 
-    def _start_id(self) -> int:
-        return self.tokenizer.bos_id if self.tokenizer.bos_id is not None else self.tokenizer.eos_id
-
     def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
         pairs = [tuple(r.args[:2]) for r in requests]
         return choice_logprobs(self.config, self.params, self.tokenizer, pairs, self.batch_size)
@@ -77,7 +75,7 @@ class JaxLLM(LM):
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
         docs = [[int(t) for t in self.tokenizer.encode(r.args[0])] for r in requests]
         logprobs, _ = document_logprobs(
-            self.config, self.params, docs, self._start_id(), self.stride, self.batch_size
+            self.config, self.params, docs, document_start(self.tokenizer), self.stride, self.batch_size
         )
         return logprobs
 
@@ -93,7 +91,7 @@ class JaxLLM(LM):
         until = [until] if isinstance(until, str) else list(until)
         max_new = _int_or(kwargs.pop("max_gen_toks", None), self.max_gen_toks)
         temperature = float(kwargs.pop("temperature", 0.0)) if kwargs.pop("do_sample", False) else 0.0
-        ids = [int(t) for t in self.tokenizer.encode(context)] or [self._start_id()]
+        ids = [int(t) for t in self.tokenizer.encode(context)] or [document_start(self.tokenizer)]
         ids = ids[-max(1, self.max_len - max_new) :]  # leave room for the reply inside the context
         result = generate(
             self.config,

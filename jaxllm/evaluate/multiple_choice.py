@@ -12,7 +12,6 @@ lm-evaluation-harness:
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -23,6 +22,7 @@ from jaxllm.config import Config, ModelConfig
 from jaxllm.data.errors import DataError
 from jaxllm.evaluate.scoring import encode_pair, score_rows, span_row
 from jaxllm.model.api import model_config
+from jaxllm.posttrain.data import load_records
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,8 +52,6 @@ def _hellaswag_clean(text: str) -> str:
 
 
 def _example(record: dict, i: int, path: Path) -> MCExample:
-    if not isinstance(record, dict):
-        raise DataError(f"{path} record {i} is not a JSON object")
     if "ctx_a" in record and "endings" in record:  # HellaSwag's own format
         ctx = record["ctx_a"] + " " + record.get("ctx_b", "").capitalize()
         context = _hellaswag_clean(record.get("activity_label", "") + ": " + ctx)
@@ -76,22 +74,13 @@ def _example(record: dict, i: int, path: Path) -> MCExample:
 
 
 def read_mc(path: str | Path, limit: int = 0) -> list[MCExample]:
-    """Examples from JSONL: HellaSwag records (ctx_a, ctx_b, activity_label, endings,
+    """Examples from JSONL (or a .json list): HellaSwag records (ctx_a, ctx_b, activity_label, endings,
     label) or generic ones (context, choices, label). `limit` > 0 keeps the first N."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"--data {str(path)!r} does not exist")
-    examples = []
-    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path} line {i + 1} is not valid JSON ({e})") from None
-        examples.append(_example(record, i, path))
-        if limit and len(examples) >= limit:
-            break
+    records = load_records(path)
+    examples = [_example(r, i, path) for i, r in enumerate(records[:limit] if limit > 0 else records)]
     if not examples:
         raise DataError(f"{path} holds no examples")
     return examples

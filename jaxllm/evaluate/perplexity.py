@@ -18,17 +18,17 @@ which compares models with different vocabularies on the same text.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from jaxllm.config import Config, ModelConfig
 from jaxllm.data.errors import DataError
-from jaxllm.evaluate.scoring import Row, score_rows
+from jaxllm.evaluate.scoring import Row, document_start, score_rows
 from jaxllm.model.api import model_config
+from jaxllm.posttrain.data import load_records
 
 
 def rolling_rows(tokens: Sequence[int], start_id: int, max_len: int, stride: int | None = None) -> list[Row]:
@@ -130,8 +130,7 @@ def perplexity(
     if not texts:
         raise DataError("no text to evaluate: every document is empty")
     docs = [[int(i) for i in tokenizer.encode(t)] for t in texts]
-    start_id = tokenizer.bos_id if tokenizer.bos_id is not None else tokenizer.eos_id
-    logprobs, windows = document_logprobs(config, params, docs, start_id, stride, batch_size, progress)
+    logprobs, windows = document_logprobs(config, params, docs, document_start(tokenizer), stride, batch_size, progress)
     return PerplexityResult(
         nll=-sum(logprobs),
         tokens=sum(len(d) for d in docs),
@@ -156,19 +155,8 @@ def read_texts(path: str | Path, field: str = "text") -> list[str]:
     if path.suffix == ".txt":
         return [path.read_text(encoding="utf-8")]
     if path.suffix in (".jsonl", ".json"):
-        return [_field(r, field, path, i) for i, r in enumerate(_records(path))]
+        return [_field(r, field, path, i) for i, r in enumerate(load_records(path))]
     raise DataError(f"{path}: unknown suffix {path.suffix!r}; give a .txt, .jsonl or .json file")
-
-
-def _records(path: Path) -> Iterable[dict]:
-    text = path.read_text(encoding="utf-8")
-    try:
-        if path.suffix == ".json":
-            data = json.loads(text)
-            return data if isinstance(data, list) else [data]
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path} is not valid JSON ({e})") from None
 
 
 def _field(record: dict, field: str, path: Path, i: int) -> str:

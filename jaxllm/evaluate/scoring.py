@@ -123,6 +123,12 @@ def score_rows(
     return out  # type: ignore[return-value]
 
 
+def document_start(tokenizer) -> int:
+    """The token a document follows in the packed training stream: BOS, else EOS (the
+    previous document's end)."""
+    return tokenizer.bos_id if tokenizer.bos_id is not None else tokenizer.eos_id
+
+
 def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
     """Token ids of (context, continuation), split where the text splits.
 
@@ -136,7 +142,7 @@ def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], 
     n_space = len(context) - len(context.rstrip(" "))
     if n_space:
         context, continuation = context[:-n_space], context[-n_space:] + continuation
-    start = [tokenizer.bos_id if tokenizer.bos_id is not None else tokenizer.eos_id]
+    start = [document_start(tokenizer)]
     ctx = [int(t) for t in tokenizer.encode(context)] if context else []
     whole = [int(t) for t in tokenizer.encode(context + continuation)]
     if whole[: len(ctx)] != ctx or len(whole) == len(ctx):

@@ -53,6 +53,7 @@ def write_run(cfg: Config, params: dict, run_dir: str | os.PathLike[str], step: 
     import numpy as np
 
     from jaxllm.config import save_config, to_dict
+    from jaxllm.model.api import param_shapes
     from jaxllm.train.state import state_shardings
 
     run_dir = Path(run_dir)
@@ -65,7 +66,7 @@ def write_run(cfg: Config, params: dict, run_dir: str | os.PathLike[str], step: 
     dtype = jax.numpy.dtype(cfg.model.param_dtype)
     params = jax.tree.map(lambda a: np.asarray(a, dtype), params)
     got = jax.tree.map(lambda a: tuple(a.shape), params)
-    want = jax.tree.map(lambda s: tuple(s.shape), abstract_state(cfg, tx)["params"])
+    want = jax.tree.map(lambda s: tuple(s.shape), param_shapes(cfg.model))
     if jax.tree.structure(got) != jax.tree.structure(want) or got != want:
         raise DataError(f"the parameters do not fit model config {cfg.model}: their tree or shapes differ")
     run_dir.mkdir(parents=True, exist_ok=True)
