@@ -12,9 +12,13 @@ The functional API works on (config, params, tokens) and needs no CLI:
 e.g. `from jaxllm.generate import prefill, decode_step`.)
 """
 
-from jaxllm.config import Config, ConfigError, load_config
-from jaxllm.generate import Generation, GenerationError, generate, generate_stream
-from jaxllm.model import (
+from jaxllm.host import keep_heap_padding
+
+keep_heap_padding()  # before any step allocates: see jaxllm/host.py
+
+from jaxllm.config import Config, ConfigError, load_config  # noqa: E402
+from jaxllm.generate import Generation, GenerationError, generate, generate_stream  # noqa: E402
+from jaxllm.model import (  # noqa: E402
     count_params,
     cross_entropy,
     flops_per_token,

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxllm.config import ModelConfig
+from jaxllm.model.vjp import layer_norm, linear, rms_norm
 
 # Logical names. Parameters: embed, heads, kv_heads, head_dim, mlp, vocab, layers.
 # Activations: batch, length, embed, heads, kv_heads, head_dim, mlp, vocab.
@@ -54,8 +55,7 @@ class Dense(nn.Module):
             (*in_shape, *self.features),
             self.param_dtype,
         )
-        contract = (tuple(range(x.ndim - self.in_axes, x.ndim)), tuple(range(self.in_axes)))
-        y = jax.lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype), (contract, ((), ())))
+        y = linear(x.astype(self.dtype), kernel.astype(self.dtype), self.in_axes)
         if self.use_bias:
             bias_names = self.kernel_names[self.in_axes :]
             bias = self.param("bias", param_init(nn.initializers.zeros, bias_names), self.features, self.param_dtype)
@@ -88,19 +88,40 @@ def dense(
     )
 
 
+class Norm(nn.Module):
+    """LayerNorm (scale + bias) or RMSNorm (scale only) over the last axis.
+
+    Parameters are named as flax's LayerNorm / RMSNorm name them (scale, bias), so
+    checkpoints and the torch/Hugging Face layouts are unchanged. The math runs in
+    jaxllm.model.vjp, whose backward keeps only x and two statistics per row instead of
+    autodiff's chain of intermediates (see that module for the measurement).
+    """
+
+    kind: str  # "layernorm" | "rmsnorm"
+    epsilon: float
+    dtype: jnp.dtype
+    param_dtype: jnp.dtype
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        E = x.shape[-1]
+        scale = self.param("scale", param_init(nn.initializers.ones, ("embed",)), (E,), self.param_dtype)
+        if self.kind == "rmsnorm":
+            return rms_norm(x, scale, self.epsilon).astype(self.dtype)
+        bias = self.param("bias", param_init(nn.initializers.zeros, ("embed",)), (E,), self.param_dtype)
+        return layer_norm(x, scale, bias, self.epsilon).astype(self.dtype)
+
+
 def norm(config: ModelConfig, name: str) -> nn.Module:
     """LayerNorm (GPT-2: scale + bias) or RMSNorm (Llama: scale only), per config.
 
-    Statistics are reduced in float32 whatever the compute dtype (flax does this by
-    default), so bf16 training does not lose the variance estimate.
+    Statistics are reduced in float32 whatever the compute dtype, so bf16 training does
+    not lose the variance estimate.
     """
-    kwargs = dict(
+    return Norm(
+        kind=config.norm,
         epsilon=config.norm_eps,
         dtype=jnp.dtype(config.dtype),
         param_dtype=jnp.dtype(config.param_dtype),
-        scale_init=param_init(nn.initializers.ones, ("embed",)),
         name=name,
     )
-    if config.norm == "rmsnorm":
-        return nn.RMSNorm(**kwargs)
-    return nn.LayerNorm(bias_init=param_init(nn.initializers.zeros, ("embed",)), **kwargs)

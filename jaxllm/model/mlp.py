@@ -7,6 +7,7 @@ import jax
 
 from jaxllm.config import ModelConfig
 from jaxllm.model.layers import constrain, dense
+from jaxllm.model.vjp import gelu_tanh
 
 
 class MLP(nn.Module):
@@ -21,7 +22,7 @@ class MLP(nn.Module):
         if cfg.mlp == "swiglu":
             h = nn.silu(dense(cfg, cfg.d_ff, ("embed", "mlp"), name="gate_proj")(x)) * h
         elif cfg.mlp == "gelu":
-            h = nn.gelu(h, approximate=True)  # GPT-2's tanh approximation, not the erf form
+            h = gelu_tanh(h)  # GPT-2's tanh approximation, not the erf form
         else:
             h = nn.relu(h)
         h = constrain(h, ("batch", "length", "mlp"))

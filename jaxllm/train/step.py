@@ -98,9 +98,14 @@ def make_train_step(
         aux_shape = jax.eval_shape(lambda: objective(params, first, None)[1][1])
         aux0 = jax.tree.map(lambda a: jnp.zeros(a.shape, jnp.float32), aux_shape)
         init = (zeros, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32), aux0)
-        (grad_sum, loss_sum, count, aux_sum), _ = jax.lax.scan(
-            accumulate, init, (micro, jnp.arange(M)), unroll=cfg.model.scan_unroll
-        )
+        if M == 1:
+            # No accumulation: call the body once instead of a length-1 scan, whose while
+            # loop makes XLA copy the carried state in and out (measurable on CPU).
+            (grad_sum, loss_sum, count, aux_sum), _ = accumulate(init, (first, jnp.int32(0)))
+        else:
+            (grad_sum, loss_sum, count, aux_sum), _ = jax.lax.scan(
+                accumulate, init, (micro, jnp.arange(M)), unroll=cfg.model.scan_unroll
+            )
         count = jnp.maximum(count, 1.0)
         grads = jax.tree.map(lambda g: g / count, grad_sum)
         loss = loss_sum / count

@@ -1,0 +1,163 @@
+"""Hand-written backward passes for the layers every token goes through.
+
+Autodiff is correct but not frugal. For each op it keeps whatever its forward
+intermediates happen to be and derives the gradient in whatever orientation its rules
+give. Two costs follow, and the train-step profile on CPU showed both
+(BENCHMARKS.md, "train_step"):
+
+- Residuals. `jax.nn.gelu` keeps five (B, T, d_ff) intermediates for the backward, and
+  flax's LayerNorm keeps four (B, T, E) arrays. Inside the scanned layer stack every
+  residual becomes a stacked [layers, ...] buffer that XLA zero-fills, writes slice by
+  slice and copies. On the 4-layer nanoGPT recipe that was about a third of the step.
+- Transposes. Autodiff's kernel gradient of x @ W contracts the output gradient first,
+  so XLA materialises a transposed copy of the larger operand, e.g. the (B*T, d_ff)
+  activation gradient of up_proj.
+
+The functions here compute the same values (the parity suite holds them to PyTorch),
+keep the minimum (x and two per-row statistics for a norm, x alone for GELU, x and W
+for a matmul), and write each gradient in the orientation that costs least.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+
+# GELU's tanh approximation: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
+_GELU_C = math.sqrt(2.0 / math.pi)
+_GELU_A = 0.044715
+
+
+# --------------------------------------------------------------------------- linear
+
+
+def _contract(x: jax.Array, kernel: jax.Array, in_axes: int) -> jax.Array:
+    """x's last `in_axes` axes against kernel's first `in_axes` axes."""
+    dims = ((tuple(range(x.ndim - in_axes, x.ndim)), tuple(range(in_axes))), ((), ()))
+    return jax.lax.dot_general(x, kernel, dims)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def linear(x: jax.Array, kernel: jax.Array, in_axes: int = 1) -> jax.Array:
+    """x @ kernel over x's last `in_axes` axes (kernel: (*in, *out)).
+
+    The kernel gradient is a 2-D [N, K_in]^T x [N, K_out] product (N = tokens) that
+    transposes whichever of x and dy is smaller; autodiff's version transposes dy
+    whatever its size (for up_proj: d_ff columns instead of d_model).
+    """
+    return _contract(x, kernel, in_axes)
+
+
+def _linear_fwd(x: jax.Array, kernel: jax.Array, in_axes: int) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+    return _contract(x, kernel, in_axes), (x, kernel)
+
+
+def _linear_bwd(in_axes: int, residuals: tuple[jax.Array, jax.Array], dy: jax.Array) -> tuple[jax.Array, jax.Array]:
+    x, kernel = residuals
+    out_axes = kernel.ndim - in_axes
+    dx_dims = ((tuple(range(dy.ndim - out_axes, dy.ndim)), tuple(range(in_axes, kernel.ndim))), ((), ()))
+    dx = jax.lax.dot_general(dy, kernel, dx_dims).astype(x.dtype)
+    k_in, k_out = math.prod(kernel.shape[:in_axes]), math.prod(kernel.shape[in_axes:])
+    x2, dy2 = x.reshape(-1, k_in), dy.reshape(-1, k_out)  # rows are tokens
+    by_rows = (((0,), (0,)), ((), ()))
+    if k_in <= k_out:
+        dk = jax.lax.dot_general(x2, dy2, by_rows)  # transposes x, the smaller
+    else:
+        dk = jax.lax.dot_general(dy2, x2, by_rows).T  # transposes dy and the (small) result
+    return dx, dk.reshape(kernel.shape).astype(kernel.dtype)
+
+
+linear.defvjp(_linear_fwd, _linear_bwd)
+
+
+# ----------------------------------------------------------------------------- GELU
+
+
+@jax.custom_vjp
+def gelu_tanh(x: jax.Array) -> jax.Array:
+    """GPT-2's GELU (tanh approximation), exactly `jax.nn.gelu(x, approximate=True)`;
+    the backward keeps only x and recomputes tanh, in float32."""
+    return jax.nn.gelu(x, approximate=True)
+
+
+def _gelu_fwd(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    return gelu_tanh(x), x
+
+
+def _gelu_bwd(x: jax.Array, dy: jax.Array) -> tuple[jax.Array]:
+    xf = x.astype(jnp.float32)
+    x2 = xf * xf
+    t = jnp.tanh(_GELU_C * xf * (1.0 + _GELU_A * x2))
+    slope = 0.5 * (1.0 + t) + 0.5 * _GELU_C * xf * (1.0 - t * t) * (1.0 + 3.0 * _GELU_A * x2)
+    return ((dy.astype(jnp.float32) * slope).astype(x.dtype),)
+
+
+gelu_tanh.defvjp(_gelu_fwd, _gelu_bwd)
+
+
+# ---------------------------------------------------------------------------- norms
+
+
+def _row_mean(x: jax.Array) -> jax.Array:
+    return jnp.mean(x, axis=-1, keepdims=True)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def layer_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, eps: float) -> jax.Array:
+    """(x - mean) / sqrt(var + eps) * scale + bias over the last axis, in float32.
+
+    Two-pass variance (as PyTorch computes it). Returns float32; the caller casts.
+    """
+    return _layer_norm_fwd(x, scale, bias, eps)[0]
+
+
+def _layer_norm_fwd(x, scale, bias, eps):
+    xf = x.astype(jnp.float32)
+    mean = _row_mean(xf)
+    xc = xf - mean
+    rstd = jax.lax.rsqrt(_row_mean(xc * xc) + eps)
+    y = xc * rstd * scale.astype(jnp.float32) + bias.astype(jnp.float32)
+    return y, (x, mean, rstd, scale, bias)
+
+
+def _layer_norm_bwd(eps, residuals, dy):
+    x, mean, rstd, scale, bias = residuals
+    xhat = (x.astype(jnp.float32) - mean) * rstd
+    dy = dy.astype(jnp.float32)
+    lead = tuple(range(x.ndim - 1))
+    dscale = jnp.sum(dy * xhat, axis=lead)
+    dbias = jnp.sum(dy, axis=lead)
+    g = dy * scale.astype(jnp.float32)
+    dx = rstd * (g - _row_mean(g) - xhat * _row_mean(g * xhat))
+    return dx.astype(x.dtype), dscale.astype(scale.dtype), dbias.astype(bias.dtype)
+
+
+layer_norm.defvjp(_layer_norm_fwd, _layer_norm_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def rms_norm(x: jax.Array, scale: jax.Array, eps: float) -> jax.Array:
+    """x / sqrt(mean(x^2) + eps) * scale over the last axis, in float32 (caller casts)."""
+    return _rms_norm_fwd(x, scale, eps)[0]
+
+
+def _rms_norm_fwd(x, scale, eps):
+    xf = x.astype(jnp.float32)
+    rstd = jax.lax.rsqrt(_row_mean(xf * xf) + eps)
+    return xf * rstd * scale.astype(jnp.float32), (x, rstd, scale)
+
+
+def _rms_norm_bwd(eps, residuals, dy):
+    x, rstd, scale = residuals
+    xhat = x.astype(jnp.float32) * rstd
+    dy = dy.astype(jnp.float32)
+    dscale = jnp.sum(dy * xhat, axis=tuple(range(x.ndim - 1)))
+    g = dy * scale.astype(jnp.float32)
+    dx = rstd * (g - xhat * _row_mean(g * xhat))
+    return dx.astype(x.dtype), dscale.astype(scale.dtype)
+
+
+rms_norm.defvjp(_rms_norm_fwd, _rms_norm_bwd)
