@@ -12,9 +12,9 @@ The functional API works on (config, params, tokens) and needs no CLI:
 e.g. `from jaxllm.generate import prefill, decode_step`.)
 """
 
-from jaxllm.host import keep_heap_padding
+from jaxllm.host import tune_malloc
 
-keep_heap_padding()  # before any step allocates: see jaxllm/host.py
+tune_malloc()  # before any step allocates: see jaxllm/host.py
 
 from jaxllm.config import Config, ConfigError, load_config  # noqa: E402
 from jaxllm.generate import Generation, GenerationError, generate, generate_stream  # noqa: E402

@@ -1,15 +1,18 @@
 """Host-process settings that the step's speed depends on.
 
-On CPU, XLA allocates the step's temporary buffers afresh on every call. glibc's
-malloc hands freed memory at the top of a heap back to the kernel as soon as it
-exceeds a small threshold, so the next step's buffers come back as untouched pages and
-every one of them page-faults on first write. In the nanoGPT CPU recipe that was about
-a quarter of the step (BENCHMARKS.md, "what made the step fast"). Asking malloc to keep
-some padding at the top of its heaps (M_TOP_PAD) removes that churn for a bounded cost:
-at most `JAXLLM_MALLOC_TOP_PAD` bytes (default 256 MiB) stay mapped per heap.
+On CPU, XLA allocates each step's temporary memory afresh on every call, as one large
+block. glibc's malloc serves blocks above M_MMAP_THRESHOLD (dynamically 128 KiB to
+32 MiB) with a fresh mmap and unmaps them on free, and trims freed memory at the top of
+its heaps back to the kernel; either way the next step writes to untouched pages and
+every page faults on first write. On the nanoGPT CPU recipe that churn was a third of
+the step (BENCHMARKS.md, "train_step"). So jaxllm asks malloc to serve blocks up to
+1 GiB from its heap (M_MMAP_THRESHOLD), to keep freed memory (M_TRIM_THRESHOLD,
+M_TOP_PAD), and to use one heap for all threads (M_ARENA_MAX: a thread's own arena
+cannot grow past 64 MiB and mmaps anything larger whatever the threshold).
 
-Applied once when jaxllm is imported; `JAXLLM_MALLOC_TOP_PAD=0` leaves malloc alone.
-Only glibc Linux is touched; elsewhere this is a no-op.
+The price: the process keeps its peak host memory instead of returning it, as an
+accelerator runtime does with device memory. Applied once when jaxllm is imported;
+`JAXLLM_MALLOC_TUNING=0` leaves malloc alone. Only glibc Linux is touched.
 """
 
 from __future__ import annotations
@@ -19,23 +22,19 @@ import ctypes.util
 import os
 import platform
 
-_M_TOP_PAD = -2  # mallopt parameter number, from glibc's malloc.h
-DEFAULT_TOP_PAD = 256 << 20
+# mallopt parameter numbers, from glibc's malloc.h
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -2, -3, -8
+SETTINGS = {_M_MMAP_THRESHOLD: 1 << 30, _M_TRIM_THRESHOLD: 1 << 30, _M_TOP_PAD: 256 << 20, _M_ARENA_MAX: 1}
 
 
-def keep_heap_padding(top_pad: int | None = None) -> bool:
-    """Set glibc's M_TOP_PAD (bytes); True if it was applied."""
-    if top_pad is None:
-        raw = os.environ.get("JAXLLM_MALLOC_TOP_PAD", str(DEFAULT_TOP_PAD))
-        try:
-            top_pad = int(raw)
-        except ValueError:
-            msg = f"JAXLLM_MALLOC_TOP_PAD={raw!r}: expected a byte count, e.g. 268435456 (0 disables)"
-            raise ValueError(msg) from None
-    if top_pad <= 0 or platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+def tune_malloc() -> bool:
+    """Apply SETTINGS with glibc's mallopt; True if all were accepted."""
+    if os.environ.get("JAXLLM_MALLOC_TUNING", "1") == "0":
+        return False
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return bool(libc.mallopt(_M_TOP_PAD, ctypes.c_int(min(top_pad, 2**31 - 1))))
+        return all(libc.mallopt(param, ctypes.c_int(value)) == 1 for param, value in SETTINGS.items())
     except (OSError, AttributeError):
         return False

@@ -103,3 +103,25 @@ def test_residuals_are_the_inputs_only():
     big = lambda f: sum(a.size for a in jax.tree.leaves(f) if a.size >= x.size)  # noqa: E731
     assert big(gelu_res) == x.size
     assert big(ln_res) == x.size
+
+
+@pytest.mark.parametrize(("heads", "kv_heads"), [(4, 4), (4, 2), (4, 1)])
+def test_attention_matches_autodiff(heads, kv_heads):
+    from jaxllm.model.attention import attention_mask
+    from jaxllm.model.vjp import attention
+
+    B, T, D, K, G = 2, 7, 8, kv_heads, heads // kv_heads
+    q, k, v = _rand(0, (B, T, K, G, D)), _rand(1, (B, T, K, D)), _rand(2, (B, T, K, D))
+    segments = jnp.array([[1, 1, 1, 2, 2, 2, 0], [1, 1, 1, 1, 1, 1, 1]])
+    mask = attention_mask(segments, T)
+    c = _rand(3, (B, T, K, G, D))
+
+    def plain(q, k, v):
+        s = jnp.einsum("btkgd,bskd->bkgts", q, k) / jnp.sqrt(jnp.float32(D))
+        p = jax.nn.softmax(jnp.where(mask[:, None, None], s, jnp.finfo(jnp.float32).min), axis=-1)
+        return jnp.einsum("bkgts,bskd->btkgd", p, v)
+
+    _close(attention(q, k, v, mask), plain(q, k, v))
+    ours = jax.grad(lambda q, k, v: jnp.sum(attention(q, k, v, mask) * c), (0, 1, 2))(q, k, v)
+    ref = jax.grad(lambda q, k, v: jnp.sum(plain(q, k, v) * c), (0, 1, 2))(q, k, v)
+    _close(ours, ref)

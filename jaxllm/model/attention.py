@@ -13,6 +13,7 @@ import jax.numpy as jnp
 from jaxllm.config import ModelConfig
 from jaxllm.model.layers import constrain, dense
 from jaxllm.model.rope import apply_rope, rope_inv_freq
+from jaxllm.model.vjp import attention
 
 # Masked scores use the most negative finite float32, not -inf: a row whose every key
 # is masked then softmaxes to a uniform distribution instead of NaN.
@@ -40,6 +41,8 @@ def xla_attention(
     B, T, H, D = q.shape
     K = k.shape[2]
     q = q.reshape(B, T, K, H // K, D)  # (B, T, K, G, D): G query heads share a KV head
+    if dropout is None:  # the memory-lean path: probabilities recomputed in the backward
+        return attention(q, k, v, mask).reshape(B, T, H, D)
     scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
     scores = scores / jnp.sqrt(jnp.float32(D))
     scores = jnp.where(mask[:, None, None], scores, MASK_VALUE)  # softmax in float32
@@ -109,8 +112,8 @@ class Attention(nn.Module):
             mask = None if segment_ids is None else attention_mask(segment_ids, x.shape[1])[:, None]
             out = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=segment_ids is None)
         else:
-            drop = (
-                nn.Dropout(cfg.attention_dropout, deterministic=self.deterministic) if cfg.attention_dropout else None
-            )
+            # Dropout on the probabilities needs them materialised: only then the autodiff path.
+            active = cfg.attention_dropout > 0 and not self.deterministic
+            drop = nn.Dropout(cfg.attention_dropout, deterministic=False) if active else None
             out = xla_attention(q, k, v, attention_mask(segment_ids, x.shape[1]), drop)
         return o_proj(constrain(out, ("batch", "length", "heads", "head_dim")))

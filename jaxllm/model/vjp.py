@@ -161,3 +161,54 @@ def _rms_norm_bwd(eps, residuals, dy):
 
 
 rms_norm.defvjp(_rms_norm_fwd, _rms_norm_bwd)
+
+
+# ------------------------------------------------------------------------ attention
+
+
+def _scores(q: jax.Array, k: jax.Array, mask: jax.Array, scale: float) -> jax.Array:
+    """Masked float32 scores (B, K, G, T, S) of q (B, T, K, G, D) against k (B, S, K, D)."""
+    s = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32) * scale
+    return jnp.where(mask[:, None, None], s, jnp.finfo(jnp.float32).min)
+
+
+@jax.custom_vjp
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+    """softmax(q k^T / sqrt(D), masked) v, grouped: q (B, T, K, G, D), k/v (B, S, K, D),
+    mask (B|1, T, S) bool. The softmax runs in float32.
+
+    The backward keeps q, k, v, the output and one float32 log-sum-exp per query, and
+    recomputes the (T, S) probabilities from them, as flash attention does: autodiff
+    would keep the probabilities themselves, layers x B x H x T x S floats that the
+    scanned stack must stack, zero-fill and copy, for one extra q k^T matmul per layer.
+    """
+    return _attention_fwd(q, k, v, mask)[0]
+
+
+def _attention_fwd(q, k, v, mask):
+    s = _scores(q, k, mask, q.shape[-1] ** -0.5)
+    m = jnp.max(s, axis=-1, keepdims=True)
+    p = jnp.exp(s - m)
+    denom = jnp.sum(p, axis=-1, keepdims=True)
+    # Normalise the (T, D) output rather than the (T, S) probabilities: one pass fewer.
+    out = jnp.einsum("bkgts,bskd->btkgd", p.astype(v.dtype), v, preferred_element_type=jnp.float32)
+    out = (out / jnp.moveaxis(denom, 3, 1)).astype(v.dtype)  # denom (B, K, G, T, 1) -> (B, T, K, G, 1)
+    lse = m + jnp.log(denom)  # (B, K, G, T, 1)
+    return out, (q, k, v, mask, out, lse)
+
+
+def _attention_bwd(residuals, d_out):
+    q, k, v, mask, out, lse = residuals
+    scale = q.shape[-1] ** -0.5
+    p = jnp.exp(_scores(q, k, mask, scale) - lse)  # (B, K, G, T, S) float32
+    dv = jnp.einsum("bkgts,btkgd->bskd", p.astype(v.dtype), d_out)
+    dp = jnp.einsum("btkgd,bskd->bkgts", d_out, v, preferred_element_type=jnp.float32)
+    # softmax backward: ds = p * (dp - rowsum(dp * p)), and rowsum(dp * p) = rowsum(d_out * out)
+    delta = jnp.einsum("btkgd,btkgd->bkgt", d_out.astype(jnp.float32), out.astype(jnp.float32))[..., None]
+    ds = (p * (dp - delta) * scale).astype(q.dtype)
+    dq = jnp.einsum("bkgts,bskd->btkgd", ds, k)
+    dk = jnp.einsum("bkgts,btkgd->bskd", ds, q)
+    return dq, dk, dv.astype(v.dtype), None
+
+
+attention.defvjp(_attention_fwd, _attention_bwd)
