@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import subprocess
 from pathlib import Path
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "BENCHMARKS.md"
@@ -16,3 +17,15 @@ def write_section(name: str, body: str) -> None:
     pattern = re.compile(re.escape(begin) + ".*?" + re.escape(end), re.S)
     text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip() + "\n\n" + section + "\n"
     BENCHMARKS.write_text(text)
+
+
+def git_revision() -> str:
+    """Short commit of the measured code, "+dirty" if tracked files differ from it."""
+    try:
+        cwd = BENCHMARKS.parent
+        run = {"cwd": cwd, "capture_output": True, "text": True}
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], check=True, **run)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], **run)
+        return rev.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"

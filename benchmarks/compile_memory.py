@@ -29,8 +29,7 @@ import jaxllm
 from jaxllm.plan import compile_train_step
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import write_section  # noqa: E402
-from train_step import git_revision  # noqa: E402
+from _report import git_revision, write_section  # noqa: E402
 
 
 def compile_seconds(cfg) -> float:

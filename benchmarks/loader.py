@@ -29,7 +29,7 @@ from jaxllm.data.prepare import prepare
 from jaxllm.data.tokenizer import train_sentencepiece
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import write_section  # noqa: E402
+from _report import git_revision, write_section  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -103,7 +103,8 @@ def main() -> None:
         "## Loader vs train step (`python benchmarks/loader.py`)",
         "",
         f"Machine: {platform.machine()}, {jax.devices()[0].platform} ({len(jax.devices())} JAX devices), "
-        f"jax {jax.__version__}. Batch {B} x {T} tokens (the shakespeare-char preset); loader figures after 3 "
+        f"jax {jax.__version__}, git {git_revision()}. Batch {B} x {T} tokens (the shakespeare-char preset); "
+        "loader figures after 3 "
         f"warm-up batches, {args.batches} batches each; the step is forward + backward of shakespeare-char "
         f"({jaxllm.count_params(base):,} params), {args.steps} steps after compiling. One run, side by side.",
         "",

@@ -37,7 +37,7 @@ from jaxllm.train.state import init_state
 from jaxllm.train.step import make_eval_step, make_train_step, shard_batch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import write_section  # noqa: E402
+from _report import git_revision, write_section  # noqa: E402
 from torch_baseline import train_torch_gpt  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -101,7 +101,8 @@ def main() -> None:
         "## nanoGPT CPU recipe, jaxllm vs PyTorch (`python benchmarks/shakespeare_char.py`)",
         "",
         f"Machine: {platform.machine()}, {jax.devices()[0].platform}, jax {jax.__version__}, torch {torch.__version__} "
-        f"({args.threads} threads). Model {jaxllm.count_params(cfg):,} params (4 x 128, context {T}, vocab "
+        f"({args.threads} threads), git {git_revision()}. "
+        f"Model {jaxllm.count_params(cfg):,} params (4 x 128, context {T}, vocab "
         f"{m.vocab_size}); {steps} steps of {B} x {T} tokens; same initial weights, same batches, same schedule; "
         "val loss over the same 20 validation batches (the last 10% of the text). One run, side by side.",
         "",

@@ -27,7 +27,6 @@ import argparse
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -47,7 +46,7 @@ from jaxllm.train.state import init_state
 from jaxllm.train.step import make_train_step, shard_batch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import write_section  # noqa: E402
+from _report import git_revision, write_section  # noqa: E402
 from torch_gpt import NanoGPT, adamw  # noqa: E402
 
 # name -> (preset, overrides, steps per round). The 25M model is the 8 x 512 shape of the
@@ -63,15 +62,6 @@ SIZES: dict[str, tuple[str, list[str], int]] = {
     ),  # fmt: skip
     "gpt2-124m": ("gpt2-124m", ["train.batch_size=2"], 1),
 }
-
-
-def git_revision() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True)
-        return out.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def random_batches(n: int, batch: int, seq: int, vocab: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
