@@ -21,6 +21,7 @@ import collections
 import json
 import os
 import re
+import shutil
 import time
 from pathlib import Path
 
@@ -106,6 +107,7 @@ def main(argv: list[str] | None = None) -> None:
     jax.block_until_ready(metrics)
     t = time.perf_counter()
     trace_dir = out / "trace"
+    shutil.rmtree(trace_dir, ignore_errors=True)  # the summary reads the one trace in it
     with jax.profiler.trace(str(trace_dir)):
         for _ in range(args.steps):
             state, metrics = step(state, batch)

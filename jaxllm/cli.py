@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from jaxllm.config import ConfigError, list_presets, load_config, to_yaml
 
@@ -160,6 +161,47 @@ def _plot(args: argparse.Namespace) -> None:
     from jaxllm.train.plot import plot_run
 
     print(f"wrote {plot_run(args.run_dir, args.out)}")
+
+
+def _viz_attention(args: argparse.Namespace) -> None:
+    from jaxllm.train.checkpoint import Checkpointer
+    from jaxllm.train.load import load_run, load_run_tokenizer
+    from jaxllm.viz._figure import token_pieces
+    from jaxllm.viz.attention import attention_maps, plot_attention, plot_attention_across_steps
+
+    cfg, params, step = load_run(args.run_dir)
+    tokenizer = load_run_tokenizer(cfg)
+    ids = [int(i) for i in tokenizer.encode(args.prompt)]
+    pieces = token_pieces(tokenizer, ids)
+    out = args.out or str(Path(args.run_dir) / ("attention_steps.png" if args.across_checkpoints else "attention.png"))
+    if args.across_checkpoints:
+        layer, head = (args.layer or [0])[0], (args.head or [0])[0]
+        steps = Checkpointer(Path(args.run_dir) / "checkpoints").steps()
+        maps = {s: attention_maps(cfg, load_run(args.run_dir, step=s)[1], ids) for s in steps}
+        print(f"wrote {plot_attention_across_steps(maps, pieces, layer, head, out)} (steps {steps})")
+        return
+    maps = attention_maps(cfg, params, ids)
+    title = f"{Path(args.run_dir).name} at step {step}: {len(ids)} tokens"
+    print(f"wrote {plot_attention(maps, pieces, out, args.layer, args.head, title)}")
+
+
+def _viz_tokens(args: argparse.Namespace) -> None:
+    from jaxllm.data.tokenizer import load_tokenizer
+    from jaxllm.viz.tokens import plot_tokens
+
+    text = args.text if args.text is not None else Path(args.file).read_text(encoding="utf-8")[: args.max_chars]
+    print(f"wrote {plot_tokens(load_tokenizer(args.tokenizer), text, args.out, args.width, Path(args.tokenizer).name)}")
+
+
+def _viz_mesh(args: argparse.Namespace) -> None:
+    from jaxllm.viz.mesh import device_table, parameter_names, plot_mesh
+
+    cfg = load_config(args.config, args.overrides)
+    if args.param not in parameter_names(cfg):
+        raise ConfigError(f"--param {args.param!r} is not a parameter of this model; choose one of: "
+                          f"{', '.join(parameter_names(cfg))}")  # fmt: skip
+    print(f"wrote {plot_mesh(cfg, args.param, args.devices, args.out)}")
+    print("\n".join(device_table(cfg, args.devices)))
 
 
 def _tokenizer_encode(args: argparse.Namespace) -> None:
@@ -386,6 +428,34 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("run_dir")
     plot.add_argument("--out", default=None, help="output PNG (default RUN_DIR/metrics.png)")
     plot.set_defaults(func=_plot)
+
+    viz = verbs.add_parser("viz", help="pictures: attention maps, tokenization, mesh shards").add_subparsers(
+        dest="what", required=True
+    )
+    va = viz.add_parser("attention", help="attention maps of a prompt, per layer and head (PNG)")
+    va.add_argument("run_dir")
+    va.add_argument("--prompt", required=True)
+    va.add_argument("--layer", type=int, nargs="+", default=None, help="layers to draw (default: all)")
+    va.add_argument("--head", type=int, nargs="+", default=None, help="heads to draw (default: all)")
+    va.add_argument("--across-checkpoints", action="store_true",
+                    help="one head (first --layer/--head, default 0/0) at every saved checkpoint")  # fmt: skip
+    va.add_argument("--out", default=None, help="output PNG (default RUN_DIR/attention.png)")
+    va.set_defaults(func=_viz_attention)
+    vt = viz.add_parser("tokens", help="a text with its token boundaries coloured (PNG)")
+    vt.add_argument("--tokenizer", required=True, help="'byte', a sentencepiece .model or an HF tokenizer.json")
+    source = vt.add_mutually_exclusive_group(required=True)
+    source.add_argument("--text")
+    source.add_argument("--file")
+    vt.add_argument("--max-chars", type=int, default=400, help="with --file: its first N characters")
+    vt.add_argument("--width", type=int, default=60, help="characters per line")
+    vt.add_argument("--out", default="tokens.png")
+    vt.set_defaults(func=_viz_tokens)
+    vm = viz.add_parser("mesh", help="which device holds which shard of a parameter (PNG)")
+    _config_args(vm)
+    vm.add_argument("--param", default="blocks.mlp.up_proj.kernel", help="dotted parameter name")
+    vm.add_argument("--devices", type=int, default=8, help="device count the mesh spans")
+    vm.add_argument("--out", default="mesh.png")
+    vm.set_defaults(func=_viz_mesh)
 
     tok = verbs.add_parser("tokenizer", help="train and use tokenizers").add_subparsers(dest="action", required=True)
     tok_train = tok.add_parser("train", help="train a sentencepiece model on data.inputs, written to tokenizer.path")

@@ -5,10 +5,11 @@ block. glibc's malloc serves blocks above M_MMAP_THRESHOLD (dynamically 128 KiB 
 32 MiB) with a fresh mmap and unmaps them on free, and trims freed memory at the top of
 its heaps back to the kernel; either way the next step writes to untouched pages and
 every page faults on first write. On the nanoGPT CPU recipe that churn was a third of
-the step (BENCHMARKS.md, "train_step"). So jaxllm asks malloc to serve blocks up to
-1 GiB from its heap (M_MMAP_THRESHOLD), to keep freed memory (M_TRIM_THRESHOLD,
-M_TOP_PAD), and to use one heap for all threads (M_ARENA_MAX: a thread's own arena
-cannot grow past 64 MiB and mmaps anything larger whatever the threshold).
+the step (docs/performance.md). So jaxllm asks malloc to serve every block from its
+heap (M_MMAP_THRESHOLD), to keep freed memory (M_TRIM_THRESHOLD, M_TOP_PAD), and to use
+one heap for all threads (M_ARENA_MAX: a thread's own arena cannot grow past 64 MiB and
+mmaps anything larger whatever the threshold). If the heap cannot grow, glibc still
+falls back to mmap, so nothing fails for want of it.
 
 The price: the process keeps its peak host memory instead of returning it, as an
 accelerator runtime does with device memory. Applied once when jaxllm is imported;
@@ -24,7 +25,12 @@ import platform
 
 # mallopt parameter numbers, from glibc's malloc.h
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -2, -3, -8
-SETTINGS = {_M_MMAP_THRESHOLD: 1 << 30, _M_TRIM_THRESHOLD: 1 << 30, _M_TOP_PAD: 256 << 20, _M_ARENA_MAX: 1}
+# -1 reaches glibc as SIZE_MAX (mallopt takes an int, the thresholds are size_t): no limit.
+# A bounded threshold is not enough: GPT-2 124M's step needs 2.8 GiB of temporaries at
+# batch 2 x 1024, above the 2 GiB an int can say, and a block mmapped afresh each step
+# page-faults through all of it (measured: the first op to write it ran 5x slower).
+NO_LIMIT = -1
+SETTINGS = {_M_MMAP_THRESHOLD: NO_LIMIT, _M_TRIM_THRESHOLD: NO_LIMIT, _M_TOP_PAD: 256 << 20, _M_ARENA_MAX: 1}
 
 
 def tune_malloc() -> bool:

@@ -88,6 +88,9 @@ class Attention(nn.Module):
             k = apply_rope(k, positions, inv_freq)
         q = constrain(q, ("batch", "length", "heads", "head_dim"))
         k = constrain(k, ("batch", "length", "kv_heads", "head_dim"))
+        # For jaxllm.viz (attention maps): kept only when "intermediates" is mutable, else free.
+        self.sow("intermediates", "q", q)
+        self.sow("intermediates", "k", k)
         v = constrain(v, ("batch", "length", "kv_heads", "head_dim"))
 
         if kv is not None:

@@ -16,6 +16,7 @@ from jaxllm.config import ModelConfig
 from jaxllm.model.block import Block
 from jaxllm.model.kv_cache import KVCache, cache_mask, cache_positions
 from jaxllm.model.layers import BATCH_LENGTH_EMBED, constrain, norm, param_init
+from jaxllm.model.vjp import linear
 
 # What the backward pass may keep from the forward pass of each block; the rest is
 # recomputed. "full" keeps only the block inputs (most memory saved, ~1/3 more compute).
@@ -40,13 +41,15 @@ class LMHead(nn.Module):
             (cfg.d_model, cfg.vocab_size),
             jnp.dtype(cfg.param_dtype),
         )
-        return logits_matmul(x, kernel.astype(x.dtype), "bte,ev->btv")
+        return logits_matmul(x, kernel.astype(x.dtype))
 
 
-def logits_matmul(x: jax.Array, w: jax.Array, spec: str) -> jax.Array:
-    """Vocabulary projection with float32 output: inputs stay in the compute dtype,
-    accumulation and result are float32, so the softmax/loss never see bf16 logits."""
-    return jnp.einsum(spec, x, w, preferred_element_type=jnp.float32)
+def logits_matmul(x: jax.Array, w: jax.Array) -> jax.Array:
+    """Vocabulary projection x (B, T, E) @ w (E, V) with float32 output: inputs stay in the
+    compute dtype, accumulation and result are float32, so the softmax/loss never see bf16
+    logits. Through `linear`, whose backward does not transpose the (tokens, vocab)
+    logits gradient (on CPU that copy was the slowest op of GPT-2's step)."""
+    return linear(x, w, 1, jnp.float32)
 
 
 def block_stack(config: ModelConfig, deterministic: bool, decoding: bool = False) -> nn.Module:
@@ -71,7 +74,7 @@ def block_stack(config: ModelConfig, deterministic: bool, decoding: bool = False
         block = nn.remat(Block, prevent_cse=False, policy=REMAT_POLICIES[config.remat])
     stack = nn.scan(
         block,
-        variable_axes={"params": 0},
+        variable_axes={"params": 0, "intermediates": 0},  # sown values (jaxllm.viz) stack per layer
         split_rngs={"params": True, "dropout": True},  # each layer its own init and dropout
         in_axes=(nn.broadcast, nn.broadcast),  # positions, segment_ids: same for every layer
         length=config.num_layers,
@@ -173,7 +176,7 @@ class Decoder(nn.Module):
             values = jnp.einsum("bte,e->bt", x, score.astype(x.dtype), preferred_element_type=jnp.float32)
             return values if cache is None else (values, new_cache)
         if cfg.tie_embeddings:
-            logits = logits_matmul(x, wte.embedding.astype(dtype), "bte,ve->btv")  # (B, T, V)
+            logits = logits_matmul(x, wte.embedding.astype(dtype).T)  # (B, T, V)
         else:
             logits = LMHead(cfg, name="lm_head")(x)
         logits = constrain(logits, ("batch", "length", "vocab"))

@@ -34,29 +34,32 @@ _GELU_A = 0.044715
 # --------------------------------------------------------------------------- linear
 
 
-def _contract(x: jax.Array, kernel: jax.Array, in_axes: int) -> jax.Array:
+def _contract(x: jax.Array, kernel: jax.Array, in_axes: int, out_dtype=None) -> jax.Array:
     """x's last `in_axes` axes against kernel's first `in_axes` axes."""
     dims = ((tuple(range(x.ndim - in_axes, x.ndim)), tuple(range(in_axes))), ((), ()))
-    return jax.lax.dot_general(x, kernel, dims)
+    return jax.lax.dot_general(x, kernel, dims, preferred_element_type=out_dtype)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def linear(x: jax.Array, kernel: jax.Array, in_axes: int = 1) -> jax.Array:
-    """x @ kernel over x's last `in_axes` axes (kernel: (*in, *out)).
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def linear(x: jax.Array, kernel: jax.Array, in_axes: int = 1, out_dtype=None) -> jax.Array:
+    """x @ kernel over x's last `in_axes` axes (kernel: (*in, *out)); `out_dtype` as
+    dot_general's preferred_element_type (the LM head asks for float32 logits).
 
     The kernel gradient is a 2-D [N, K_in]^T x [N, K_out] product (N = tokens) that
     transposes whichever of x and dy is smaller; autodiff's version transposes dy
-    whatever its size (for up_proj: d_ff columns instead of d_model).
+    whatever its size (for up_proj: d_ff columns instead of d_model; for the LM head the
+    whole (tokens, vocab) logits gradient).
     """
-    return _contract(x, kernel, in_axes)
+    return _contract(x, kernel, in_axes, out_dtype)
 
 
-def _linear_fwd(x: jax.Array, kernel: jax.Array, in_axes: int) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
-    return _contract(x, kernel, in_axes), (x, kernel)
+def _linear_fwd(x, kernel, in_axes, out_dtype):
+    return _contract(x, kernel, in_axes, out_dtype), (x, kernel)
 
 
-def _linear_bwd(in_axes: int, residuals: tuple[jax.Array, jax.Array], dy: jax.Array) -> tuple[jax.Array, jax.Array]:
+def _linear_bwd(in_axes, out_dtype, residuals, dy):
     x, kernel = residuals
+    dy = dy.astype(kernel.dtype)  # as autodiff's transpose of a preferred_element_type dot does
     out_axes = kernel.ndim - in_axes
     dx_dims = ((tuple(range(dy.ndim - out_axes, dy.ndim)), tuple(range(in_axes, kernel.ndim))), ((), ()))
     dx = jax.lax.dot_general(dy, kernel, dx_dims).astype(x.dtype)
@@ -166,10 +169,16 @@ rms_norm.defvjp(_rms_norm_fwd, _rms_norm_bwd)
 # ------------------------------------------------------------------------ attention
 
 
-def _scores(q: jax.Array, k: jax.Array, mask: jax.Array, scale: float) -> jax.Array:
-    """Masked float32 scores (B, K, G, T, S) of q (B, T, K, G, D) against k (B, S, K, D)."""
-    s = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32) * scale
+def _scores(qh: jax.Array, kh: jax.Array, mask: jax.Array, scale: float) -> jax.Array:
+    """Masked float32 scores (B, K, G, T, S) of qh (B, K, G, T, D) against kh (B, K, S, D)."""
+    s = jnp.einsum("bkgtd,bksd->bkgts", qh, kh, preferred_element_type=jnp.float32) * scale
     return jnp.where(mask[:, None, None], s, jnp.finfo(jnp.float32).min)
+
+
+# Contract the (G, T) query axes of two head-major arrays, batch over (B, K):
+# (B, K, G, T, X) x (B, K, G, T, S) -> (B, K, X, S). The (T, S) operand is read as stored,
+# so the big matrix is never transposed; only the small (T, D) side is.
+_BY_QUERIES = (((2, 3), (2, 3)), ((0, 1), (0, 1)))
 
 
 @jax.custom_vjp
@@ -181,34 +190,39 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.
     recomputes the (T, S) probabilities from them, as flash attention does: autodiff
     would keep the probabilities themselves, layers x B x H x T x S floats that the
     scanned stack must stack, zero-fill and copy, for one extra q k^T matmul per layer.
+    Inside, everything is head-major, (B, K, G, T, D), and every product is arranged so
+    the (T, S) matrices keep one layout from the forward to the gradients: on CPU a
+    transposed read of those is several times slower than the arithmetic on them.
     """
     return _attention_fwd(q, k, v, mask)[0]
 
 
 def _attention_fwd(q, k, v, mask):
-    s = _scores(q, k, mask, q.shape[-1] ** -0.5)
+    qh, kh, vh = q.transpose(0, 2, 3, 1, 4), k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
+    s = _scores(qh, kh, mask, q.shape[-1] ** -0.5)
     m = jnp.max(s, axis=-1, keepdims=True)
     p = jnp.exp(s - m)
-    denom = jnp.sum(p, axis=-1, keepdims=True)
+    denom = jnp.sum(p, axis=-1, keepdims=True)  # (B, K, G, T, 1)
     # Normalise the (T, D) output rather than the (T, S) probabilities: one pass fewer.
-    out = jnp.einsum("bkgts,bskd->btkgd", p.astype(v.dtype), v, preferred_element_type=jnp.float32)
-    out = (out / jnp.moveaxis(denom, 3, 1)).astype(v.dtype)  # denom (B, K, G, T, 1) -> (B, T, K, G, 1)
-    lse = m + jnp.log(denom)  # (B, K, G, T, 1)
-    return out, (q, k, v, mask, out, lse)
+    oh = jnp.einsum("bkgts,bksd->bkgtd", p.astype(v.dtype), vh, preferred_element_type=jnp.float32) / denom
+    oh = oh.astype(v.dtype)
+    lse = m + jnp.log(denom)
+    return oh.transpose(0, 3, 1, 2, 4), (qh, kh, vh, mask, oh, lse)
 
 
 def _attention_bwd(residuals, d_out):
-    q, k, v, mask, out, lse = residuals
-    scale = q.shape[-1] ** -0.5
-    p = jnp.exp(_scores(q, k, mask, scale) - lse)  # (B, K, G, T, S) float32
-    dv = jnp.einsum("bkgts,btkgd->bskd", p.astype(v.dtype), d_out)
-    dp = jnp.einsum("btkgd,bskd->bkgts", d_out, v, preferred_element_type=jnp.float32)
+    qh, kh, vh, mask, oh, lse = residuals
+    scale = qh.shape[-1] ** -0.5
+    do = d_out.transpose(0, 2, 3, 1, 4)  # (B, K, G, T, D)
+    p = jnp.exp(_scores(qh, kh, mask, scale) - lse)  # (B, K, G, T, S) float32
+    dv = jax.lax.dot_general(do, p.astype(vh.dtype), _BY_QUERIES)  # (B, K, D, S)
+    dp = jnp.einsum("bkgtd,bksd->bkgts", do, vh, preferred_element_type=jnp.float32)
     # softmax backward: ds = p * (dp - rowsum(dp * p)), and rowsum(dp * p) = rowsum(d_out * out)
-    delta = jnp.einsum("btkgd,btkgd->bkgt", d_out.astype(jnp.float32), out.astype(jnp.float32))[..., None]
-    ds = (p * (dp - delta) * scale).astype(q.dtype)
-    dq = jnp.einsum("bkgts,bskd->btkgd", ds, k)
-    dk = jnp.einsum("bkgts,btkgd->bskd", ds, q)
-    return dq, dk, dv.astype(v.dtype), None
+    delta = jnp.sum(do.astype(jnp.float32) * oh.astype(jnp.float32), axis=-1, keepdims=True)
+    ds = (p * (dp - delta) * scale).astype(qh.dtype)
+    dq = jnp.einsum("bkgts,bksd->bkgtd", ds, kh)
+    dk = jax.lax.dot_general(qh, ds, _BY_QUERIES)  # (B, K, D, S)
+    return dq.transpose(0, 3, 1, 2, 4), dk.transpose(0, 3, 1, 2), dv.transpose(0, 3, 1, 2).astype(vh.dtype), None
 
 
 attention.defvjp(_attention_fwd, _attention_bwd)

@@ -54,26 +54,30 @@ class Checkpointer:
     def steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
 
+    def restore(self, step: int, abstract_state: Any) -> tuple[int, Any, dict, dict]:
+        """(step, state, data_state, config) of the checkpoint at `step` (orbax's errors if unreadable)."""
+        restored = self.manager.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract_state),
+                data=ocp.args.JsonRestore(),
+                config=ocp.args.JsonRestore(),
+            ),
+        )
+        return step, restored["state"], restored["data"], restored["config"]
+
     def restore_latest(
         self, abstract_state: Any, log: Callable[[str], None] = print
     ) -> tuple[int, Any, dict, dict] | None:
         """(step, state, data_state, config) of the newest readable checkpoint, or None."""
         for step in reversed(self.steps()):
             try:
-                restored = self.manager.restore(
-                    step,
-                    args=ocp.args.Composite(
-                        state=ocp.args.StandardRestore(abstract_state),
-                        data=ocp.args.JsonRestore(),
-                        config=ocp.args.JsonRestore(),
-                    ),
-                )
+                return self.restore(step, abstract_state)
             except Exception as e:  # orbax/tensorstore raise many types for bad files
                 reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
                 log(f"warning: checkpoint at step {step} in {self.directory} is unreadable ({reason}); "
                     "falling back to the previous one")  # fmt: skip
                 continue
-            return step, restored["state"], restored["data"], restored["config"]
         return None
 
     def close(self) -> None:

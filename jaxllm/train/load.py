@@ -13,8 +13,9 @@ from jaxllm.train.optimizer import make_optimizer
 from jaxllm.train.state import abstract_state, state_shardings
 
 
-def load_run(run_dir: str | os.PathLike[str]) -> tuple[Config, dict, int]:
-    """(config, params, step) of a run directory written by `jaxllm train`."""
+def load_run(run_dir: str | os.PathLike[str], step: int | None = None) -> tuple[Config, dict, int]:
+    """(config, params, step) of a run directory written by `jaxllm train`: the newest
+    readable checkpoint, or the one saved at `step`."""
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise DataError(f"{run_dir} is not a run directory (no config.yaml); give the train.out_dir of a run")
@@ -22,7 +23,13 @@ def load_run(run_dir: str | os.PathLike[str]) -> tuple[Config, dict, int]:
     mesh = make_mesh(cfg.mesh)
     tx = make_optimizer(cfg.optimizer)
     abstract = abstract_state(cfg, tx, state_shardings(cfg, mesh, tx))
-    restored = Checkpointer(run_dir / "checkpoints").restore_latest(abstract)
+    checkpoints = Checkpointer(run_dir / "checkpoints")
+    if step is not None:
+        if step not in checkpoints.steps():
+            raise DataError(f"{run_dir} has no checkpoint at step {step}; it has steps {checkpoints.steps()}")
+        restored = checkpoints.restore(step, abstract)
+    else:
+        restored = checkpoints.restore_latest(abstract)
     if restored is None:
         raise DataError(f"{run_dir} has no readable checkpoint yet")
     step, state, _, _ = restored
