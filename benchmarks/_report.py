@@ -7,7 +7,11 @@ import subprocess
 from pathlib import Path
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "BENCHMARKS.md"
-HEADER = "# Benchmarks\n\nEach section is written by the script it names; rerun the script to refresh it.\n"
+HEADER = (
+    "# Benchmarks\n\nEach section is written by the script it names (`python -m benchmarks NAME`; "
+    "`python -m benchmarks all` runs the\nperformance suite); rerun it to refresh. "
+    "docs/performance.md explains the figures.\n"
+)
 
 
 def write_section(name: str, body: str) -> None:
@@ -25,7 +29,9 @@ def git_revision() -> str:
         cwd = BENCHMARKS.parent
         run = {"cwd": cwd, "capture_output": True, "text": True}
         rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], check=True, **run)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], **run)
+        # BENCHMARKS.md itself does not count: the suite's earlier sections have just written it.
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!BENCHMARKS.md"],
+                               **run)  # fmt: skip
         return rev.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
