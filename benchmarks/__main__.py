@@ -28,9 +28,9 @@ SUITE = ["train_step", "compile_memory", "loader", "generate"]  # the performanc
 
 def run(name: str, args: list[str]) -> None:
     saved = sys.argv
-    sys.argv = [str(HERE / f"{name}.py"), *args]
+    sys.argv = [f"benchmarks/{name}.py", *args]  # what a script shows as its command line
     try:
-        runpy.run_path(sys.argv[0], run_name="__main__")
+        runpy.run_path(str(HERE / f"{name}.py"), run_name="__main__")
     finally:
         sys.argv = saved
 
