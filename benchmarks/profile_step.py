@@ -22,6 +22,7 @@ import json
 import os
 import re
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -29,13 +30,15 @@ if "--xla_cpu_enable_xprof_traceme" not in os.environ.get("XLA_FLAGS", ""):  # b
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_enable_xprof_traceme=true").strip()
 
 import jax  # noqa: E402
-import numpy as np  # noqa: E402
 
 import jaxllm  # noqa: E402
 from jaxllm.parallel.mesh import make_mesh  # noqa: E402
 from jaxllm.train.optimizer import make_optimizer  # noqa: E402
 from jaxllm.train.state import init_state  # noqa: E402
 from jaxllm.train.step import make_train_step, shard_batch  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _batches import random_batches  # noqa: E402
 
 _WRAPPERS = ("ThreadpoolListener", "ThunkExecutor", "SlinkyThreadPool", "$", "PjitFunction", "CommonPjRt",
              "ParseArguments", "MutexLock", "main")  # fmt: skip
@@ -90,13 +93,7 @@ def main(argv: list[str] | None = None) -> None:
     tx = make_optimizer(cfg.optimizer)
     state = init_state(cfg, mesh, tx)
     step = make_train_step(cfg, mesh, tx)
-    rng = np.random.default_rng(0)
-    stream = rng.integers(0, V, size=(B, T + 1), dtype=np.int32)
-    batch = shard_batch({
-        "inputs": stream[:, :-1].copy(), "targets": stream[:, 1:].copy(),
-        "positions": np.broadcast_to(np.arange(T, dtype=np.int32), (B, T)).copy(),
-        "segment_ids": np.ones((B, T), np.int32), "target_mask": np.ones((B, T), np.float32),
-    }, mesh)  # fmt: skip
+    batch = shard_batch(random_batches(1, B, T, V)[0], mesh)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     with jax.set_mesh(mesh):

@@ -46,6 +46,7 @@ from jaxllm.train.state import init_state
 from jaxllm.train.step import make_train_step, shard_batch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _batches import random_batches  # noqa: E402
 from _report import git_revision, write_section  # noqa: E402
 from torch_gpt import NanoGPT, adamw  # noqa: E402
 
@@ -62,21 +63,6 @@ SIZES: dict[str, tuple[str, list[str], int]] = {
     ),  # fmt: skip
     "gpt2-124m": ("gpt2-124m", ["train.batch_size=2"], 1),
 }
-
-
-def random_batches(n: int, batch: int, seq: int, vocab: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(n):
-        stream = rng.integers(0, vocab, size=(batch, seq + 1), dtype=np.int32)
-        out.append({
-            "inputs": stream[:, :-1].copy(),
-            "targets": stream[:, 1:].copy(),
-            "positions": np.broadcast_to(np.arange(seq, dtype=np.int32), (batch, seq)).copy(),
-            "segment_ids": np.ones((batch, seq), np.int32),
-            "target_mask": np.ones((batch, seq), np.float32),
-        })  # fmt: skip
-    return out
 
 
 def jax_contender(cfg, batches) -> tuple[Callable[[int], None], float, dict, float]:

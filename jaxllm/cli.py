@@ -177,7 +177,8 @@ def _viz_attention(args: argparse.Namespace) -> None:
     if args.across_checkpoints:
         layer, head = (args.layer or [0])[0], (args.head or [0])[0]
         steps = Checkpointer(Path(args.run_dir) / "checkpoints").steps()
-        maps = {s: attention_maps(cfg, load_run(args.run_dir, step=s)[1], ids) for s in steps}
+        # The newest checkpoint is already loaded; restore only the others.
+        maps = {s: attention_maps(cfg, params if s == step else load_run(args.run_dir, step=s)[1], ids) for s in steps}
         print(f"wrote {plot_attention_across_steps(maps, pieces, layer, head, out)} (steps {steps})")
         return
     maps = attention_maps(cfg, params, ids)

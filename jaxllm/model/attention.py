@@ -13,11 +13,7 @@ import jax.numpy as jnp
 from jaxllm.config import ModelConfig
 from jaxllm.model.layers import constrain, dense
 from jaxllm.model.rope import apply_rope, rope_inv_freq
-from jaxllm.model.vjp import attention
-
-# Masked scores use the most negative finite float32, not -inf: a row whose every key
-# is masked then softmaxes to a uniform distribution instead of NaN.
-MASK_VALUE = float(jnp.finfo(jnp.float32).min)
+from jaxllm.model.vjp import MASK_VALUE, attention
 
 
 def attention_mask(segment_ids: jax.Array | None, length: int) -> jax.Array:

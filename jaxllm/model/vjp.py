@@ -30,6 +30,10 @@ import jax.numpy as jnp
 _GELU_C = math.sqrt(2.0 / math.pi)
 _GELU_A = 0.044715
 
+# Masked scores use the most negative finite float32, not -inf: a row whose every key
+# is masked then softmaxes to a uniform distribution instead of NaN.
+MASK_VALUE = float(jnp.finfo(jnp.float32).min)
+
 
 # --------------------------------------------------------------------------- linear
 
@@ -172,7 +176,7 @@ rms_norm.defvjp(_rms_norm_fwd, _rms_norm_bwd)
 def _scores(qh: jax.Array, kh: jax.Array, mask: jax.Array, scale: float) -> jax.Array:
     """Masked float32 scores (B, K, G, T, S) of qh (B, K, G, T, D) against kh (B, K, S, D)."""
     s = jnp.einsum("bkgtd,bksd->bkgts", qh, kh, preferred_element_type=jnp.float32) * scale
-    return jnp.where(mask[:, None, None], s, jnp.finfo(jnp.float32).min)
+    return jnp.where(mask[:, None, None], s, MASK_VALUE)
 
 
 # Contract the (G, T) query axes of two head-major arrays, batch over (B, K):
