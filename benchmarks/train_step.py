@@ -215,6 +215,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    for flag, value in (("--rounds", args.rounds), ("--steps", args.steps)):
+        if value is not None and value < 1:
+            ap.error(f"{flag} {value}: must be at least 1")
     variants = {}
     for v in args.variant:
         label, _, extra = v.partition("=")

@@ -187,9 +187,12 @@ def _viz_attention(args: argparse.Namespace) -> None:
 
 
 def _viz_tokens(args: argparse.Namespace) -> None:
+    from jaxllm.data.errors import DataError
     from jaxllm.data.tokenizer import load_tokenizer
     from jaxllm.viz.tokens import plot_tokens
 
+    if args.text is None and not Path(args.file).is_file():
+        raise DataError(f"--file {args.file}: no such file; give a text file, or the text itself with --text")
     text = args.text if args.text is not None else Path(args.file).read_text(encoding="utf-8")[: args.max_chars]
     print(f"wrote {plot_tokens(load_tokenizer(args.tokenizer), text, args.out, args.width, Path(args.tokenizer).name)}")
 
@@ -197,6 +200,8 @@ def _viz_tokens(args: argparse.Namespace) -> None:
 def _viz_mesh(args: argparse.Namespace) -> None:
     from jaxllm.viz.mesh import device_table, parameter_names, plot_mesh
 
+    if args.devices < 1:
+        raise ConfigError(f"--devices {args.devices}: the mesh needs at least 1 device; give e.g. --devices 8")
     cfg = load_config(args.config, args.overrides)
     if args.param not in parameter_names(cfg):
         raise ConfigError(f"--param {args.param!r} is not a parameter of this model; choose one of: "

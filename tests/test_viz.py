@@ -74,8 +74,10 @@ def test_viz_attention_writes_the_grid(run, tmp_path, capsys):
     main(["viz", "attention", str(run_dir), "--prompt", "To be, or not", "--layer", "1", "--head", "2",
           "--out", str(one)])  # fmt: skip
     assert png(one).shape[1] < image.shape[1] / 2  # one map, not eight
-    with pytest.raises(ValueError, match="head 9 does not exist"):
-        main(["viz", "attention", str(run_dir), "--prompt", "To be", "--head", "9", "--out", str(one)])
+    assert main(["viz", "attention", str(run_dir), "--prompt", "To be", "--head", "9", "--out", str(one)]) == 2
+    assert "head 9 does not exist: the model has 4 heads (0..3)" in capsys.readouterr().err
+    assert main(["viz", "attention", str(run_dir), "--prompt", "", "--out", str(one)]) == 2
+    assert "give a non-empty --prompt" in capsys.readouterr().err
 
 
 def test_viz_attention_across_checkpoints(run, tmp_path, capsys):
@@ -104,6 +106,8 @@ def test_viz_tokens(tmp_path, capsys):
     assert "wrote" in capsys.readouterr().out
     image = png(out)
     assert image.shape[1] > 500 and image.shape[0] > 100
+    assert main(["viz", "tokens", "--tokenizer", "byte", "--file", str(tmp_path / "nope.txt")]) == 2
+    assert "nope.txt: no such file" in capsys.readouterr().err
 
 
 def test_shard_layout_matches_jax_shardings():
@@ -136,6 +140,8 @@ def test_viz_mesh(tmp_path, capsys):
     assert "device 7: data 0, fsdp 1, tensor 1, pipeline 1" in text
     image = png(out)
     assert image.shape[1] > 2 * image.shape[0] * 0.8  # two pipeline panels side by side
+    assert main(["viz", "mesh", "shakespeare-char-cpu", "--devices", "0", "--out", str(out)]) == 2
+    assert "--devices 0: the mesh needs at least 1 device" in capsys.readouterr().err
     code = main(["viz", "mesh", "shakespeare-char-cpu", "--param", "blocks.mlp.nope", "--out", str(out)])
     err = capsys.readouterr().err
     assert code != 0 and "'blocks.mlp.nope' is not a parameter" in err and "blocks.mlp.up_proj.kernel" in err

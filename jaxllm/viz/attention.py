@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxllm.config import Config
+from jaxllm.data.errors import DataError
 from jaxllm.model.decoder import Decoder
 from jaxllm.viz._figure import plt, save, token_label
 
@@ -22,9 +23,9 @@ from jaxllm.viz._figure import plt, save, token_label
 def attention_maps(cfg: Config, params, tokens: list[int]) -> np.ndarray:
     """(layers, heads, T, T) float32 attention probabilities of one prompt."""
     if not tokens:
-        raise ValueError("the prompt encodes to no tokens; give a non-empty --prompt")
+        raise DataError("the prompt encodes to no tokens; give a non-empty --prompt")
     if len(tokens) > cfg.model.max_seq_len:
-        raise ValueError(f"the prompt is {len(tokens)} tokens, more than model.max_seq_len={cfg.model.max_seq_len}; "
+        raise DataError(f"the prompt is {len(tokens)} tokens, more than model.max_seq_len={cfg.model.max_seq_len}; "
                          "shorten it")  # fmt: skip
     x = jnp.asarray([tokens], jnp.int32)
     _, state = Decoder(cfg.model).apply({"params": params}, x, mutable=["intermediates"])
@@ -68,7 +69,7 @@ def plot_attention(
     for name, chosen, n in (("layer", layers, L), ("head", heads, H)):
         bad = [i for i in chosen if not 0 <= i < n]
         if bad:
-            raise ValueError(f"{name} {bad[0]} does not exist: the model has {n} {name}s (0..{n - 1})")
+            raise DataError(f"{name} {bad[0]} does not exist: the model has {n} {name}s (0..{n - 1})")
     labels = [token_label(p) for p in pieces] if len(pieces) <= 32 else None
     size = 2.6 if labels is None else 3.4
     fig, axes = plt.subplots(len(layers), len(heads), figsize=(size * len(heads) + 1, size * len(layers)),

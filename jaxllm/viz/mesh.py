@@ -19,6 +19,7 @@ import jax
 import numpy as np
 
 from jaxllm.config import Config
+from jaxllm.data.errors import DataError
 from jaxllm.model.api import param_logical_axes, param_shapes
 from jaxllm.parallel.mesh import AXES, mesh_shape
 from jaxllm.parallel.rules import mesh_specs, parse_rules
@@ -30,7 +31,7 @@ def _leaf(tree, path: str):
     for key in path.replace("/", ".").split("."):
         if not isinstance(node, dict) or key not in node:
             options = sorted(node) if isinstance(node, dict) else []
-            raise ValueError(f"parameter {path!r}: no {key!r} here; choose among {options}")
+            raise DataError(f"parameter {path!r}: no {key!r} here; choose among {options}")
         node = node[key]
     return node
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from jaxllm.data.errors import DataError
 from jaxllm.viz._figure import plt, save, token_label, token_pieces
 
 _COLOURS = ("#fde2a7", "#b9e3c6", "#c6d8f5", "#f5c6d8", "#e0d0f5")
@@ -17,7 +18,7 @@ _COLOURS = ("#fde2a7", "#b9e3c6", "#c6d8f5", "#f5c6d8", "#e0d0f5")
 def plot_tokens(tokenizer, text: str, out: str | Path, width: int = 60, title: str = "") -> Path:
     """Render `text` token by token, wrapping lines at about `width` characters."""
     if not text:
-        raise ValueError("no text to tokenize; give --text or --file with some content")
+        raise DataError("no text to tokenize; give --text or --file with some content")
     ids = [int(i) for i in tokenizer.encode(text)]
     pieces = token_pieces(tokenizer, ids)
     lines: list[list[tuple[str, int]]] = [[]]
