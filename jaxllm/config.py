@@ -176,6 +176,10 @@ class DataConfig:
     # "document": whole documents, chosen by a seeded hash of their text;
     # "tail": the last val_fraction of every document (nanoGPT's split, for a one-document corpus).
     split: Literal["document", "tail"] = "document"
+    # What one document is in a text file: the whole "file", or each "paragraph" (a block
+    # between blank lines; a speech, in a play). Filters and dedup judge one document at a
+    # time, so paragraphs let them see boilerplate and repeats inside files. JSONL: a record.
+    documents: Literal["file", "paragraph"] = "file"
     shard_tokens: int = 16_777_216  # tokens per shard file
     seq_len: int = 256
     seed: int = 0

@@ -130,6 +130,35 @@ def test_a_crash_leaves_the_previous_dataset_intact(prepared, tmp_path, monkeypa
     assert sorted(os.listdir(tmp_path)) == ["ds"]  # no temporary left behind
 
 
+def test_removed_documents_are_tallied_with_examples(prepared):
+    _, _, m = prepared
+    removed = m["documents"]["removed"]
+    assert {reason: r["docs"] for reason, r in removed.items()} == {
+        "too_short": 1, "low_alnum": 1, "repeated_lines": 1, "exact_duplicate": 1, "near_duplicate": 1,
+    }  # fmt: skip
+    assert removed["too_short"] == {"docs": 1, "chars": 2, "examples": ["hi"]}
+    assert removed["repeated_lines"]["examples"] == [("BUY NOW " * 13)[:97] + "..."]
+
+
+def test_paragraph_documents_split_files_at_blank_lines(tmp_path):
+    raw = tmp_path / "play.txt"
+    speech = "HAMLET:\nTo be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer"
+    raw.write_text(f"ACT I.\n\n{speech}\n \n\n[Exit.]\r\n\r\n{speech}\n\nOPHELIA:\nGood my lord, how does your honour?")
+    cfg = jaxllm.load_config(
+        "shakespeare-char",
+        [f"data.inputs=[{raw}]", f"data.path={tmp_path}/p", "data.documents=paragraph", "data.split=document",
+         "data.val_fraction=0.0"],
+    )  # fmt: skip
+    prepare(cfg, **QUIET)
+    m = load_manifest(cfg.data.path)
+    assert m["sources"][0]["docs"] == 5 and m["documents"]["read"] == 5
+    assert m["documents"]["removed"]["too_short"]["examples"] == ["ACT I.", "[Exit.]"]
+    assert m["documents"]["removed"]["exact_duplicate"]["docs"] == 1
+    store = DocumentStore(cfg.data.path, "train")
+    texts = [bytes(store.tokens(i, 0, int(store.lengths[i])).astype(np.uint8)).decode() for i in range(len(store))]
+    assert texts == [speech, "OPHELIA:\nGood my lord, how does your honour?"]
+
+
 def test_tail_split_holds_out_the_end_of_every_document(tmp_path):
     cfg = jaxllm.load_config("shakespeare-char", [f"data.inputs=[{TINY}]", f"data.path={tmp_path}/t", "data.split=tail",
                                                  "data.val_fraction=0.1"])  # fmt: skip

@@ -1,7 +1,8 @@
 """`jaxllm data prepare`: raw text -> cleaned, filtered, deduplicated, tokenized shards.
 
 Steps, per document, in order (each counted in the manifest):
-  read      text files (one file = one document), globs, or JSONL (one object per line,
+  read      text files (one file = one document, or with data.documents=paragraph each
+            block between blank lines), globs, or JSONL (one object per line,
             text in `data.jsonl_field`). Unreadable paths, empty files, bad JSON lines
             and non-UTF-8 bytes (decoded as U+FFFD) are reported, never fatal.
   clean     newline normalization, NUL removal (jaxllm.data.clean.clean_text)
@@ -24,6 +25,7 @@ import glob
 import hashlib
 import json
 import os
+import re
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -43,6 +45,28 @@ from jaxllm.data.tokenizer import load_tokenizer
 MANIFEST = "manifest.json"
 FORMAT = "jaxllm-shards"
 SPLITS = ("train", "val")
+PARAGRAPH_BREAK = re.compile(r"\n[ \t]*\n")  # a blank line (cleaning has normalized newlines to \n)
+EXAMPLES_PER_REASON = 3
+
+
+@dataclass
+class Removed:
+    """Documents and characters one filter or dedup stage removed, with the first few as examples.
+
+    Counts alone do not say whether a filter removed junk or good text; the examples do, so
+    they go into the manifest and the prepare log.
+    """
+
+    docs: int = 0
+    chars: int = 0
+    examples: list[str] = field(default_factory=list)
+
+    def add(self, text: str) -> None:
+        self.docs += 1
+        self.chars += len(text)
+        if len(self.examples) < EXAMPLES_PER_REASON:
+            one_line = " ".join(text.split())
+            self.examples.append(one_line if len(one_line) <= 100 else one_line[:97] + "...")
 
 
 @dataclass
@@ -99,6 +123,11 @@ def read_documents(data: DataConfig, report: ReadReport) -> Iterator[str]:
                     continue
                 source["docs"] += 1
                 yield value
+        elif data.documents == "paragraph":
+            for paragraph in PARAGRAPH_BREAK.split(text.replace("\r\n", "\n").replace("\r", "\n")):
+                if paragraph.strip():
+                    source["docs"] += 1
+                    yield paragraph
         else:
             source["docs"] += 1
             yield text
@@ -169,6 +198,7 @@ def _prepare_into(tmp: Path, cfg: Config, tokenizer, log: Callable[[str], None],
     exact = ExactDeduplicator() if data.dedup.exact else None
     near = NearDeduplicator(data.dedup) if data.dedup.near else None
     removed = {"exact": 0, "near": 0}
+    removed_by: dict[str, Removed] = {}
     dtype = token_dtype(tokenizer.vocab_size)
     writers = {split: _SplitWriter(tmp, split, dtype, data.shard_tokens) for split in SPLITS}
     seen = tokens_out = 0
@@ -180,13 +210,16 @@ def _prepare_into(tmp: Path, cfg: Config, tokenizer, log: Callable[[str], None],
         reason = filter_reason(text, data.filters)
         stats.record(reason)
         if reason is not None:
+            removed_by.setdefault(reason, Removed()).add(text)
             continue
         key = exact_key(text)  # also decides the split, so computed once
         if exact is not None and exact.is_duplicate_key(key):
             removed["exact"] += 1
+            removed_by.setdefault("exact_duplicate", Removed()).add(text)
             continue
         if near is not None and near.is_duplicate(text):
             removed["near"] += 1
+            removed_by.setdefault("near_duplicate", Removed()).add(text)
             continue
         if data.split == "tail":  # the last val_fraction of every document is held out
             cut = int(round(len(text) * (1 - data.val_fraction)))
@@ -214,6 +247,10 @@ def _prepare_into(tmp: Path, cfg: Config, tokenizer, log: Callable[[str], None],
         f"read {seen:,} documents: filtered {stats.as_dict()}, "
         f"exact duplicates {removed['exact']:,}, near duplicates {removed['near']:,}"
     )
+    for reason, r in removed_by.items():
+        log(f"  {reason}: {r.docs:,} documents, {r.chars:,} characters, e.g.")
+        for example in r.examples:
+            log(f"    | {example}")
     manifest = {
         "format": FORMAT,
         "version": 1,
@@ -228,7 +265,12 @@ def _prepare_into(tmp: Path, cfg: Config, tokenizer, log: Callable[[str], None],
             "dtype": dtype.name,
         },
         "splits": {split: w.summary() for split, w in writers.items()},
-        "documents": {"read": seen, "filtered": stats.as_dict(), "duplicates_removed": removed},
+        "documents": {
+            "read": seen,
+            "filtered": stats.as_dict(),
+            "duplicates_removed": removed,
+            "removed": {reason: asdict(r) for reason, r in removed_by.items()},
+        },
         "problems": {
             "unreadable": report.unreadable,
             "empty": report.empty,
@@ -243,6 +285,7 @@ def _prepare_into(tmp: Path, cfg: Config, tokenizer, log: Callable[[str], None],
             "split": data.split,
             "seed": data.seed,
             "jsonl_field": data.jsonl_field,
+            "documents": data.documents,
         },
     }
     if not manifest["splits"]["train"]["docs"]:
