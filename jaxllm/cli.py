@@ -217,6 +217,38 @@ def _tokenizer_encode(args: argparse.Namespace) -> None:
     print(" ".join(str(i) for i in load_tokenizer(args.tokenizer).encode(text)))
 
 
+def _tokenizer_compare(args: argparse.Namespace) -> None:
+    import dataclasses
+    import json
+
+    from jaxllm.data.errors import DataError
+    from jaxllm.data.tokenizer_compare import compare, describe_split, format_table
+
+    path = Path(args.file)
+    if not path.is_file():
+        raise DataError(f"--file {args.file}: no such file; give a UTF-8 text file, e.g. tinyshakespeare.txt")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(
+            f"--file {args.file}: not UTF-8 text ({e.reason} at byte {e.start}); convert it to UTF-8"
+        ) from None
+    if not text:
+        raise DataError(f"--file {args.file}: the file is empty; give a file with some text")
+    header = describe_split(path.name, text, args.heldout)
+    rows = compare(text, args.vocab_sizes, args.impl, args.heldout, args.out_dir,
+                   log=lambda line: print(line, file=sys.stderr, flush=True))  # fmt: skip
+    print(header)
+    print()
+    print(format_table(rows))
+    if args.out_dir:
+        print(f"saved {', '.join(Path(r.model_path).name for r in rows if r.model_path)} in {args.out_dir}")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps([dataclasses.asdict(r) for r in rows], indent=1) + "\n")
+        print(f"wrote {args.json}")
+
+
 def _tokenizer_decode(args: argparse.Namespace) -> None:
     from jaxllm.data.tokenizer import load_tokenizer
 
@@ -316,6 +348,9 @@ def _plan(args: argparse.Namespace) -> int:
     result = plan(cfg, topology, hbm_bytes=args.hbm_gib * 2**30 if args.hbm_gib else None)
     print(result.table())
     return 0 if result.fits is not False else 3
+
+
+TOKENIZER_HELP = "'byte', a sentencepiece .model, a scratch BPE .json or an HF tokenizer.json"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -448,7 +483,7 @@ def build_parser() -> argparse.ArgumentParser:
     va.add_argument("--out", default=None, help="output PNG (default RUN_DIR/attention.png)")
     va.set_defaults(func=_viz_attention)
     vt = viz.add_parser("tokens", help="a text with its token boundaries coloured (PNG)")
-    vt.add_argument("--tokenizer", required=True, help="'byte', a sentencepiece .model or an HF tokenizer.json")
+    vt.add_argument("--tokenizer", required=True, help=TOKENIZER_HELP)
     source = vt.add_mutually_exclusive_group(required=True)
     source.add_argument("--text")
     source.add_argument("--file")
@@ -468,13 +503,46 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(tok_train)
     tok_train.set_defaults(func=_tokenizer_train)
     enc = tok.add_parser("encode", help="print the token ids of TEXT (or stdin)")
-    enc.add_argument("--tokenizer", default="byte", help="'byte', a sentencepiece .model or an HF tokenizer.json")
+    enc.add_argument("--tokenizer", default="byte", help=TOKENIZER_HELP)
     enc.add_argument("text", nargs="?", default=None)
     enc.set_defaults(func=_tokenizer_encode)
     dec = tok.add_parser("decode", help="print the text of token IDS (or stdin)")
-    dec.add_argument("--tokenizer", default="byte", help="'byte', a sentencepiece .model or an HF tokenizer.json")
+    dec.add_argument("--tokenizer", default="byte", help=TOKENIZER_HELP)
     dec.add_argument("ids", nargs="*")
     dec.set_defaults(func=_tokenizer_decode)
+    cmp = tok.add_parser(
+        "compare",
+        help="train the from-scratch BPE and sentencepiece BPE at several vocab sizes; table of compression",
+        description="Train jaxllm/data/bpe.py's BPE (V - 256 merges) and a sentencepiece BPE (vocab V, the "
+        "settings of `jaxllm tokenizer train`) on the text minus its last --heldout fraction, then measure "
+        "bytes/token on the held-out and training parts, encode speed and decode(encode(x)) == x. Prints a "
+        "Markdown table; progress goes to stderr.",
+    )
+    cmp.add_argument("--file", required=True, help="UTF-8 text file, e.g. ../shared/data/tinyshakespeare.txt")
+    cmp.add_argument(
+        "--vocab-sizes",
+        type=int,
+        nargs="+",
+        required=True,
+        metavar="V",
+        help="vocabulary sizes, each > 256 (sentencepiece: > 256 bytes + 8 special + the characters)",
+    )
+    cmp.add_argument(
+        "--impl",
+        nargs="+",
+        choices=("scratch", "sentencepiece"),
+        default=["scratch", "sentencepiece"],
+        help="which implementations to train (default: both)",
+    )
+    cmp.add_argument("--heldout", type=float, default=0.1, help="fraction held out at the end of the text (0..1)")
+    cmp.add_argument(
+        "--out-dir",
+        default=None,
+        help="keep the tokenizers: DIR/sp-V.model (for `viz tokens --tokenizer`, tokenizer.path) and "
+        "DIR/scratch-V.json (the from-scratch BPE; also a tokenizer.path)",
+    )
+    cmp.add_argument("--json", default=None, metavar="OUT.json", help="also write the rows as a JSON list")
+    cmp.set_defaults(func=_tokenizer_compare)
     return parser
 
 

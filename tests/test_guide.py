@@ -1,59 +1,49 @@
-"""The guide's commands run as written (docs/guide/*.md), at small sizes.
+"""The guide's commands run as written (docs/guide/*.md), at small sizes, on a fresh-clone layout.
 
-Every line of every ```bash block is run in order, one chapter per test, in a scratch
-directory that has the project's shared corpora beside it (so nothing is fetched).
-Sizes shrink only through $JAXLLM_OVERRIDES (applied by every config load), never by
-editing a command. ```console blocks are set-up (pip install) and are not run: CI has
-already installed the package.
+Every line of every ```bash block is run in order, chapter after chapter in one work
+directory (later chapters use earlier chapters' runs, as a reader's do), laid out like a
+fresh clone with the project's shared corpora beside it (so nothing is fetched). Sizes
+shrink only through $JAXLLM_OVERRIDES (applied by every config load), never by editing a
+command. ```console blocks are set-up (pip install) and are not run: CI has already
+installed the package. `python -m benchmarks guide` runs the same commands at full size
+and writes the logs and pictures the guide quotes.
 """
 
 from __future__ import annotations
 
 import os
-import re
-import shlex
-import subprocess
-import sys
-from pathlib import Path
+import time
 
 import pytest
 
+from benchmarks.guide import PICTURES, chapters, commands, make_workdir, run_chapter, shown_images
 from tests.data_paths import SHARED_DATA
 
-GUIDE = Path(__file__).resolve().parents[1] / "docs" / "guide"
-CHAPTERS = sorted(GUIDE.glob("*.md"))
 SMALL = "train.steps=20 train.eval_every=10 train.log_every=10 train.checkpoint_every=10"
+PNG = b"\x89PNG\r\n\x1a\n"
 
 
-def commands(chapter: Path) -> list[str]:
-    """The chapter's ```bash lines, continuation lines joined, comments dropped."""
-    out = []
-    for block in re.findall(r"```bash\n(.*?)```", chapter.read_text(), re.S):
-        for line in block.replace("\\\n", " ").splitlines():
-            line = line.split(" # ")[0].strip()
-            if line and not line.startswith("#"):
-                out.append(line)
-    return out
-
-
-def test_every_chapter_has_commands():
-    assert CHAPTERS, "docs/guide/ has no chapters"
-    for chapter in CHAPTERS:
+def test_every_chapter_has_commands_and_its_pictures_exist():
+    assert chapters(), "docs/guide/ has no chapters"
+    for chapter in chapters():
         assert commands(chapter), f"{chapter.name} has no ```bash commands to test"
+        for name in shown_images(chapter):  # written by `python -m benchmarks guide` from the chapter's commands
+            path = chapter.parent / "img" / name
+            assert path.is_file() and path.read_bytes()[:8] == PNG, f"{chapter.name} shows {name}, not in img/"
 
 
-@pytest.mark.parametrize("chapter", CHAPTERS, ids=lambda p: p.stem)
-def test_chapter_commands_run(chapter, tmp_path):
-    (tmp_path / "shared").symlink_to(SHARED_DATA.parent)  # where the quickstart looks for the corpus
+def test_the_guide_runs_as_written(tmp_path):
+    main = make_workdir(tmp_path, SHARED_DATA.parent)
     env = {**os.environ, "JAXLLM_OVERRIDES": SMALL, "JAX_PLATFORMS": "cpu"}
-    jaxllm = Path(sys.executable).parent / "jaxllm"
-    for line in commands(chapter):
-        argv = shlex.split(line)
-        if argv[0] == "jaxllm" and jaxllm.exists():
-            argv[0] = str(jaxllm)
-        proc = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-        assert proc.returncode == 0, f"{chapter.name}: `{line}` failed ({proc.returncode}):\n{proc.stderr[-3000:]}"
-    if chapter.stem == "00-quickstart":
-        run = tmp_path / "runs" / "quickstart" / "run"
-        for png in ("metrics.png", "attention.png"):
-            assert (run / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
+    for chapter in chapters():
+        lines: list[str] = []
+        start = time.perf_counter()
+        try:
+            run_chapter(chapter, main, env, lines.append)
+        except SystemExit as e:
+            pytest.fail(f"{e}\n" + "\n".join(lines[-60:]))
+        print(f"{chapter.name}: {time.perf_counter() - start:.0f} s")
+        for name in shown_images(chapter):
+            png = main / PICTURES / name
+            assert png.is_file(), f"{chapter.name} shows img/{name}, but its commands did not write {PICTURES}/{name}"
+            assert png.read_bytes()[:8] == PNG, f"{png} is not a PNG"

@@ -14,7 +14,7 @@ from jaxllm.train.metrics import (
     read_metrics,
     read_tensorboard_scalars,
 )
-from jaxllm.train.plot import plot_run
+from jaxllm.train.plot import panels, plot_run
 
 
 def _train(step):
@@ -118,12 +118,20 @@ def test_crc32c_known_value():
     assert _crc32c(b"123456789") == 0xE3069283
 
 
+def _lr(step, peak=6e-4, warmup=50, total=500):
+    """Warmup + cosine, the shape the trainers log."""
+    if step < warmup:
+        return peak * step / warmup
+    return peak * 0.5 * (1 + math.cos(math.pi * (step - warmup) / (total - warmup)))
+
+
 def _synthetic_run(run_dir, *, val=True, mfu=True):
+    """A pre-training / SFT run: loss, lr, tokens/s (+ MFU), val loss."""
     rng = np.random.default_rng(0)
     with MetricsWriter(run_dir, tensorboard=False) as mw:
         for step in range(0, 500, 5):
             loss = 2.5 + 8.0 * math.exp(-step / 80) + 0.15 * rng.standard_normal()
-            values = {"loss": loss, "lr": 3e-4, "grad_norm": 1.0, "step_time_s": 0.3,
+            values = {"loss": loss, "lr": _lr(step), "grad_norm": 1.0, "step_time_s": 0.3,
                       "tokens_per_s": 120_000 + 5_000 * rng.standard_normal()}  # fmt: skip
             if mfu:
                 values["mfu"] = 0.42 + 0.02 * rng.standard_normal()
@@ -132,17 +140,145 @@ def _synthetic_run(run_dir, *, val=True, mfu=True):
                 mw.write(step, "val", {"loss": loss + 0.1, "perplexity": math.exp(loss + 0.1)})
 
 
+def _dpo_run(run_dir):
+    """A reward-model / DPO run: preference loss plus accuracy/margin, and a val_preference split."""
+    with MetricsWriter(run_dir, tensorboard=False) as mw:
+        for step in range(50, 301, 50):
+            mw.write(step, "train", {"loss": 0.6 - step / 1000, "lr": _lr(step, 1e-5, 0, 300), "tokens_per_s": 9e3,
+                                     "mfu": 0.13, "accuracy": 0.6 + step / 1000, "margin": step / 200,
+                                     "reward_chosen": 0.1, "reward_rejected": -0.1})  # fmt: skip
+        mw.write(300, "val", {"loss": 0.51, "perplexity": 1.67})
+        mw.write(300, "val_preference", {"loss": 0.51, "accuracy": 0.79, "margin": 0.83})
+
+
+def _ppo_run(run_dir):
+    """A PPO run: no train loss; reward, kl, lr, iteration_s; val reward/kl; a critic_warmup split."""
+    with MetricsWriter(run_dir, tensorboard=False) as mw:
+        mw.write(0, "val", {"reward": 1.3, "kl": 0.0})
+        mw.write(0, "critic_warmup", {"rollout": 1.0, "value_loss": 0.3})
+        for i in range(1, 41):
+            step = 16 * i
+            mw.write(step, "train", {"reward": 1.3 + i / 40, "kl": i / 200, "policy_loss": -0.02, "value_loss": 0.25,
+                                     "lr": _lr(step, 2e-5, 0, 640), "iteration_s": 8.0, "rollout_s": 0.5})  # fmt: skip
+            if i % 4 == 0:
+                mw.write(step, "val", {"reward": 1.3 + i / 50, "kl": i / 220})
+
+
+def _loss_only_run(run_dir):
+    with MetricsWriter(run_dir, tensorboard=False) as mw:
+        for step in range(3):
+            mw.write(step, "train", {"loss": 3.0 - step})
+
+
+RUNS = {
+    "pretrain": (_synthetic_run, ["loss", "lr", "throughput"]),
+    "dpo": (_dpo_run, ["loss", "preference", "lr", "throughput"]),
+    "ppo": (_ppo_run, ["reward", "kl", "lr", "iteration_s"]),
+    "loss_only": (_loss_only_run, ["loss"]),
+}
+# The y labels of each panel (left axis), and of the twin axes on the right, top to bottom.
+YLABELS = {
+    "pretrain": (["loss", "learning rate", "tokens / s"], ["MFU (%)"]),
+    "dpo": (["loss", "accuracy", "learning rate", "tokens / s"], ["margin", "MFU (%)"]),
+    "ppo": (["reward", "KL to reference", "learning rate", "s / iteration"], []),
+    "loss_only": (["loss"], []),
+}
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _png_size(path):
+    from PIL import Image
+
+    assert path.read_bytes()[:8] == PNG_SIGNATURE
+    with Image.open(path) as im:
+        im.verify()
+        return im.size
+
+
 @pytest.mark.parametrize("val,mfu", [(True, True), (False, False)])
 def test_plot_run_writes_png(tmp_path, val, mfu):
     _synthetic_run(tmp_path, val=val, mfu=mfu)
     out = plot_run(tmp_path)
     assert out == tmp_path / "metrics.png"
     data = out.read_bytes()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    assert data[:8] == PNG_SIGNATURE
     assert len(data) > 10_000
+    assert _png_size(out) == (1200, 3 * 312)  # 10 x 2.6 inches per panel at 120 dpi
 
     custom = plot_run(tmp_path, tmp_path / "sub" / "custom.png")
-    assert custom.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert custom.read_bytes()[:8] == PNG_SIGNATURE
+
+
+@pytest.mark.parametrize("kind", list(RUNS))
+def test_plot_panels_follow_what_was_logged(tmp_path, kind):
+    make, expected = RUNS[kind]
+    make(tmp_path)
+    assert panels(read_metrics(tmp_path)) == expected
+
+
+def test_plot_panels_edge_cases():
+    assert panels([{"step": 0, "split": "val", "loss": 1.0}]) == ["loss"]  # no train keys: the loss panel alone
+    train = {"step": 0, "split": "train"}
+    # A run that logs both a loss and a reward keeps the loss panel; tokens/s wins over iteration_s.
+    assert panels([{**train, "loss": 1.0, "reward": 2.0, "tokens_per_s": 1.0, "iteration_s": 3.0}]) == [
+        "loss", "throughput",
+    ]  # fmt: skip
+    # Keys of val records never add panels: only train records say what kind of run this is.
+    assert panels([{**train, "loss": 1.0}, {"step": 0, "split": "val", "kl": 0.1, "accuracy": 0.5}]) == ["loss"]
+
+
+@pytest.mark.parametrize("kind", list(RUNS))
+def test_plot_run_draws_one_panel_per_logged_group(tmp_path, monkeypatch, kind):
+    import jaxllm.train.plot as plot_module
+
+    make, expected = RUNS[kind]
+    make(tmp_path)
+    figures, close = [], plot_module.plt.close
+    monkeypatch.setattr(plot_module.plt, "close", figures.append)  # keep the figure to look inside it
+    out = plot_run(tmp_path, tmp_path / f"{kind}.png")
+    (fig,) = figures
+    try:
+        assert _png_size(out) == (1200, 312 * len(expected))
+        main = [ax for ax in fig.axes if ax.yaxis.get_label_position() == "left"]
+        twins = [ax for ax in fig.axes if ax.yaxis.get_label_position() == "right"]
+        left, right = YLABELS[kind]
+        assert [ax.get_ylabel() for ax in main] == left
+        assert [ax.get_ylabel() for ax in twins] == right
+        assert all(ax.get_shared_x_axes().joined(main[0], ax) for ax in main[1:])
+        assert [ax.get_xlabel() for ax in main] == [""] * (len(main) - 1) + ["step"]
+
+        records = read_metrics(tmp_path)
+        by_name = dict(zip(expected, main, strict=True))
+
+        def ydata(ax, label_start):
+            (line,) = [ln for ln in ax.get_lines() if ln.get_label().startswith(label_start)]
+            return list(line.get_ydata())
+
+        def logged(split, key):
+            return [r[key] for r in records if r["split"] == split and key in r]
+
+        if "lr" in by_name:
+            ax = by_name["lr"]
+            assert ydata(ax, "lr (peak") == pytest.approx(logged("train", "lr"))
+            assert ax.get_yscale() == "linear" and ax.get_ylim()[0] == 0
+            assert ax.yaxis.get_major_formatter()(6e-4, 0) == "6e-4"
+            assert ax.yaxis.get_major_formatter()(1.25e-5, 0) == "1.25e-5"
+        if kind == "ppo":
+            assert ydata(by_name["reward"], "train reward") == pytest.approx(logged("train", "reward"))
+            assert ydata(by_name["reward"], "val reward") == pytest.approx(logged("val", "reward"))
+            assert ydata(by_name["kl"], "val kl") == pytest.approx(logged("val", "kl"))
+            assert ydata(by_name["iteration_s"], "s / iteration") == pytest.approx(logged("train", "iteration_s"))
+        if kind == "dpo":
+            ax = by_name["preference"]
+            assert ydata(ax, "train accuracy") == pytest.approx(logged("train", "accuracy"))
+            assert ydata(ax, "val accuracy (last 0.79") == pytest.approx([0.79])  # from split val_preference
+            assert ax.get_ylim() == pytest.approx((0, 1.05))
+            assert ydata(twins[0], "train margin") == pytest.approx(logged("train", "margin"))
+        if kind == "pretrain":
+            assert ydata(by_name["loss"], "train loss (last ") == pytest.approx(logged("train", "loss"))
+            assert ydata(by_name["loss"], "val loss") == pytest.approx(logged("val", "loss"))
+    finally:
+        close(fig)
 
 
 def test_plot_run_errors_clearly(tmp_path):

@@ -72,6 +72,47 @@ class ByteTokenizer:
         return bytes(np.asarray(ids, dtype=np.uint8).tolist()).decode("utf-8", errors="replace")
 
 
+class ScratchBPETokenizer:
+    """A model of the from-scratch byte-level BPE (jaxllm/data/bpe.py), saved as JSON.
+
+    Ids 0..255 are bytes, as in ByteTokenizer, so byte 0 (NUL, which cleaning strips from
+    text) is EOS and PAD; merges are ids 256 and up. It makes the teaching tokenizer a
+    real one: prepare, train, sample and `viz tokens` all take its file.
+    """
+
+    bos_id = None
+    eos_id = 0
+    pad_id = 0
+
+    def __init__(self, path: str | os.PathLike[str]):
+        from jaxllm.data.bpe import BPEModel
+
+        try:
+            self._model = BPEModel.load(path)
+        except ValueError as e:
+            raise DataError(str(e)) from None
+        self.vocab_size = self._model.vocab_size
+        self.identity = "jaxllm-bpe:" + hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+    def encode(self, text: str) -> np.ndarray:
+        return np.asarray(self._model.encode(text), dtype=np.int32)
+
+    def decode(self, ids: Sequence[int] | np.ndarray) -> str:
+        return self._model.decode([int(i) for i in ids])
+
+
+def _is_scratch_bpe(path: str | os.PathLike[str]) -> bool:
+    """True for a file written by BPEModel.save (its JSON starts with the type field)."""
+    from jaxllm.data.bpe import FILE_TYPE
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            head = f.read(64)
+    except (OSError, UnicodeDecodeError):
+        return False
+    return head.replace(" ", "").startswith(f'{{"type":"{FILE_TYPE}"')
+
+
 class SentencePieceTokenizer:
     """A trained sentencepiece model (BPE, unigram or char)."""
 
@@ -109,10 +150,13 @@ class SentencePieceTokenizer:
         return self._sp.id_to_piece(int(token_id))
 
 
-def load_tokenizer(path: str) -> ByteTokenizer | SentencePieceTokenizer | HFTokenizer:
-    """ "byte", a sentencepiece model file, or a Hugging Face tokenizer.json (any path ending in .json)."""
+def load_tokenizer(path: str) -> ByteTokenizer | ScratchBPETokenizer | SentencePieceTokenizer | HFTokenizer:
+    """ "byte", a sentencepiece model file, a from-scratch BPE model (.json written by
+    `jaxllm tokenizer compare --out-dir`), or a Hugging Face tokenizer.json (any other .json)."""
     if path == "byte":
         return ByteTokenizer()
+    if str(path).endswith(".json") and _is_scratch_bpe(path):
+        return ScratchBPETokenizer(path)
     if str(path).endswith(".json"):
         from jaxllm.data.hf_tokenizer import HFTokenizer  # imported here: it imports this module
 
