@@ -308,6 +308,67 @@ def _eval_mc(args: argparse.Namespace) -> None:
     _report("mc", args.run_dir, step, result.as_dict(), args.out)
 
 
+def _eval_exact_match(args: argparse.Namespace) -> None:
+    from jaxllm.data.errors import DataError
+    from jaxllm.posttrain.data import load_records
+    from jaxllm.posttrain.synthetic import exact_match
+    from jaxllm.train.load import load_run, load_run_tokenizer
+
+    records = load_records(args.data)
+    records = records[: args.limit] if args.limit > 0 else records
+    missing = next((i for i, r in enumerate(records) if not isinstance(r.get("output"), str)), None)
+    if missing is not None:
+        raise DataError(f"{args.data}: record {missing} has no string 'output' to grade against; give Alpaca records")
+    cfg, params, step = load_run(args.run_dir)
+    scores = exact_match(cfg, params, load_run_tokenizer(cfg), records, args.batch_size, args.max_new_tokens)
+    _report("exact-match", args.run_dir, step, {"records": len(records), **scores}, args.out)
+
+
+def _data_synthetic(args: argparse.Namespace) -> None:
+    import json
+
+    from jaxllm.data.errors import DataError
+    from jaxllm.posttrain.synthetic import KINDS, make_preference_records, make_records
+
+    if args.n < 1:
+        raise DataError(f"--n {args.n}: give at least 1 record")
+    if args.kind == "cloze":
+        from jaxllm.evaluate.cloze import make_cloze
+
+        if not args.file or not Path(args.file).is_file():
+            raise DataError(f"--file {args.file}: cloze records are cut from a text file; name one that exists")
+        text = Path(args.file).read_text(encoding="utf-8")
+        text = text[int(len(text) * (1 - args.tail)) :] if 0 < args.tail < 1 else text
+        try:
+            records = make_cloze(text, args.n, args.choices, args.seed)
+        except ValueError as e:
+            raise DataError(f"{args.file}: {e}") from None
+    else:
+        bad = [k for k in args.kinds if k not in KINDS]
+        if bad:
+            raise DataError(f"--kinds {' '.join(bad)}: unknown; choose from {', '.join(KINDS)}")
+        exclude = set()
+        for path in args.exclude:
+            if not Path(path).is_file():
+                raise DataError(f"--exclude {path}: no such file")
+            exclude |= {(r["instruction"], r["input"]) for r in map(json.loads, Path(path).read_text().splitlines())}
+        # Draw more until dropping the excluded prompts still leaves n records (the same seed
+        # always gives the same leading records, so the result depends on (n, seed, exclude) only).
+        draw, records = args.n, []
+        while len(records) < args.n:
+            if draw > 100 * (args.n + len(exclude)):
+                raise DataError(f"--exclude leaves too few distinct prompts for --n {args.n}; lower --n")
+            if args.kind == "preferences":
+                pool = make_preference_records(draw, args.seed, args.kinds, args.off_task)
+            else:
+                pool = make_records(draw, args.seed, args.kinds)
+            records = [r for r in pool if (r["instruction"], r["input"]) not in exclude][: args.n]
+            draw *= 2
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text("".join(json.dumps(r) + "\n" for r in records))
+    print(f"wrote {len(records):,} {args.kind} records to {args.out}; e.g. {json.dumps(records[0])}")
+
+
 def _eval_harness(args: argparse.Namespace) -> int:
     try:
         from jaxllm.evaluate.harness import main as harness_main
@@ -377,6 +438,25 @@ def build_parser() -> argparse.ArgumentParser:
     prep = data.add_parser("prepare", help="clean, filter, dedup and tokenize data.inputs into shards at data.path")
     _config_args(prep)
     prep.set_defaults(func=_data_prepare)
+    syn = data.add_parser(
+        "synthetic",
+        help="tasks with checkable answers: instructions, preference pairs, or cloze multiple choice (JSONL)",
+        description="instructions: reverse a word, add two numbers, uppercase a phrase (Alpaca records with the "
+        "answer in 'output'); preferences: the same with chosen = the answer, rejected = a near miss (or, with "
+        "--off-task, another task's answer); cloze: lines of --file cut in two, the true ending among --choices "
+        "endings of other lines (for `jaxllm eval mc`).",
+    )
+    syn.add_argument("kind", choices=("instructions", "preferences", "cloze"))
+    syn.add_argument("--n", type=int, required=True, help="records to write")
+    syn.add_argument("--seed", type=int, default=0)
+    syn.add_argument("--out", required=True, help="the JSONL file to write")
+    syn.add_argument("--kinds", nargs="+", default=["reverse", "add", "upper"], help="instruction tasks to cycle")
+    syn.add_argument("--off-task", type=float, default=0.0, help="preferences: share rejected by an off-task answer")
+    syn.add_argument("--exclude", nargs="*", default=[], help="JSONL files whose prompts must not recur (held out)")
+    syn.add_argument("--file", default=None, help="cloze: the text to cut lines from")
+    syn.add_argument("--tail", type=float, default=1.0, help="cloze: use only the last fraction of --file (0..1]")
+    syn.add_argument("--choices", type=int, default=4, help="cloze: choices per record")
+    syn.set_defaults(func=_data_synthetic)
     verify = data.add_parser("verify", help="check every shard of data.path against its manifest checksum")
     _config_args(verify)
     verify.set_defaults(func=_data_verify)
@@ -439,6 +519,14 @@ def build_parser() -> argparse.ArgumentParser:
     mc.add_argument("--batch-size", type=int, default=16, help="choices per forward pass")
     mc.add_argument("--out", default=None, help="also write the figures as JSON here")
     mc.set_defaults(func=_eval_mc)
+    em = ev.add_parser("exact-match", help="greedy replies of an instruction-tuned run vs records' 'output'")
+    em.add_argument("run_dir")
+    em.add_argument("--data", required=True, help="Alpaca records (.json/.jsonl) with the expected 'output'")
+    em.add_argument("--limit", type=int, default=0, help="only the first N records (0: all)")
+    em.add_argument("--batch-size", type=int, default=64, help="prompts per generate call")
+    em.add_argument("--max-new-tokens", type=int, default=16)
+    em.add_argument("--out", default=None, help="also write the figures as JSON here")
+    em.set_defaults(func=_eval_exact_match)
     harness = ev.add_parser(
         "harness",
         help="lm-evaluation-harness with jaxllm registered: --model jaxllm --model_args path=RUN_DIR --tasks ...",
