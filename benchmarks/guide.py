@@ -43,14 +43,19 @@ def chapters() -> list[Path]:
     return sorted(GUIDE.glob("[0-9][0-9]-*.md"))
 
 
-def commands(chapter: Path) -> list[str]:
-    """The chapter's ```bash lines, in order: continuation lines joined, comments dropped."""
+def commands(chapter: Path) -> list[tuple[str, int]]:
+    """The chapter's ```bash lines, in order, with the exit code each must give.
+
+    Continuation lines are joined and comments dropped; a comment `# exits N` says the
+    command must exit N (e.g. `jaxllm plan` exits 3 when the model does not fit), else 0."""
     out = []
     for block in re.findall(r"```bash\n(.*?)```", chapter.read_text(), re.S):
-        for line in block.replace("\\\n", " ").splitlines():
-            line = line.split(" # ")[0].strip()
+        for line in re.sub(r"\\\n\s*", " ", block).splitlines():
+            line, _, comment = line.partition(" # ")
+            line = line.strip()
             if line and not line.startswith("#"):
-                out.append(line)
+                code = re.match(r"exits (\d+)", comment.strip())
+                out.append((line, int(code.group(1)) if code else 0))
     return out
 
 
@@ -96,7 +101,7 @@ def run_chapter(chapter: Path, main: Path, env: dict[str, str], log) -> float:
     """Run one chapter's commands in `main`, streaming their output to stdout and `log`."""
     jaxllm = Path(sys.executable).parent / "jaxllm"
     total = time.perf_counter()
-    for line in commands(chapter):
+    for line, expected in commands(chapter):
         log(f"$ {line}")
         argv = ["bash", "-c", line]
         if jaxllm.exists():  # the jaxllm of this Python, whatever PATH says
@@ -108,8 +113,8 @@ def run_chapter(chapter: Path, main: Path, env: dict[str, str], log) -> float:
             log(out.rstrip("\n"))
         code = proc.wait()
         log(f"[{time.perf_counter() - start:.1f} s, exit {code}]\n")
-        if code != 0:
-            raise SystemExit(f"{chapter.name}: `{line}` failed with exit {code}; see the log")
+        if code != expected:
+            raise SystemExit(f"{chapter.name}: `{line}` exited {code}, not {expected}; see the log")
     return time.perf_counter() - total
 
 

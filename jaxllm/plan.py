@@ -63,7 +63,9 @@ def _torus(chips: int, dims: int) -> str:
     while math.prod(sides) < chips:
         sides[k % dims] *= 2
         k += 1
-    return "x".join(str(s) for s in sorted(sides))
+    # Sides of 1 go last: libtpu divides the shape by the host's 2x2x1 chips, so a 4-chip
+    # v5p-8 is 2x2x1 (1x2x2 is refused).
+    return "x".join(str(s) for s in sorted(sides, key=lambda s: (s == 1, s)))
 
 
 def _tpu_topology(name: str, slices: int) -> Topology:

@@ -32,6 +32,13 @@ def test_every_chapter_has_commands_and_its_pictures_exist():
             assert path.is_file() and path.read_bytes()[:8] == PNG, f"{chapter.name} shows {name}, not in img/"
 
 
+def test_commands_are_read_with_their_expected_exit_codes(tmp_path):
+    page = tmp_path / "01-x.md"
+    page.write_text("```console\npip install x\n```\n```bash\n# a comment\njaxllm a \\\n    --b c  # why\n"
+                    "jaxllm plan big  # exits 3: it does not fit\n```\ntext\n```bash\necho ok\n```\n")
+    assert commands(page) == [("jaxllm a --b c", 0), ("jaxllm plan big", 3), ("echo ok", 0)]
+
+
 def test_the_guide_runs_as_written(tmp_path):
     main = make_workdir(tmp_path, SHARED_DATA.parent)
     env = {**os.environ, "JAXLLM_OVERRIDES": SMALL, "JAX_PLATFORMS": "cpu"}

@@ -76,6 +76,7 @@ def test_a_layout_that_does_not_fit_says_by_how_much(capsys):
 
 def test_topology_names():
     assert _torus(64, 3) == "4x4x4" and _torus(16, 2) == "4x4" and _torus(32, 2) == "4x8" and _torus(8, 3) == "2x2x2"
+    assert _torus(4, 3) == "2x2x1" and _torus(2, 2) == "2x1"  # v5p-8, whose host holds 2x2x1 chips
     for bad, match in (("v9-8", "unknown"), ("v5p-7", "N must be even"), ("tpu-8", "not a topology"),
                        ("v5e-12", "powers of two"), ("cpu:999", "needs 999 CPU devices"),
                        ("cpu:0", "has no devices")):  # fmt: skip
@@ -88,6 +89,7 @@ def test_plans_a_tpu_slice_from_a_cpu_host():
     step compiles for its four fake chips and the compiler estimates the step time."""
     topology = get_topology("v5e-4")
     assert len(topology.devices) == 4 and "v5" in topology.device_kind.lower()
+    assert len(get_topology("v5p-8").devices) == 4  # one host's 2x2x1 chips
     result = plan(small("mesh.fsdp=4", "mesh.data=1", "model.dtype=bfloat16"), topology)
     assert result.fits and result.hbm_bytes == 16 * 2**30
     assert result.estimated_seconds > 0 and 0 < result.mfu < 1
@@ -102,3 +104,15 @@ def test_a_mesh_axis_smaller_than_a_torus_side_is_placed():
     mesh = make_mesh(MeshConfig(data=1, fsdp=8, tensor=4, pipeline=2), get_topology("v5p-128").devices)
     assert dict(mesh.shape) == {"data": 1, "fsdp": 8, "tensor": 4, "pipeline": 2}
     assert len({d.id for d in mesh.devices.flat}) == 64
+
+
+def test_a_mesh_that_cannot_split_a_parameter_is_a_clear_error(capsys):
+    code = main(["plan", "shakespeare-char", *SMALL, "model.vocab_size=257", "mesh.data=4", "mesh.tensor=2",
+                 "--topology", "cpu:8"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and "wte.embedding: dimension 0 of shape (257, 64) has size 257" in err
+    assert "mesh axes tensor = 2 devices cannot split evenly; set model.vocab_size to a multiple of 2" in err
+    code = main(["plan", "shakespeare-char", *SMALL, "model.d_model=66", "model.num_heads=6", "mesh.data=2",
+                 "mesh.fsdp=4", "--topology", "cpu:8"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and "has size 66, which the mesh axes fsdp = 4 devices cannot split" in err

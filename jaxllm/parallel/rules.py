@@ -100,3 +100,39 @@ def named_shardings(logical_specs, mesh: Mesh, rules: Rules):
     return jax.tree.map(
         lambda spec: NamedSharding(mesh, spec), specs, is_leaf=lambda x: isinstance(x, PartitionSpec)
     )
+
+
+def check_divisible(shapes, shardings) -> None:
+    """Raise ConfigError for the first array whose sharded dimension the mesh does not divide.
+
+    jax's own error names a shape and tiling factors; this one names the parameter, the
+    mesh axes and the fix, before anything is compiled or allocated."""
+    from jaxllm.config import ConfigError
+
+    for path, shape in jax.tree_util.tree_leaves_with_path(shapes):
+        sharding = _leaf_at(shardings, path)
+        if not isinstance(sharding, NamedSharding):
+            continue
+        for dim, (size, axes) in enumerate(zip(shape.shape, sharding.spec, strict=False)):
+            names = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+            ways = 1
+            for name in names:
+                ways *= sharding.mesh.shape[name]
+            if ways > 1 and size % ways:
+                where = jax.tree_util.keystr(path, simple=True, separator=".")
+                fix = (
+                    f"set model.vocab_size to a multiple of {ways} (e.g. {-(-size // 64) * 64})"
+                    if "vocab" in where or "wte" in where or "lm_head" in where
+                    else f"choose mesh sizes whose product over {' x '.join(names)} divides {size}"
+                )
+                raise ConfigError(
+                    f"{where}: dimension {dim} of shape {tuple(shape.shape)} has size {size}, which the mesh "
+                    f"axes {' x '.join(names)} = {ways} devices cannot split evenly; {fix}"
+                )
+
+
+def _leaf_at(tree, path):
+    for key in path:
+        tree = tree[getattr(key, "key", getattr(key, "idx", None))]
+    return tree
+

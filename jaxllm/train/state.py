@@ -18,7 +18,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxllm.config import Config
 from jaxllm.model.api import boxed_init_fn
-from jaxllm.parallel.rules import named_shardings, parse_rules
+from jaxllm.parallel.rules import check_divisible, named_shardings, parse_rules
 
 State = dict[str, Any]
 
@@ -37,7 +37,9 @@ def state_logical_specs(cfg: Config, tx: optax.GradientTransformation) -> State:
 
 def state_shardings(cfg: Config, mesh: Mesh, tx: optax.GradientTransformation) -> State:
     """NamedSharding of every state leaf, from the logical names and the rules table."""
-    return named_shardings(state_logical_specs(cfg, tx), mesh, parse_rules(cfg.mesh.rules))
+    shardings = named_shardings(state_logical_specs(cfg, tx), mesh, parse_rules(cfg.mesh.rules))
+    check_divisible(nn.meta.unbox(jax.eval_shape(boxed_init_fn(cfg.model), jax.random.key(0))), shardings["params"])
+    return shardings
 
 
 def abstract_state(cfg: Config, tx: optax.GradientTransformation, shardings: State | None = None) -> State:
