@@ -50,7 +50,7 @@ def commands(chapter: Path) -> list[tuple[str, int]]:
     command must exit N (e.g. `jaxllm plan` exits 3 when the model does not fit), else 0."""
     out = []
     for block in re.findall(r"```bash\n(.*?)```", chapter.read_text(), re.S):
-        for line in re.sub(r"\\\n\s*", " ", block).splitlines():
+        for line in re.sub(r"\s*\\\n\s*", " ", block).splitlines():
             line, _, comment = line.partition(" # ")
             line = line.strip()
             if line and not line.startswith("#"):
