@@ -22,6 +22,7 @@ SCRIPTS = {
     "posttrain": "SFT / reward model / DPO / PPO on CPU",
     "plan_table": "ahead-of-time plans for Llama 8B/70B on TPU slices",
     "profile_step": "trace the train step and list where its time goes, op by op",
+    "guide": "run docs/guide's commands at full size; write its logs and pictures",
 }
 SUITE = ["train_step", "compile_memory", "loader", "generate"]  # the performance suite
 

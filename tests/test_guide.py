@@ -41,7 +41,9 @@ def test_commands_are_read_with_their_expected_exit_codes(tmp_path):
 
 def test_the_guide_runs_as_written(tmp_path):
     main = make_workdir(tmp_path, SHARED_DATA.parent)
-    env = {**os.environ, "JAXLLM_OVERRIDES": SMALL, "JAX_PLATFORMS": "cpu"}
+    # The reader's machine: one CPU device, not the 8 that tests/conftest.py asks XLA for.
+    xla_flags = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split() if "device_count" not in f)
+    env = {**os.environ, "JAXLLM_OVERRIDES": SMALL, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": xla_flags}
     for chapter in chapters():
         lines: list[str] = []
         start = time.perf_counter()

@@ -288,3 +288,26 @@ def test_plot_run_errors_clearly(tmp_path):
         mw.write(0, "val", {"loss": 3.0})
     with pytest.raises(ValueError, match="no train points"):
         plot_run(tmp_path)
+
+
+def test_the_lr_panel_draws_the_whole_schedule_from_the_runs_config(tmp_path):
+    """Logged every 100 steps, a 100-step warmup would be invisible; the config's schedule
+    is drawn in full when it agrees with every logged value, and not otherwise."""
+    import yaml
+
+    from jaxllm.config import OptimizerConfig
+    from jaxllm.train.optimizer import lr_schedule
+    from jaxllm.train.plot import lr_curve
+
+    opt = {"lr": 1e-3, "min_lr_ratio": 0.1, "warmup_steps": 100, "decay_steps": 1000}
+    schedule = lr_schedule(OptimizerConfig(**opt))
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({"optimizer": opt}))
+    records = [{"split": "train", "step": s, "lr": float(schedule(s - 1)), "loss": 1.0} for s in range(100, 1001, 100)]
+    steps, values = lr_curve(tmp_path, records)
+    assert steps[0] == 1 and steps[-1] == 1000 and len(steps) == 1000
+    assert values[0] == pytest.approx(0.0) and values[100] == pytest.approx(1e-3, rel=1e-5)
+    assert values[-1] == pytest.approx(1e-4, rel=1e-3)
+    assert values[49] == pytest.approx(5e-4, rel=0.03)  # mid-warmup: what the logged points cannot show
+    records[3]["lr"] *= 1.5  # a run whose lr did not follow its config
+    assert lr_curve(tmp_path, records) is None
+    assert lr_curve(tmp_path / "missing", records) is None

@@ -42,6 +42,7 @@ import matplotlib
 matplotlib.use("Agg")  # headless: training machines have no display; must precede pyplot
 
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 from matplotlib.ticker import EngFormatter, FuncFormatter  # noqa: E402
 
 from jaxllm.train.metrics import METRICS_FILE, read_metrics  # noqa: E402
@@ -186,13 +187,46 @@ def _draw_kl(ax: plt.Axes, records: list[dict[str, Any]]) -> None:
     ax.set_ylabel("KL to reference")
 
 
-def _draw_lr(ax: plt.Axes, records: list[dict[str, Any]]) -> None:
+def lr_curve(run_dir: Path, records: list[dict[str, Any]]) -> tuple[list[int], list[float]] | None:
+    """The run's learning-rate schedule at every step, from its config.yaml, or None.
+
+    The trainer logs lr only every `log_every` steps, which hides a 100-step warmup behind
+    the first point. The schedule itself is a pure function of the optimizer config, so it
+    is drawn in full, but only if it agrees with every logged value (a run whose steps
+    mean something else, or a changed schedule, falls back to the logged points)."""
+    import yaml
+
+    from jaxllm.config import OptimizerConfig
+    from jaxllm.train.optimizer import lr_schedule
+
+    steps, logged = _series(records, "train", "lr")
+    try:
+        section = yaml.safe_load((run_dir / "config.yaml").read_text())["optimizer"]
+        schedule = lr_schedule(OptimizerConfig(**section))
+    except (OSError, KeyError, TypeError, ValueError, yaml.YAMLError):
+        return None
+    if not steps:
+        return None
+    # The trainer logs the lr of the update it just made: step s used schedule(s - 1).
+    for offset in (1, 0):
+        if all(math.isclose(float(schedule(s - offset)), v, rel_tol=1e-3, abs_tol=1e-12) for s, v in zip(steps, logged,
+                                                                                                         strict=True)):
+            grid = list(range(offset, steps[-1] + 1))
+            return grid, [float(v) for v in schedule(np.asarray(grid) - offset)]
+    return None
+
+
+def _draw_lr(ax: plt.Axes, records: list[dict[str, Any]], curve: tuple[list[int], list[float]] | None = None) -> None:
     # Linear, not log: a warmup from 0 and a cosine decay are shapes on a linear axis, and a
     # log axis cannot show the 0 a warmup starts from.
     steps, lr = _series(records, "train", "lr")
     finite = [v for v in lr if math.isfinite(v)]
-    label = f"lr (peak {_sci(max(finite))}, last {_sci(finite[-1])})" if finite else "lr"
-    handles = ax.plot(steps, lr, label=label, **_train_style(len(steps), color="tab:gray", alpha=1.0))
+    if curve is not None:
+        handles = ax.plot(*curve, color="tab:gray", lw=1.5, label=f"schedule (peak {_sci(max(curve[1]))})")
+        handles += ax.plot(steps, lr, ls="none", marker="o", ms=3, color="black", label="logged")
+    else:
+        label = f"lr (peak {_sci(max(finite))}, last {_sci(finite[-1])})" if finite else "lr"
+        handles = ax.plot(steps, lr, label=label, **_train_style(len(steps), color="tab:gray", alpha=1.0))
     ax.yaxis.set_major_formatter(FuncFormatter(_sci))
     ax.set_ylim(bottom=0)
     ax.set_ylabel("learning rate")
@@ -261,7 +295,10 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     fig, axes = plt.subplots(len(names), 1, figsize=(10, PANEL_HEIGHT_IN * len(names)), sharex=True, squeeze=False)
     fig.suptitle(run_dir.resolve().name)
     for name, ax in zip(names, axes[:, 0], strict=True):
-        _DRAW[name](ax, records)
+        if name == "lr":
+            _draw_lr(ax, records, lr_curve(run_dir, records))
+        else:
+            _DRAW[name](ax, records)
         ax.grid(True, alpha=0.3)
     axes[-1, 0].set_xlabel("step")
 
