@@ -7,6 +7,7 @@ verb is also a function call away for notebooks and scripts.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -411,6 +412,7 @@ def _plan(args: argparse.Namespace) -> int:
     return 0 if result.fits is not False else 3
 
 
+OVERRIDE = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)+=")
 TOKENIZER_HELP = "'byte', a sentencepiece .model, a scratch BPE .json or an HF tokenizer.json"
 
 
@@ -645,6 +647,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
+    if extra and isinstance(getattr(args, "overrides", None), list) and not getattr(args, "passthrough", False):
+        # argparse ends a positional list at the first option, so `plan CONFIG --topology T
+        # a.b=c` leaves a.b=c over; overrides are recognisable (section.key=value) wherever they sit.
+        late = [x for x in extra if OVERRIDE.match(x)]
+        args.overrides += late
+        extra = [x for x in extra if not OVERRIDE.match(x)]
     if extra and not getattr(args, "passthrough", False):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.extra = extra

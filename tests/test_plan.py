@@ -116,3 +116,12 @@ def test_a_mesh_that_cannot_split_a_parameter_is_a_clear_error(capsys):
                  "mesh.fsdp=4", "--topology", "cpu:8"])  # fmt: skip
     err = capsys.readouterr().err
     assert code == 2 and "has size 66, which the mesh axes fsdp = 4 devices cannot split" in err
+
+
+def test_overrides_may_follow_the_options(capsys):
+    """argparse stops a positional list at the first option; `plan CONFIG --topology T a.b=c`
+    (as the docs write it) still applies a.b=c."""
+    assert main(["plan", "shakespeare-char", "--topology", "cpu:8", *SMALL, "mesh.data=1", "mesh.fsdp=8"]) == 0
+    assert "data 1 x fsdp 8" in capsys.readouterr().out
+    with pytest.raises(SystemExit):  # an unknown option is still an error
+        main(["plan", "shakespeare-char", "--topology", "cpu:8", "--bogus", *SMALL])
