@@ -341,7 +341,7 @@ def _data_synthetic(args: argparse.Namespace) -> None:
         text = Path(args.file).read_text(encoding="utf-8")
         text = text[int(len(text) * (1 - args.tail)) :] if 0 < args.tail < 1 else text
         try:
-            records = make_cloze(text, args.n, args.choices, args.seed)
+            records = make_cloze(text, args.n, args.choices, args.seed, args.distractors)
         except ValueError as e:
             raise DataError(f"{args.file}: {e}") from None
     else:
@@ -458,6 +458,8 @@ def build_parser() -> argparse.ArgumentParser:
     syn.add_argument("--file", default=None, help="cloze: the text to cut lines from")
     syn.add_argument("--tail", type=float, default=1.0, help="cloze: use only the last fraction of --file (0..1]")
     syn.add_argument("--choices", type=int, default=4, help="cloze: choices per record")
+    syn.add_argument("--distractors", choices=("lines", "shuffled"), default="lines",
+                     help="cloze: wrong endings are other lines' endings, or the true ending's words shuffled")
     syn.set_defaults(func=_data_synthetic)
     verify = data.add_parser("verify", help="check every shard of data.path against its manifest checksum")
     _config_args(verify)

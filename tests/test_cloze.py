@@ -49,3 +49,15 @@ def test_cli_writes_records_that_eval_mc_reads(tmp_path):
     examples = read_mc(str(out))
     assert [e.label for e in examples] == [r["label"] for r in records]
     assert [list(e.choices) for e in examples] == [r["choices"] for r in records]
+
+
+def test_shuffled_distractors_hold_the_same_words_in_another_order():
+    text = TINY.read_text(encoding="utf-8")[-50_000:]
+    lines = set(candidate_lines(text))
+    records = make_cloze(text, 100, choices=4, seed=1, distractors="shuffled")
+    for r in records:
+        true = r["choices"][r["label"]]
+        assert f"{r['context']} {true}" in lines and len(set(r["choices"])) == 4
+        assert all(sorted(c.split()) == sorted(true.split()) for c in r["choices"])
+    with pytest.raises(ValueError, match="distractors='words'"):
+        make_cloze(text, 5, distractors="words")

@@ -73,7 +73,8 @@ def test_dpo_cli_end_to_end_on_the_shared_preferences(tmp_path, capsys):
     assert len(train) == 6 and all({"accuracy", "margin", "reward_chosen"} <= set(r) for r in train)
     assert train[0]["loss"] == pytest.approx(math.log(2), abs=1e-4)  # the policy starts as the reference: h = 0
     assert train[-1]["margin"] > train[0]["margin"]  # training pairs pull apart
-    assert any(r["split"] == "val_preference" for r in rows)
+    held = [r for r in rows if r["split"] == "val_preference"]  # before (step 0: the reference) and after
+    assert [r["step"] for r in held] == [0, 6] and held[0]["accuracy"] == 0.0 and held[0]["margin"] == 0.0
     assert main(["dpo", "shakespeare-char", f"posttrain.data={PREFS}", f"train.out_dir={tmp_path}/x"]) == 2
     assert "needs a reference policy" in capsys.readouterr().err
     assert jaxllm.load_config(run / "config.yaml").posttrain.init_from == str(sft_run)

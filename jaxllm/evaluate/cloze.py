@@ -11,6 +11,8 @@ of the text, its metre and its grammar, does better. Records use the generic
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 
@@ -30,13 +32,25 @@ def cut(line: str) -> tuple[str, str]:
     return line[:at], line[at + 1 :]
 
 
-def make_cloze(text: str, n: int, choices: int = 4, seed: int = 0) -> list[dict]:
-    """n records: a cut line's first half, its true ending and choices - 1 endings of other lines.
+DISTRACTORS = ("lines", "shuffled")
 
-    Raises ValueError when the text has too few usable lines for n records of this many choices."""
+
+def make_cloze(text: str, n: int, choices: int = 4, seed: int = 0, distractors: str = "lines") -> list[dict]:
+    """n records: a cut line's first half, its true ending and choices - 1 wrong endings.
+
+    distractors="lines": the endings of other lines, so the model must know which ending
+    fits this context (hard: a line's opening rarely fixes its close). "shuffled": the
+    true ending's own words in another order, so every choice has the same words and
+    characters and only word order tells them apart (a test of grammar that even a
+    small model can pass). Raises ValueError when the text has too few usable lines."""
     if choices < 2:
         raise ValueError(f"choices={choices}: a multiple-choice record needs at least 2")
+    if distractors not in DISTRACTORS:
+        raise ValueError(f"distractors={distractors!r}: choose one of {', '.join(DISTRACTORS)}")
     lines = candidate_lines(text)
+    if distractors == "shuffled":  # endings of enough distinct words to give `choices` distinct orders
+        need = next(k for k in range(2, 10) if math.factorial(k) >= choices)
+        lines = [line for line in lines if len(set(cut(line)[1].split())) >= need]
     if len(lines) < max(n, choices):
         raise ValueError(f"the text has {len(lines)} usable lines (>= 24 characters); need at least {max(n, choices)}")
     rng = np.random.default_rng(seed)
@@ -46,10 +60,14 @@ def make_cloze(text: str, n: int, choices: int = 4, seed: int = 0) -> list[dict]
     for i in picked:
         context, true_ending = cut(lines[i])
         others: list[str] = []
+        words = true_ending.split()
         while len(others) < choices - 1:
-            j = int(rng.integers(len(lines)))
-            if endings[j] != true_ending and endings[j] not in others:
-                others.append(endings[j])
+            if distractors == "shuffled":
+                candidate = " ".join(words[k] for k in rng.permutation(len(words)))
+            else:
+                candidate = endings[int(rng.integers(len(lines)))]
+            if candidate != true_ending and candidate not in others:
+                others.append(candidate)
         label = int(rng.integers(choices))
         options = [*others[:label], true_ending, *others[label:]]
         records.append({"context": context, "choices": options, "label": label})

@@ -120,6 +120,8 @@ def train_and_measure(
         _, params, _ = load_run(result.run_dir)
         report["after"] = after = metrics(cfg, params, task.val)
         writer = MetricsWriter(result.run_dir, tensorboard=False)
+        if before:  # the starting point of the held-out curve (`jaxllm plot` draws both)
+            writer.write(0, "val_preference", before)
         writer.write(result.step, "val_preference", after)
         writer.close()
         if before:
