@@ -261,15 +261,15 @@ def _tokenizer_decode(args: argparse.Namespace) -> None:
     sys.stdout.write(load_tokenizer(args.tokenizer).decode(values))
 
 
-def _progress(label: str):
-    """A callback printing `label: done/total` to stderr about ten times over a long evaluation."""
+def _progress(label: str, unit: str):
+    """A callback printing `label: done/total unit` to stderr about ten times over a long evaluation."""
     last = [-1]
 
     def report(done: int, total: int) -> None:
         tenth = 10 * done // max(total, 1)
         if tenth != last[0]:
             last[0] = tenth
-            print(f"{label}: {done}/{total} batches", file=sys.stderr)
+            print(f"{label}: {done}/{total} {unit}", file=sys.stderr)
 
     return report
 
@@ -294,7 +294,7 @@ def _eval_perplexity(args: argparse.Namespace) -> None:
     texts = read_texts(args.data, args.field)
     cfg, params, step = load_run(args.run_dir)
     result = perplexity(
-        cfg, params, load_run_tokenizer(cfg), texts, args.stride, args.batch_size, _progress("perplexity")
+        cfg, params, load_run_tokenizer(cfg), texts, args.stride, args.batch_size, _progress("perplexity", "windows")
     )
     _report("perplexity", args.run_dir, step, result.as_dict(), args.out)
 
@@ -305,7 +305,7 @@ def _eval_mc(args: argparse.Namespace) -> None:
 
     examples = read_mc(args.data, args.limit)
     cfg, params, step = load_run(args.run_dir)
-    result = evaluate_mc(cfg, params, load_run_tokenizer(cfg), examples, args.batch_size, _progress("mc"))
+    result = evaluate_mc(cfg, params, load_run_tokenizer(cfg), examples, args.batch_size, _progress("mc", "choices"))
     _report("mc", args.run_dir, step, result.as_dict(), args.out)
 
 

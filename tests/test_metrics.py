@@ -271,7 +271,7 @@ def test_plot_run_draws_one_panel_per_logged_group(tmp_path, monkeypatch, kind):
         if kind == "dpo":
             ax = by_name["preference"]
             assert ydata(ax, "train accuracy") == pytest.approx(logged("train", "accuracy"))
-            assert ydata(ax, "val accuracy (last 0.79") == pytest.approx([0.79])  # from split val_preference
+            assert ydata(ax, "held-out accuracy (last 0.79") == pytest.approx([0.79])  # from split val_preference
             assert ax.get_ylim() == pytest.approx((0, 1.05))
             assert ydata(twins[0], "train margin") == pytest.approx(logged("train", "margin"))
         if kind == "pretrain":

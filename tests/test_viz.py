@@ -92,6 +92,15 @@ def test_viz_attention_across_checkpoints(run, tmp_path, capsys):
     assert image.shape[1] > 1.5 * image.shape[0]  # two maps side by side
 
 
+def test_many_checkpoints_wrap_into_rows(tmp_path):
+    from jaxllm.viz.attention import ACROSS_COLUMNS, plot_attention_across_steps
+
+    maps = {step: np.tril(np.full((1, 1, 5, 5), 0.2)) for step in range(0, 600, 100)}  # 6 checkpoints
+    image = png(plot_attention_across_steps(maps, list("To be"), 0, 0, tmp_path / "six.png"))
+    one_row = (3.4 * 6 + 1) / 3.4  # the aspect ratio six maps in one strip would have
+    assert ACROSS_COLUMNS == 4 and image.shape[1] / image.shape[0] < one_row / 2  # two rows of at most four
+
+
 def test_token_pieces_rebuild_the_text():
     tok = load_tokenizer("byte")
     text = "Now is the winter of our discontent — made glorious"

@@ -84,17 +84,26 @@ def plot_attention(
     return save(fig, out)
 
 
+ACROSS_COLUMNS = 4
+
+
 def plot_attention_across_steps(
     maps_by_step: dict[int, np.ndarray], pieces: list[str], layer: int, head: int, out: str | Path
 ) -> Path:
-    """One head's map at each checkpoint step, left to right: how the pattern formed in training."""
+    """One head's map at each checkpoint step, in reading order (at most ACROSS_COLUMNS per
+    row, so many checkpoints wrap instead of shrinking into an unreadable strip): how the
+    pattern formed in training."""
     steps = sorted(maps_by_step)
     labels = [token_label(p) for p in pieces] if len(pieces) <= 32 else None
     size = 2.6 if labels is None else 3.4
-    fig, axes = plt.subplots(1, len(steps), figsize=(size * len(steps) + 1, size), squeeze=False)
+    cols = min(len(steps), ACROSS_COLUMNS)
+    rows = -(-len(steps) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(size * cols + 1, size * rows + 0.4), squeeze=False)
     image = None
-    for c, step in enumerate(steps):
-        image = _heatmap(axes[0][c], maps_by_step[step][layer, head], labels, f"step {step}")
+    for i, step in enumerate(steps):
+        image = _heatmap(axes[i // cols][i % cols], maps_by_step[step][layer, head], labels, f"step {step}")
+    for i in range(len(steps), rows * cols):
+        axes[i // cols][i % cols].axis("off")
     fig.colorbar(image, ax=axes, shrink=0.8, label="attention probability")
     fig.suptitle(f"layer {layer}, head {head} across training")
     return save(fig, out)
