@@ -109,10 +109,7 @@ def check_divisible(shapes, shardings) -> None:
     mesh axes and the fix, before anything is compiled or allocated."""
     from jaxllm.config import ConfigError
 
-    for path, shape in jax.tree_util.tree_leaves_with_path(shapes):
-        sharding = _leaf_at(shardings, path)
-        if not isinstance(sharding, NamedSharding):
-            continue
+    def check(path, shape, sharding) -> None:
         for dim, (size, axes) in enumerate(zip(shape.shape, sharding.spec, strict=False)):
             names = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
             ways = 1
@@ -130,9 +127,4 @@ def check_divisible(shapes, shardings) -> None:
                     f"axes {' x '.join(names)} = {ways} devices cannot split evenly; {fix}"
                 )
 
-
-def _leaf_at(tree, path):
-    for key in path:
-        tree = tree[getattr(key, "key", getattr(key, "idx", None))]
-    return tree
-
+    jax.tree_util.tree_map_with_path(check, shapes, shardings)
