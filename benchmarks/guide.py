@@ -100,12 +100,12 @@ def machine() -> str:
 def run_chapter(chapter: Path, main: Path, env: dict[str, str], log) -> float:
     """Run one chapter's commands in `main`, streaming their output to stdout and `log`."""
     jaxllm = Path(sys.executable).parent / "jaxllm"
+    if jaxllm.exists():  # the jaxllm (and python) of this interpreter, whatever PATH says
+        env = {**env, "PATH": f"{jaxllm.parent}{os.pathsep}{env.get('PATH', '')}"}
     total = time.perf_counter()
     for line, expected in commands(chapter):
         log(f"$ {line}")
         argv = ["bash", "-c", line]
-        if jaxllm.exists():  # the jaxllm of this Python, whatever PATH says
-            env = {**env, "PATH": f"{jaxllm.parent}{os.pathsep}{env.get('PATH', '')}"}
         start = time.perf_counter()
         proc = subprocess.Popen(argv, cwd=main, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         assert proc.stdout is not None
