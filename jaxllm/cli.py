@@ -338,8 +338,10 @@ def _data_synthetic(args: argparse.Namespace) -> None:
 
         if not args.file or not Path(args.file).is_file():
             raise DataError(f"--file {args.file}: cloze records are cut from a text file; name one that exists")
+        if not 0 < args.tail <= 1:
+            raise DataError(f"--tail {args.tail}: give the fraction of the file to use, in (0, 1], e.g. 0.1")
         text = Path(args.file).read_text(encoding="utf-8")
-        text = text[int(len(text) * (1 - args.tail)) :] if 0 < args.tail < 1 else text
+        text = text[int(len(text) * (1 - args.tail)) :]
         try:
             records = make_cloze(text, args.n, args.choices, args.seed, args.distractors)
         except ValueError as e:

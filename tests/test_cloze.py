@@ -36,6 +36,9 @@ def test_too_little_text_is_a_clear_error(tmp_path, capsys):
     small.write_text("Now is the winter of our discontent\n")
     assert main(["data", "synthetic", "cloze", "--file", str(small), "--n", "10", "--out", str(tmp_path / "x")]) == 2
     assert "usable lines" in capsys.readouterr().err
+    assert main(["data", "synthetic", "cloze", "--file", str(TINY), "--tail", "0", "--n", "5", "--out",
+                 str(tmp_path / "x")]) == 2  # fmt: skip
+    assert "--tail 0.0: give the fraction of the file to use, in (0, 1]" in capsys.readouterr().err
 
 
 def test_cli_writes_records_that_eval_mc_reads(tmp_path):
