@@ -350,11 +350,13 @@ def _data_synthetic(args: argparse.Namespace) -> None:
         bad = [k for k in args.kinds if k not in KINDS]
         if bad:
             raise DataError(f"--kinds {' '.join(bad)}: unknown; choose from {', '.join(KINDS)}")
+        from jaxllm.posttrain.data import load_records
+
         exclude = set()
         for path in args.exclude:
             if not Path(path).is_file():
                 raise DataError(f"--exclude {path}: no such file")
-            exclude |= {(r["instruction"], r["input"]) for r in map(json.loads, Path(path).read_text().splitlines())}
+            exclude |= {(r.get("instruction"), r.get("input")) for r in load_records(path)}
         # Draw more until dropping the excluded prompts still leaves n records (the same seed
         # always gives the same leading records, so the result depends on (n, seed, exclude) only).
         draw, records = args.n, []
