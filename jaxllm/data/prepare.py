@@ -17,6 +17,11 @@ Steps, per document, in order (each counted in the manifest):
 Atomicity: everything is written into a temporary directory beside `data.path`, the
 manifest last; only then is the directory swapped into place. A crash leaves the old
 dataset (if any) untouched and never a manifest that points at missing shards.
+
+Safety: prepare replaces `data.path` only when it is absent, an empty folder or a complete
+jaxllm dataset holding nothing but its own files (jaxllm.data.manifest); a corpus file, a
+folder of notes or a dataset with extra files in it is refused before anything is touched.
+Paths in the manifest are absolute, so a run prepared here can be used from any directory.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import json
 import os
 import re
 import shutil
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -39,11 +45,12 @@ from jaxllm.config import Config, DataConfig
 from jaxllm.data.clean import FilterStats, clean_text, filter_reason
 from jaxllm.data.dedup import ExactDeduplicator, NearDeduplicator, exact_key
 from jaxllm.data.errors import DataError
+from jaxllm.data.manifest import FORMAT, MANIFEST, check_replaceable, load_manifest, replace_dataset
 from jaxllm.data.shards import ShardWriter, token_dtype
 from jaxllm.data.tokenizer import load_tokenizer
+from jaxllm.data.verified import VerifiedFiles
 
-MANIFEST = "manifest.json"
-FORMAT = "jaxllm-shards"
+__all__ = ["FORMAT", "MANIFEST", "ReadReport", "expand_inputs", "load_manifest", "prepare", "read_documents"]
 SPLITS = ("train", "val")
 PARAGRAPH_BREAK = re.compile(r"\n[ \t]*\n")  # a blank line (cleaning has normalized newlines to \n)
 EXAMPLES_PER_REASON = 3
@@ -78,16 +85,17 @@ class ReadReport:
     empty: list[str] = field(default_factory=list)
     non_utf8: list[str] = field(default_factory=list)
     bad_json_lines: int = 0
+    stats: dict[str, os.stat_result] = field(default_factory=dict)  # of each source, taken before reading it
 
 
 def expand_inputs(inputs: tuple[str, ...] | list[str], report: ReadReport) -> list[Path]:
-    """Files named by paths and globs, sorted and deduplicated; misses go to the report."""
+    """Files named by paths and globs, as absolute paths, sorted and deduplicated; misses go to the report."""
     files: list[Path] = []
     for pattern in inputs:
         matches = sorted(glob.glob(os.path.expanduser(pattern), recursive=True))
         if not matches:
-            report.unreadable.append(f"{pattern} (no such file or no glob match)")
-        files += [Path(m) for m in matches if not Path(m).is_dir()]
+            report.unreadable.append(f"{os.path.abspath(os.path.expanduser(pattern))} (no such file or no glob match)")
+        files += [Path(os.path.abspath(m)) for m in matches if not Path(m).is_dir()]
     seen: set[Path] = set()
     return [p for p in files if not (p.resolve() in seen or seen.add(p.resolve()))]
 
@@ -96,12 +104,14 @@ def read_documents(data: DataConfig, report: ReadReport) -> Iterator[str]:
     """Yield the raw documents of `data.inputs`, recording sources and problems."""
     for path in expand_inputs(data.inputs, report):
         try:
+            stat = path.stat()
             raw = path.read_bytes()
         except OSError as e:
             report.unreadable.append(f"{path} ({e.strerror or e})")
             continue
         source = {"path": str(path), "bytes": len(raw), "sha256": hashlib.sha256(raw).hexdigest(), "docs": 0}
         report.sources.append(source)
+        report.stats[str(path)] = stat
         if not raw.strip():
             report.empty.append(str(path))
             continue
@@ -172,15 +182,14 @@ def prepare(cfg: Config, log: Callable[[str], None] = print, progress_every_s: f
     data = cfg.data
     if not data.inputs:
         raise DataError("data.inputs is empty; name text files, globs or .jsonl files, e.g. data.inputs=[corpus/*.txt]")
-    tokenizer = load_tokenizer(cfg.tokenizer.path)
     out = Path(data.path)
+    check_replaceable(out)  # before any work: a wrong data.path must cost nothing, and lose nothing
+    tokenizer = load_tokenizer(cfg.tokenizer.path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))  # a folder of our own, never a guess
     try:
         manifest = _prepare_into(tmp, cfg, tokenizer, log, progress_every_s)
-        _swap_into_place(tmp, out)
+        replace_dataset(tmp, out, log)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -256,7 +265,7 @@ def _prepare_into(tmp: Path, cfg: Config, tokenizer, log: Callable[[str], None],
         "version": 1,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "tokenizer": {
-            "path": cfg.tokenizer.path,
+            "path": cfg.tokenizer.path if cfg.tokenizer.path == "byte" else os.path.abspath(cfg.tokenizer.path),
             "identity": tokenizer.identity,
             "vocab_size": tokenizer.vocab_size,
             "bos_id": tokenizer.bos_id,
@@ -289,32 +298,34 @@ def _prepare_into(tmp: Path, cfg: Config, tokenizer, log: Callable[[str], None],
         },
     }
     if not manifest["splits"]["train"]["docs"]:
-        raise DataError(f"no training documents survived preparation ({manifest['documents']}); check data.inputs")
+        raise DataError(f"no training documents survived preparation: {_what_was_lost(seen, stats, removed, report)}")
+    verified = VerifiedFiles(tmp)  # the hashes just computed: the first check_dataset need not read it all again
+    for split in manifest["splits"].values():
+        for entry in split["shards"]:
+            verified.remember("shards", entry["file"], entry["sha256"], (tmp / entry["file"]).stat())
+    for source in report.sources:
+        verified.remember("sources", source["path"], source["sha256"], report.stats[source["path"]])
+    verified.save(log)
     tmp_manifest = tmp / f".{MANIFEST}.tmp"
     tmp_manifest.write_text(json.dumps(manifest, indent=2))
     os.replace(tmp_manifest, tmp / MANIFEST)  # written last: its presence means the shards are complete
     return manifest
 
 
-def _swap_into_place(tmp: Path, out: Path) -> None:
-    """Replace `out` by `tmp`; the old dataset is removed only after the new one is in place."""
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
-
-
-def load_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The manifest of a prepared dataset directory, with a clear error if absent."""
-    manifest_path = Path(path) / MANIFEST
-    if not manifest_path.is_file():
-        raise DataError(
-            f"data.path={str(path)!r} has no {MANIFEST}; prepare it first with `jaxllm data prepare CONFIG`"
-        )
-    manifest = json.loads(manifest_path.read_text())
-    if manifest.get("format") != FORMAT:
-        raise DataError(f"{manifest_path} is not a jaxllm dataset manifest")
-    return manifest
+def _what_was_lost(seen: int, stats: FilterStats, removed: dict[str, int], report: ReadReport) -> str:
+    """Why nothing is left, in words: the error must say where the documents went, not dump the counts."""
+    if not seen:
+        missing = report.unreadable + report.empty
+        why = [f"{len(missing)} input(s) missing, unreadable or empty (e.g. {missing[0]})"] if missing else []
+        why += [f"{report.bad_json_lines:,} JSONL line(s) without the text field"] if report.bad_json_lines else []
+        return f"no document was read ({'; '.join(why) or 'data.inputs names no file'}); check data.inputs"
+    filtered = {k: v for k, v in stats.as_dict().items() if k != "kept" and v}
+    by_filter = ", ".join(f"{v:,} {k.replace('_', ' ')}" for k, v in filtered.items()) or "none"
+    deduped = removed["exact"] + removed["near"]
+    left = stats.as_dict()["kept"] - deduped
+    return (
+        f"of {seen:,} documents read, the filters removed {sum(filtered.values()):,} ({by_filter}) and dedup "
+        f"{deduped:,}"
+        + (f"; the {left:,} left all went to validation" if left else "")
+        + "; check data.inputs, loosen data.filters, or lower data.val_fraction"
+    )

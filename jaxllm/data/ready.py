@@ -4,18 +4,29 @@ This is what lets `jaxllm train shakespeare-char-cpu` be the first command on a 
 machine: a preset names its inputs, tokenizer file and dataset directory, and
 whatever is not there yet is built once, with the same code as the explicit
 `jaxllm tokenizer train` and `jaxllm data prepare` verbs.
+
+What is there already is checked against its manifest (`check_dataset`): training reads
+the shards, never the inputs, so other inputs, a re-trained tokenizer or a shard damaged
+in place would otherwise train on the wrong tokens without a word.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from jaxllm.config import Config
 from jaxllm.data.clean import clean_text
 from jaxllm.data.errors import DataError
-from jaxllm.data.prepare import MANIFEST, ReadReport, prepare, read_documents
+from jaxllm.data.manifest import MANIFEST, load_manifest
+from jaxllm.data.prepare import ReadReport, expand_inputs, prepare, read_documents
+from jaxllm.data.shards import ShardError, file_sha256
 from jaxllm.data.tokenizer import SentencePieceTokenizer, train_sentencepiece
+from jaxllm.data.verified import VerifiedFiles
+
+REBUILD = "rebuild the dataset with `jaxllm data prepare CONFIG`"
 
 
 def train_tokenizer(cfg: Config, log: Callable[[str], None] = print) -> SentencePieceTokenizer:
@@ -33,10 +44,96 @@ def train_tokenizer(cfg: Config, log: Callable[[str], None] = print) -> Sentence
 
 
 def ensure_data(cfg: Config, log: Callable[[str], None] = print) -> None:
-    """Build the tokenizer and the prepared dataset if they do not exist yet."""
+    """Build the tokenizer and the prepared dataset if they do not exist yet; check an existing dataset."""
     if cfg.tokenizer.path != "byte" and not Path(cfg.tokenizer.path).exists():
         log(f"tokenizer {cfg.tokenizer.path} does not exist yet: training it on data.inputs")
         train_tokenizer(cfg, log)
-    if not (Path(cfg.data.path) / MANIFEST).exists():
+    if (Path(cfg.data.path) / MANIFEST).is_file():
+        check_dataset(cfg, log)
+    else:
         log(f"{cfg.data.path} has no prepared dataset yet: preparing it from data.inputs")
-        prepare(cfg, log)
+        prepare(cfg, log)  # refuses, touching nothing, a data.path that is a file or a folder of something else
+
+
+def check_dataset(cfg: Config, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """The manifest of `cfg.data.path`, once the dataset is checked to be what the config describes:
+    prepared from the files `data.inputs` names, as they are now (skipped when data.inputs is empty: a
+    ready-made dataset), with the tokenizer at `tokenizer.path`, and with every shard's bytes as recorded.
+    A DataError names what changed and the fix. Shards and inputs are hashed once and remembered
+    (jaxllm.data.verified), so this is cheap from the second start on."""
+    path = Path(cfg.data.path)
+    manifest = load_manifest(path)
+    _check_tokenizer(cfg, manifest)
+    verified = VerifiedFiles(path)
+    try:
+        if cfg.data.inputs:
+            _check_sources(cfg, manifest, verified, log)
+        _check_shards(path, manifest, verified, log)
+    finally:
+        verified.save(log)  # what did verify is remembered even when something else failed
+    return manifest
+
+
+def _check_tokenizer(cfg: Config, manifest: dict[str, Any]) -> None:
+    recorded = manifest["tokenizer"]
+    identity, where = str(recorded["identity"]), f"data.path={cfg.data.path!r}"
+    back = f"or set tokenizer.path back to {recorded['path']!r}, the one it was prepared with"
+    if cfg.tokenizer.path == "byte" or identity == "byte":
+        if cfg.tokenizer.path != "byte" or identity != "byte":
+            used = "the byte tokenizer" if identity == "byte" else f"{recorded['path']!r}"
+            raise DataError(
+                f"{where} was prepared with {used}, but tokenizer.path={cfg.tokenizer.path!r}; {REBUILD}, {back}"
+            )
+        return
+    tok = Path(cfg.tokenizer.path)
+    if not tok.is_file():
+        raise DataError(f"tokenizer.path={cfg.tokenizer.path!r} does not exist; {back}")
+    recorded_sha, actual_sha = identity.rpartition(":")[2], file_sha256(tok)
+    if actual_sha != recorded_sha:
+        raise DataError(
+            f"tokenizer.path={cfg.tokenizer.path!r} is not the tokenizer {where} was prepared with (sha256 "
+            f"{actual_sha[:12]}..., the manifest records {recorded_sha[:12]}... for {recorded['path']!r}): it was "
+            f"re-trained or replaced since; {REBUILD} (with this tokenizer), {back}"
+        )
+
+
+def _check_sources(cfg: Config, manifest: dict[str, Any], verified: VerifiedFiles, log: Callable[[str], None]) -> None:
+    recorded = {os.path.abspath(s["path"]): s for s in manifest["sources"]}  # old manifests: relative to here
+    named = [str(p) for p in expand_inputs(cfg.data.inputs, ReadReport()) if os.access(p, os.R_OK)]
+    added = [p for p in named if p not in recorded]
+    dropped = [p for p in recorded if p not in named and os.path.exists(p)]
+    gone = [p for p in recorded if not os.path.exists(p)]
+    where, back = f"data.path={cfg.data.path!r}", "or set data.inputs back to the files it was prepared from"
+    if added or dropped:
+        change = [f"data.inputs now also names {_few(added)}"] if added else []
+        change += [f"no longer names {_few(dropped)}"] if dropped else []
+        raise DataError(f"{where} was prepared from other files: {', and '.join(change)}; {REBUILD}, {back}")
+    if gone:
+        log(f"warning: {len(gone)} of the files {where} was prepared from no longer exist ({_few(gone)}); "
+            "training reads the prepared shards, so it goes on")  # fmt: skip
+    present = [(p, recorded[p]) for p in recorded if p not in gone]
+    resized = [f"{p} ({s['bytes']:,} bytes then, {os.path.getsize(p):,} now)" for p, s in present
+               if os.path.getsize(p) != s["bytes"]]  # fmt: skip
+    if not resized:
+        bad = verified.verify([("sources", p, Path(p), s["sha256"]) for p, s in present], log)
+        resized = [f"{p} (same size, other bytes)" for p, _ in bad]
+    if resized:
+        raise DataError(f"{where} was prepared from other contents of {_few(resized)}: the input changed since; "
+                        f"{REBUILD}, {back}")  # fmt: skip
+
+
+def _check_shards(path: Path, manifest: dict[str, Any], verified: VerifiedFiles, log: Callable[[str], None]) -> None:
+    entries = [e for split in manifest["splits"].values() for e in split["shards"]]
+    for e in entries:
+        if not (path / e["file"]).is_file():
+            raise ShardError(f"shard {path / e['file']} is missing; {REBUILD}")
+    bad = verified.verify([("shards", e["file"], path / e["file"], e["sha256"]) for e in entries], log)
+    if bad:
+        raise ShardError(
+            f"shard {_few([str(p) for p, _ in bad])} is corrupt: its bytes differ from the sha256 the manifest "
+            f"records (changed in place since it was prepared, or a bad disk); {REBUILD}"
+        )
+
+
+def _few(items: list[str], most: int = 3) -> str:
+    return ", ".join(items[:most]) + (f" and {len(items) - most} more" if len(items) > most else "")
