@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -21,6 +22,8 @@ from jaxllm.data.tokenizer import (
     train_sentencepiece,
 )
 from tests.data_paths import TINY, WORKS
+
+QUIET = {"log": lambda _: None}
 
 UNICODE = "naïve café — 日本語 🙂\ttabs  two spaces\n\nblank line\r\n"
 
@@ -132,3 +135,56 @@ def test_vocab_size_is_recorded_and_fits_uint16(works_bpe):
     ids = works_bpe.encode(WORKS[0].read_text(encoding="utf-8"))
     assert ids.dtype == np.int32 and ids.max() < works_bpe.vocab_size
     assert dataclasses.replace(TokenizerConfig(), vocab_size=50257).vocab_size == 50257
+
+
+def test_lines_longer_than_max_sentence_length_name_the_setting_and_the_fix(tmp_path):
+    cfg = TokenizerConfig(kind="char", vocab_size=300, max_sentence_length=1000)
+    with pytest.raises(
+        TokenizerError,
+        match=r"2 of the 2 non-empty lines .* longer than tokenizer.max_sentence_length"
+        r"=1000 bytes \(the longest has 5,000\).*max_sentence_length=5000 or more",
+    ):
+        train_sentencepiece(["ab" * 2500, "cd" * 1000], cfg, tmp_path / "t.model", **QUIET)
+    assert not (tmp_path / "t.model").exists()
+
+
+def test_training_on_random_bytes_warns_that_the_input_is_not_text(tmp_path):
+    noise = np.random.default_rng(0).integers(0, 256, 50_000, dtype=np.uint8).tobytes()
+    cfg = TokenizerConfig(kind="char", vocab_size=300)
+    for doc, binary in ((noise.decode("utf-8", errors="replace"), True), (TINY.read_text()[:50_000], False)):
+        lines: list[str] = []
+        train_sentencepiece([clean_text(doc)], cfg, tmp_path / "t.model", log=lines.append)
+        warned = [ln for ln in lines if "does not look like text" in ln]
+        assert len(warned) == binary and all("U+FFFD" in ln and "data.inputs" in ln for ln in warned)
+
+
+def test_decoding_an_id_outside_the_vocabulary_names_it(tmp_path):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    from jaxllm.data.bpe import train_bpe
+
+    text = TINY.read_text()[:20_000]
+    train_bpe(text[:3000], 20).save(tmp_path / "bpe.json")
+    hf = Tokenizer(models.BPE())
+    hf.pre_tokenizer, hf.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
+    hf.train_from_iterator([text], trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"],
+                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                                       show_progress=False))  # fmt: skip
+    hf.save(str(tmp_path / "tokenizer.json"))
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"eos_token": "<|endoftext|>"}))
+    toks = [
+        load_tokenizer("byte"),
+        train_sentencepiece([text], TokenizerConfig(kind="char", vocab_size=300), tmp_path / "c.model", **QUIET),
+        load_tokenizer(str(tmp_path / "bpe.json")),
+        load_tokenizer(str(tmp_path / "tokenizer.json")),
+    ]
+    for tok in toks:
+        ids = tok.encode("To be, or not")
+        assert tok.decode(ids) == "To be, or not" and tok.decode(np.asarray(ids)) == "To be, or not"
+        for bad in (tok.vocab_size, tok.vocab_size + 44, -1):
+            with pytest.raises(
+                TokenizerError,
+                match=f"cannot decode token id {bad}: this tokenizer has "
+                f"{tok.vocab_size} ids \\(0..{tok.vocab_size - 1}\\)",
+            ):
+                tok.decode([*ids, bad])

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from jaxllm.data.tokenizer import TokenizerError
+from jaxllm.data.tokenizer import TokenizerError, checked_ids
 
 # Common special-token spellings, most specific first: GPT-2 / Llama-3 / Llama-2 & most sentencepiece models.
 EOS_NAMES = ("<|endoftext|>", "<|end_of_text|>", "</s>")
@@ -78,6 +78,8 @@ class HFTokenizer:
             ) from None
         self.path = path
         self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
+        # ids that decode: added tokens may sit past the count when a vocabulary has holes
+        self._id_limit = max(self.vocab_size, max(self._tok.get_vocab(with_added_tokens=True).values(), default=-1) + 1)
         named = _named_special_tokens(path.parent)
         eos = self._find(named.get("eos_token"), EOS_NAMES)
         if eos is None:
@@ -103,7 +105,7 @@ class HFTokenizer:
         return np.asarray(self._tok.encode(text, add_special_tokens=False).ids, dtype=np.int32)
 
     def decode(self, ids: Sequence[int] | np.ndarray) -> str:
-        return self._tok.decode([int(i) for i in ids], skip_special_tokens=False)
+        return self._tok.decode(checked_ids(ids, self._id_limit), skip_special_tokens=False)
 
     def piece(self, token_id: int) -> str:
         """The token's text in the vocabulary (e.g. 'Ġthe' for GPT-2's byte-level BPE)."""

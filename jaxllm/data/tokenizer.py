@@ -17,12 +17,17 @@ which decodes as a space.
 Special ids of trained models: unk 0, bos 1, eos 2, pad 3. The byte tokenizer has
 exactly 256 ids, so it reuses byte 0 (NUL, which cleaning strips from text) as EOS and
 PAD and has no BOS.
+
+Every kind refuses to decode an id outside its vocabulary with a TokenizerError naming the
+id and the vocabulary size: the libraries fail with bare messages ("piece id is out of
+range", a numpy OverflowError) or skip the id silently (Hugging Face tokenizers).
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
@@ -40,6 +45,20 @@ if TYPE_CHECKING:
 
 class TokenizerError(DataError):
     """A tokenizer that cannot be loaded or trained; the message says which and why."""
+
+
+def checked_ids(ids: Sequence[int] | np.ndarray, limit: int) -> list[int]:
+    """`ids` as ints, or TokenizerError naming the first one outside [0, limit): decoding it would fail
+    inside the library with a bare message, or (bytes) silently wrap around to another character."""
+    values = np.asarray(ids, dtype=np.int64)
+    outside = values[(values < 0) | (values >= limit)]
+    if outside.size:
+        raise TokenizerError(
+            f"cannot decode token id {int(outside[0])}: this tokenizer has {limit} ids (0..{limit - 1}); decode with "
+            "the tokenizer the ids were made with (a model's vocabulary may be padded past the tokenizer's: sample "
+            "with vocab_limit=tokenizer.vocab_size)"
+        )
+    return values.tolist()
 
 
 class Tokenizer(Protocol):
@@ -69,7 +88,7 @@ class ByteTokenizer:
         return np.frombuffer(text.encode("utf-8"), dtype=np.uint8).astype(np.int32)
 
     def decode(self, ids: Sequence[int] | np.ndarray) -> str:
-        return bytes(np.asarray(ids, dtype=np.uint8).tolist()).decode("utf-8", errors="replace")
+        return bytes(checked_ids(ids, self.vocab_size)).decode("utf-8", errors="replace")
 
 
 class ScratchBPETokenizer:
@@ -98,7 +117,7 @@ class ScratchBPETokenizer:
         return np.asarray(self._model.encode(text), dtype=np.int32)
 
     def decode(self, ids: Sequence[int] | np.ndarray) -> str:
-        return self._model.decode([int(i) for i in ids])
+        return self._model.decode(checked_ids(ids, self.vocab_size))
 
 
 def _is_scratch_bpe(path: str | os.PathLike[str]) -> bool:
@@ -144,7 +163,7 @@ class SentencePieceTokenizer:
         return np.asarray(self._sp.encode(text), dtype=np.int32)
 
     def decode(self, ids: Sequence[int] | np.ndarray) -> str:
-        return self._sp.decode([int(i) for i in ids])
+        return self._sp.decode(checked_ids(ids, self.vocab_size))
 
     def piece(self, token_id: int) -> str:
         return self._sp.id_to_piece(int(token_id))
@@ -164,6 +183,23 @@ def load_tokenizer(path: str) -> ByteTokenizer | ScratchBPETokenizer | SentenceP
     return SentencePieceTokenizer(path)
 
 
+NOT_TEXT = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ufffd]")  # control characters, U+FFFD replacements
+NOT_TEXT_SHARE = 0.1  # text has ~0; random bytes decoded as UTF-8 have ~0.6
+NOT_TEXT_SAMPLE = 10_000_000  # characters looked at: the head of the corpus says whether it is text
+
+
+def _longest_lines(corpus: Path, limit: int) -> tuple[int, int, int]:
+    """(non-empty lines, lines longer than `limit` bytes, longest line in bytes) of a training file."""
+    lines = too_long = longest = 0
+    with corpus.open("rb") as f:
+        for line in f:
+            n = len(line.rstrip(b"\n"))
+            lines += n > 0
+            too_long += n > limit
+            longest = max(longest, n)
+    return lines, too_long, longest
+
+
 def train_sentencepiece(
     documents: Iterable[str],
     cfg: TokenizerConfig,
@@ -181,15 +217,22 @@ def train_sentencepiece(
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".tokenizer-", dir=out_path.parent) as tmp:
         corpus = Path(tmp) / "corpus.txt"
-        n_docs = n_chars = 0
+        n_docs = n_chars = odd = 0
         with corpus.open("w", encoding="utf-8") as f:
             for doc in documents:
                 f.write(doc)
                 f.write("\n")
                 n_docs += 1
+                if n_chars < NOT_TEXT_SAMPLE:
+                    odd += sum(1 for _ in NOT_TEXT.finditer(doc, 0, NOT_TEXT_SAMPLE - n_chars))
                 n_chars += len(doc)
         if n_chars == 0:
             raise TokenizerError("no text to train the tokenizer on; check data.inputs")
+        sampled = min(n_chars, NOT_TEXT_SAMPLE)
+        if odd / sampled > NOT_TEXT_SHARE:
+            log(f"warning: the tokenizer's training input does not look like text: {odd / sampled:.0%} of "
+                f"{sampled:,} characters are U+FFFD (bytes that are not UTF-8) or control characters; check that "
+                "data.inputs names text files, not binaries")  # fmt: skip
         log(f"training a {cfg.kind} tokenizer, vocab {cfg.vocab_size}, on {n_docs} documents ({n_chars:,} chars)")
         try:
             spm.SentencePieceTrainer.train(
@@ -217,7 +260,16 @@ def train_sentencepiece(
                 minloglevel=2,
             )
         except Exception as e:
-            raise TokenizerError(f"sentencepiece training failed: {str(e).splitlines()[0]}") from None
+            message = (str(e).splitlines() or [type(e).__name__])[0]
+            if "sentences_.empty()" in message:  # every line was skipped, as longer than max_sentence_length
+                lines, too_long, longest = _longest_lines(corpus, cfg.max_sentence_length)
+                raise TokenizerError(
+                    f"sentencepiece had no line to train on: {too_long:,} of the {lines:,} non-empty lines of the "
+                    f"training text are longer than tokenizer.max_sentence_length={cfg.max_sentence_length} bytes "
+                    f"(the longest has {longest:,}), and sentencepiece skips such lines; set "
+                    f"tokenizer.max_sentence_length={longest} or more, or break the text into shorter lines"
+                ) from None
+            raise TokenizerError(f"sentencepiece training failed: {message}") from None
         tmp_model = out_path.with_name(f".{out_path.name}.tmp")
         shutil.copyfile(Path(tmp) / "model.model", tmp_model)
         os.replace(tmp_model, out_path)
