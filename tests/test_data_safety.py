@@ -11,6 +11,7 @@ import pytest
 
 import jaxllm
 from jaxllm.cli import main
+from jaxllm.data import verified as verified_mod
 from jaxllm.data.errors import DataError
 from jaxllm.data.pipeline import DocumentStore
 from jaxllm.data.prepare import load_manifest, prepare
@@ -188,6 +189,20 @@ def test_a_zeroed_shard_region_is_refused_and_verification_is_remembered(tmp_pat
     check_dataset(cfg, log=quiet)  # trusted without hashing again, which is what makes a start cheap
     with pytest.raises(DataError, match="sha256 differs"):  # `jaxllm data verify` still hashes everything
         DocumentStore(cfg.data.path, "train", verify=True)
+
+
+def test_a_long_verification_says_what_it_is_doing(prepared, monkeypatch):
+    cfg, _ = prepared
+    (Path(cfg.data.path) / "verified.json").unlink()  # as for a dataset prepared before verified.json existed
+    monkeypatch.setattr(verified_mod, "ANNOUNCE_BYTES", 1)  # "long": any size, so a tiny dataset shows it
+    monkeypatch.setattr(verified_mod, "PROGRESS_EVERY_S", 0.0)
+    lines: list[str] = []
+    check_dataset(cfg, log=lines.append)
+    assert lines[0].startswith("verifying 3 file(s)") and "remembered in" in lines[0]
+    assert any(ln.startswith("  verified ") and " of " in ln for ln in lines[1:])
+    lines.clear()
+    check_dataset(cfg, log=lines.append)
+    assert lines == []  # the second start hashes nothing
 
 
 # ----------------------------------------------------------------- 3. errors in words, 4. paths that travel

@@ -24,9 +24,10 @@ from jaxllm.data.manifest import MANIFEST, load_manifest
 from jaxllm.data.prepare import ReadReport, expand_inputs, prepare, read_documents
 from jaxllm.data.shards import ShardError, file_sha256
 from jaxllm.data.tokenizer import SentencePieceTokenizer, train_sentencepiece
-from jaxllm.data.verified import VerifiedFiles
+from jaxllm.data.verified import VerifiedFiles, VerifyItem
 
 REBUILD = "rebuild the dataset with `jaxllm data prepare CONFIG`"
+BACK_INPUTS = "or set data.inputs back to the files it was prepared from"
 
 
 def train_tokenizer(cfg: Config, log: Callable[[str], None] = print) -> SentencePieceTokenizer:
@@ -64,13 +65,25 @@ def check_dataset(cfg: Config, log: Callable[[str], None] = print) -> dict[str, 
     path = Path(cfg.data.path)
     manifest = load_manifest(path)
     _check_tokenizer(cfg, manifest)
+    sources = _source_items(cfg, manifest, log) if cfg.data.inputs else []
+    shards = [
+        ("shards", e["file"], path / e["file"], e["sha256"]) for s in manifest["splits"].values() for e in s["shards"]
+    ]
+    for _, _, shard, _ in shards:
+        if not shard.is_file():
+            raise ShardError(f"shard {shard} is missing; {REBUILD}")
     verified = VerifiedFiles(path)
     try:
-        if cfg.data.inputs:
-            _check_sources(cfg, manifest, verified, log)
-        _check_shards(path, manifest, verified, log)
+        bad = verified.verify(sources + shards, log)  # one pass, one progress report
     finally:
         verified.save(log)  # what did verify is remembered even when something else failed
+    if changed := [f"{p} (same size, other bytes)" for section, _, p, _ in bad if section == "sources"]:
+        raise _inputs_changed(cfg, changed)
+    if bad:
+        raise ShardError(
+            f"shard {_few([str(p) for _, _, p, _ in bad])} is corrupt: its bytes differ from the sha256 the manifest "
+            f"records (changed in place since it was prepared, or a bad disk); {REBUILD}"
+        )
     return manifest
 
 
@@ -97,42 +110,31 @@ def _check_tokenizer(cfg: Config, manifest: dict[str, Any]) -> None:
         )
 
 
-def _check_sources(cfg: Config, manifest: dict[str, Any], verified: VerifiedFiles, log: Callable[[str], None]) -> None:
+def _source_items(cfg: Config, manifest: dict[str, Any], log: Callable[[str], None]) -> list[VerifyItem]:
+    """The inputs to hash, once the names and sizes match what the dataset was prepared from."""
     recorded = {os.path.abspath(s["path"]): s for s in manifest["sources"]}  # old manifests: relative to here
     named = [str(p) for p in expand_inputs(cfg.data.inputs, ReadReport()) if os.access(p, os.R_OK)]
     added = [p for p in named if p not in recorded]
     dropped = [p for p in recorded if p not in named and os.path.exists(p)]
     gone = [p for p in recorded if not os.path.exists(p)]
-    where, back = f"data.path={cfg.data.path!r}", "or set data.inputs back to the files it was prepared from"
+    where = f"data.path={cfg.data.path!r}"
     if added or dropped:
         change = [f"data.inputs now also names {_few(added)}"] if added else []
         change += [f"no longer names {_few(dropped)}"] if dropped else []
-        raise DataError(f"{where} was prepared from other files: {', and '.join(change)}; {REBUILD}, {back}")
+        raise DataError(f"{where} was prepared from other files: {', and '.join(change)}; {REBUILD}, {BACK_INPUTS}")
     if gone:
         log(f"warning: {len(gone)} of the files {where} was prepared from no longer exist ({_few(gone)}); "
             "training reads the prepared shards, so it goes on")  # fmt: skip
     present = [(p, recorded[p]) for p in recorded if p not in gone]
-    resized = [f"{p} ({s['bytes']:,} bytes then, {os.path.getsize(p):,} now)" for p, s in present
-               if os.path.getsize(p) != s["bytes"]]  # fmt: skip
-    if not resized:
-        bad = verified.verify([("sources", p, Path(p), s["sha256"]) for p, s in present], log)
-        resized = [f"{p} (same size, other bytes)" for p, _ in bad]
-    if resized:
-        raise DataError(f"{where} was prepared from other contents of {_few(resized)}: the input changed since; "
-                        f"{REBUILD}, {back}")  # fmt: skip
+    if resized := [f"{p} ({s['bytes']:,} bytes then, {os.path.getsize(p):,} now)" for p, s in present
+                   if os.path.getsize(p) != s["bytes"]]:  # fmt: skip
+        raise _inputs_changed(cfg, resized)
+    return [("sources", p, Path(p), s["sha256"]) for p, s in present]
 
 
-def _check_shards(path: Path, manifest: dict[str, Any], verified: VerifiedFiles, log: Callable[[str], None]) -> None:
-    entries = [e for split in manifest["splits"].values() for e in split["shards"]]
-    for e in entries:
-        if not (path / e["file"]).is_file():
-            raise ShardError(f"shard {path / e['file']} is missing; {REBUILD}")
-    bad = verified.verify([("shards", e["file"], path / e["file"], e["sha256"]) for e in entries], log)
-    if bad:
-        raise ShardError(
-            f"shard {_few([str(p) for p, _ in bad])} is corrupt: its bytes differ from the sha256 the manifest "
-            f"records (changed in place since it was prepared, or a bad disk); {REBUILD}"
-        )
+def _inputs_changed(cfg: Config, changes: list[str]) -> DataError:
+    return DataError(f"data.path={cfg.data.path!r} was prepared from other contents of {_few(changes)}: the input "
+                     f"changed since; {REBUILD}, {BACK_INPUTS}")  # fmt: skip
 
 
 def _few(items: list[str], most: int = 3) -> str:

@@ -26,6 +26,11 @@ from jaxllm.data.manifest import VERIFIED
 SECTIONS = ("shards", "sources")  # shards are keyed by file name (the folder may move), sources by absolute path
 ANNOUNCE_BYTES = 256 << 20  # say what is going on when a verification hashes more than this
 PROGRESS_EVERY_S = 5.0
+VerifyItem = tuple[str, str, Path, str]  # (section, key, path, expected sha256)
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
 
 
 class VerifiedFiles:
@@ -71,18 +76,17 @@ class VerifiedFiles:
             return
         self._changed = False
 
-    def verify(
-        self, items: list[tuple[str, str, Path, str]], log: Callable[[str], None] = print
-    ) -> list[tuple[Path, str]]:
+    def verify(self, items: list[VerifyItem], log: Callable[[str], None] = print) -> list[VerifyItem]:
         """Check (section, key, path, sha256) items, hashing only files changed since their last check;
-        returns (path, actual sha256) of each file whose bytes differ. Long runs log their progress."""
+        returns the items whose bytes differ. Long runs log their progress."""
         todo = [item for item in items if not self.is_current(*item)]
         total = sum(path.stat().st_size for _, _, path, _ in todo)
         if total >= ANNOUNCE_BYTES:
-            log(f"verifying {len(todo)} file(s), {total / 2**30:.2f} GiB, against the manifest's sha256 "
+            log(f"verifying {len(todo)} file(s), {_size(total)}, against the manifest's sha256 "
                 f"(once: remembered in {self.folder / VERIFIED})")  # fmt: skip
         done, last, bad = 0, time.monotonic(), []
-        for section, key, path, expected in todo:
+        for item in todo:
+            section, key, path, expected = item
             st = path.stat()  # before reading: a change during the hash shows as a new mtime next time
             digest = hashlib.sha256()
             with open(path, "rb") as f:
@@ -91,9 +95,9 @@ class VerifiedFiles:
                     done += len(block)
                     if time.monotonic() - last >= PROGRESS_EVERY_S:
                         last = time.monotonic()
-                        log(f"  verified {done / 2**30:.2f} of {total / 2**30:.2f} GiB")
+                        log(f"  verified {_size(done)} of {_size(total)}")
             if digest.hexdigest() == expected:
                 self.remember(section, key, expected, st)
             else:
-                bad.append((path, digest.hexdigest()))
+                bad.append(item)
         return bad
