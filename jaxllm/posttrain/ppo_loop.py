@@ -314,10 +314,24 @@ def evaluate_policy(cfg: Config, params, prompts: list[list[int]], seed: int = 0
     return rollout_stats(ro, logp, ref_logp, scores, n), replies
 
 
-def ppo(cfg: Config, log: Callable[[str], None] = print, stop_after: int | None = None) -> TrainResult:
+def ppo(
+    cfg: Config, log: Callable[[str], None] = print, stop_after: int | None = None, reset: bool = False
+) -> TrainResult:
     """Train the policy in posttrain.init_from with PPO against ppo.reward_from; resumes
     the run in train.out_dir if it has checkpoints. Returns the run (val_losses holds
-    the held-out mean reward at each evaluation)."""
+    the held-out mean reward at each evaluation). The run folder (policy and critic/) is
+    locked for the run's life, as a training run's (train/run_folder.py)."""
+    from jaxllm.train.run_folder import RunFolder, absolute_paths
+
+    cfg = absolute_paths(ppo_config(cfg))
+    _check(cfg)
+    with RunFolder(cfg.train.out_dir, jax.process_index() == 0, log) as folder:
+        if reset:
+            folder.reset()
+        return _ppo(cfg, folder, log, stop_after)
+
+
+def _ppo(cfg: Config, folder, log: Callable[[str], None], stop_after: int | None) -> TrainResult:
     from jaxllm.parallel.mesh import make_mesh
     from jaxllm.posttrain.pairs import BatchCycle
     from jaxllm.train.checkpoint import Checkpointer
@@ -327,18 +341,12 @@ def ppo(cfg: Config, log: Callable[[str], None] = print, stop_after: int | None 
     from jaxllm.train.step import make_train_step, shard_batch
     from jaxllm.train.trainer import _format_time, _Signals, check_batch
 
-    cfg = ppo_config(cfg)
-    _check(cfg)
     p, t = cfg.ppo, cfg.train
     if cfg.mesh.pipeline > 1:
         raise ConfigError("PPO does not run through the pipeline schedule yet; use mesh.pipeline=1")
-    run_dir = Path(t.out_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir / "config.yaml")
+    run_dir = folder.path
     models, start = _load_models(cfg, log)
     ccfg = models.critic_cfg
-    Path(ccfg.train.out_dir).mkdir(parents=True, exist_ok=True)
-    save_config(ccfg, Path(ccfg.train.out_dir) / "config.yaml")  # `load_run RUN_DIR/critic` works
     train_prompts, val_prompts = _prompts(cfg, models.tokenizer)
     log(f"ppo: {len(train_prompts)} train / {len(val_prompts)} held-out prompts from {cfg.posttrain.data}")
 
@@ -355,8 +363,12 @@ def ppo(cfg: Config, log: Callable[[str], None] = print, stop_after: int | None 
     scorer = _make_scorer(models, mesh)  # one jitted forward, for the normalisation sample and every rollout
     kl_coef, iteration = p.kl_coef, 0
 
-    restored = ckpt.restore_latest(abstract_state(cfg, tx, shardings), log=log)
-    crestored = cckpt.restore_latest(abstract_state(ccfg, ctx, cshardings), log=log) if restored else None
+    restored = ckpt.restore_latest(abstract_state(cfg, tx, shardings), log, to_dict(cfg), folder.quarantine)
+    crestored = (
+        cckpt.restore_latest(abstract_state(ccfg, ctx, cshardings), log, to_dict(ccfg), folder.quarantine / "critic")
+        if restored
+        else None
+    )
     if restored is not None and crestored is not None and crestored[0] == restored[0]:
         step0, state, data_state, _ = restored
         cstate = crestored[1]
@@ -367,7 +379,8 @@ def ppo(cfg: Config, log: Callable[[str], None] = print, stop_after: int | None 
     else:
         if restored is not None:
             raise DataError(f"{run_dir}: the policy checkpoint (step {restored[0]}) has no critic checkpoint of the "
-                            f"same step in {cckpt.directory}; remove {run_dir} to start over")  # fmt: skip
+                            f"same step in {cckpt.directory}; start over with `jaxllm ppo ... --reset` (it "
+                            "archives the old run) or give a new train.out_dir")  # fmt: skip
         step0 = 0
 
         def fresh(c, opt, sh, params):
@@ -391,6 +404,10 @@ def ppo(cfg: Config, log: Callable[[str], None] = print, stop_after: int | None 
         critic_start = {**start["critic"], "score": jnp.zeros_like(start["critic"]["score"])}
         cstate = fresh(ccfg, ctx, cshardings, critic_start)
     del start
+    folder.write_config(cfg)  # only now: the config validated and the checkpoints restored
+    if folder.primary:
+        Path(ccfg.train.out_dir).mkdir(parents=True, exist_ok=True)
+        save_config(ccfg, Path(ccfg.train.out_dir) / "config.yaml")  # `load_run RUN_DIR/critic` works
 
     policy_step = make_train_step(cfg, mesh, tx, policy_loss_fn(p.temperature, models.vocab_limit, p.clip))
     critic_step = make_train_step(ccfg, mesh, ctx, critic_loss_fn(p.value_clip))

@@ -8,18 +8,73 @@ A checkpoint at step N holds three items:
 orbax writes each checkpoint into a temporary directory and renames it when complete,
 so a crash mid-save never leaves a checkpoint that looks finished. Restoring takes the
 abstract state with the *current* run's shardings, so a checkpoint saved on one mesh
-loads onto another (train on 4x2, resume on 8x1). If the newest checkpoint cannot be
-read (truncated or corrupt files), the previous one is used, with a warning.
+loads onto another (train on 4x2, resume on 8x1).
+
+Restoring tells two failures apart, because they need opposite answers:
+  incompatible  the checkpoint is whole but holds another model or optimizer (its saved
+                shapes differ from this config's state: `model.num_layers=2` over a
+                4-layer run, `optimizer.grad_clip=0` dropping a state entry). Falling back
+                or starting over would mix two runs in one folder, so restoring stops with
+                `IncompatibleCheckpoint`, naming the config keys that differ, and every
+                checkpoint stays as it was.
+  corrupt       the files cannot be read (truncated, garbled). A training run moves the
+                checkpoint into the run's quarantine/ folder, says so, and resumes from the
+                previous one; the step number is then free to be saved again. When no
+                checkpoint is readable the run stops (`UnreadableCheckpoints`) instead of
+                starting over, and nothing is moved.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import jax
 import orbax.checkpoint as ocp
+
+from jaxllm.config import ConfigError
+from jaxllm.data.errors import DataError
+
+
+class IncompatibleCheckpoint(ConfigError):
+    """The run's checkpoint holds another model or optimizer than the config describes."""
+
+
+class UnreadableCheckpoints(DataError):
+    """Checkpoints exist but none can be read."""
+
+
+def _reason(e: BaseException) -> str:
+    return str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+
+
+def _flat(tree: Any) -> dict[str, tuple[int, ...]]:
+    """{"params/layers/attn/wq": shape, ...} of a pytree of arrays or array metadata."""
+    def name(k: Any) -> str:  # dict keys, sequence indices and namedtuple fields alike (metadata has dicts)
+        return str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k))))
+
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {"/".join(name(k) for k in path): tuple(leaf.shape) for path, leaf in leaves}
+
+
+def _flat_config(config: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            out |= _flat_config(value, f"{prefix}{key}.")
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def config_changes(old: dict, new: dict, sections: tuple[str, ...] = ()) -> list[str]:
+    """["model.num_layers: 4 -> 2", ...]: the keys whose values differ (within `sections`)."""
+    a, b = _flat_config(old), _flat_config(new)
+    keys = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k) and (not sections or k.startswith(sections)))
+    return [f"{k}: {a.get(k, '(absent)')} -> {b.get(k, '(absent)')}" for k in keys]
 
 
 class Checkpointer:
@@ -66,19 +121,90 @@ class Checkpointer:
         )
         return step, restored["state"], restored["data"], restored["config"]
 
+    def saved_config(self, step: int) -> dict | None:
+        """The config saved with the checkpoint at `step` (None if unreadable)."""
+        try:
+            return self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+        except Exception:  # orbax raises many types for bad files
+            return None
+
+    def incompatibility(self, step: int, abstract_state: Any, config: dict | None) -> str | None:
+        """Why the checkpoint at `step` cannot be this config's state (None: it fits, or its
+        metadata is unreadable, which makes it a corrupt checkpoint, not an incompatible one)."""
+        try:
+            saved = _flat(self.manager.item_metadata(step)["state"].tree)
+        except Exception:
+            return None
+        want = _flat(abstract_state)
+        if saved == want:
+            return None
+        if saved.keys() != want.keys():
+            only = sorted(saved.keys() ^ want.keys())
+            what = f"its state entries differ ({', '.join(only[:3])}{', ...' if len(only) > 3 else ''})"
+        else:
+            name = next(k for k in want if saved[k] != want[k])
+            what = f"{name} has shape {saved[name]} there but {want[name]} in this config"
+        old = self.saved_config(step)
+        changes = config_changes(old, config, ("model.", "optimizer.")) if old and config else []
+        keys = f"; changed: {', '.join(changes[:6])}" if changes else ""
+        return f"the checkpoint at step {step} in {self.directory} holds another model or optimizer: {what}{keys}"
+
     def restore_latest(
-        self, abstract_state: Any, log: Callable[[str], None] = print
+        self,
+        abstract_state: Any,
+        log: Callable[[str], None] = print,
+        config: dict | None = None,
+        quarantine: Path | None = None,
     ) -> tuple[int, Any, dict, dict] | None:
-        """(step, state, data_state, config) of the newest readable checkpoint, or None."""
+        """(step, state, data_state, config) of the newest readable checkpoint; None when
+        there is no checkpoint at all.
+
+        Raises IncompatibleCheckpoint when the newest whole checkpoint does not fit
+        `abstract_state` (`config`, the current config as a dict, names the keys that
+        changed), and UnreadableCheckpoints when checkpoints exist and none is readable.
+        Unreadable ones newer than the restored one are moved into `quarantine` (a
+        training run's; None: left in place, for readers such as `jaxllm sample`)."""
+        corrupt: list[tuple[int, str]] = []
         for step in reversed(self.steps()):
+            problem = self.incompatibility(step, abstract_state, config)
+            if problem is not None:
+                raise IncompatibleCheckpoint(
+                    f"{problem}. Nothing was changed. Resume with the run's own settings (its config.yaml), give a "
+                    "new train.out_dir, or start over with `jaxllm train ... --reset`, which archives the old run"
+                )
             try:
-                return self.restore(step, abstract_state)
+                restored = self.restore(step, abstract_state)
             except Exception as e:  # orbax/tensorstore raise many types for bad files
-                reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
-                log(f"warning: checkpoint at step {step} in {self.directory} is unreadable ({reason}); "
-                    "falling back to the previous one")  # fmt: skip
+                corrupt.append((step, _reason(e)))
+                log(f"warning: checkpoint at step {step} in {self.directory} is unreadable ({_reason(e)})")
                 continue
+            for bad, _ in corrupt:
+                if quarantine is not None:
+                    log(f"moved the unreadable checkpoint {self.directory / str(bad)} to "
+                        f"{self._quarantine(bad, quarantine)}")  # fmt: skip
+            if corrupt:
+                log(f"resuming from step {step}, the newest readable checkpoint")
+            return restored
+        if corrupt:
+            listed = "; ".join(f"step {s}: {r}" for s, r in corrupt)
+            raise UnreadableCheckpoints(
+                f"{self.directory} holds checkpoints but none is readable ({listed}). Nothing was changed; to start "
+                "over keep them aside with `jaxllm train ... --reset` or give a new train.out_dir"
+            )
         return None
+
+    def _quarantine(self, step: int, folder: Path) -> Path:
+        """Move the checkpoint at `step` into `folder` (so its step can be saved again)."""
+        folder.mkdir(parents=True, exist_ok=True)
+        target = folder / f"step-{step}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+        if jax.process_index() == 0:
+            os.replace(self.directory / str(step), target)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices(f"jaxllm quarantine {step}")
+        self.manager.reload()
+        return target
 
     def close(self) -> None:
         self.manager.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from jaxllm.data.errors import DataError
 from jaxllm.parallel.mesh import make_mesh
 from jaxllm.train.checkpoint import Checkpointer
 from jaxllm.train.optimizer import make_optimizer
+from jaxllm.train.run_folder import RunFolder, absolute_paths
 from jaxllm.train.state import abstract_state, state_shardings
 
 
@@ -20,6 +22,8 @@ def load_run(run_dir: str | os.PathLike[str], step: int | None = None) -> tuple[
     if not (run_dir / "config.yaml").is_file():
         raise DataError(f"{run_dir} is not a run directory (no config.yaml); give the train.out_dir of a run")
     cfg = load_config(run_dir / "config.yaml")
+    # The folder given is the run, wherever it was trained or moved to since.
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, out_dir=str(run_dir.absolute())))
     mesh = make_mesh(cfg.mesh)
     tx = make_optimizer(cfg.optimizer)
     abstract = abstract_state(cfg, tx, state_shardings(cfg, mesh, tx))
@@ -59,7 +63,7 @@ def write_run(cfg: Config, params: dict, run_dir: str | os.PathLike[str], step: 
     import jax
     import numpy as np
 
-    from jaxllm.config import save_config, to_dict
+    from jaxllm.config import to_dict
     from jaxllm.model.api import param_shapes
     from jaxllm.train.state import state_shardings
 
@@ -76,8 +80,6 @@ def write_run(cfg: Config, params: dict, run_dir: str | os.PathLike[str], step: 
     want = jax.tree.map(lambda s: tuple(s.shape), param_shapes(cfg.model))
     if jax.tree.structure(got) != jax.tree.structure(want) or got != want:
         raise DataError(f"the parameters do not fit model config {cfg.model}: their tree or shapes differ")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir / "config.yaml")
     placed = jax.device_put(params, shardings["params"])
     _, train_rng = jax.random.split(jax.random.PRNGKey(cfg.train.seed))  # what a fresh training run holds
     state = {
@@ -86,10 +88,13 @@ def write_run(cfg: Config, params: dict, run_dir: str | os.PathLike[str], step: 
         "opt_state": jax.jit(tx.init, out_shardings=shardings["opt_state"])(placed),
         "rng": jax.device_put(train_rng, shardings["rng"]),
     }
-    ckpt = Checkpointer(ckpt_dir, keep=cfg.train.keep_checkpoints, keep_every=cfg.train.keep_every)
-    try:
-        ckpt.save(step, state, {}, to_dict(cfg), force=True)
-        ckpt.wait()
-    finally:
-        ckpt.close()
+    with RunFolder(run_dir) as folder:  # locked while it writes; config.yaml last, once the checkpoint is whole
+        cfg = absolute_paths(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, out_dir=str(folder.path))))
+        ckpt = Checkpointer(ckpt_dir, keep=cfg.train.keep_checkpoints, keep_every=cfg.train.keep_every)
+        try:
+            ckpt.save(step, state, {}, to_dict(cfg), force=True)
+            ckpt.wait()
+        finally:
+            ckpt.close()
+        folder.write_config(cfg)
     return run_dir

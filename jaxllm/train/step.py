@@ -49,6 +49,12 @@ def _tree_where(cond: jax.Array, a, b):
     return jax.tree.map(lambda x, y: jnp.where(cond, x, y), a, b)
 
 
+def _all_finite(tree) -> jax.Array:
+    """True when every floating-point entry of `tree` is finite (one fused reduction)."""
+    leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)]
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves])) if leaves else jnp.array(True)
+
+
 def pipeline_spec(cfg: Config, mesh: Mesh) -> tuple[int, int, int] | None:
     """(stages, repeats, microbatches) when the mesh has a pipeline axis > 1, else None."""
     stages = mesh.shape["pipeline"]
@@ -112,9 +118,11 @@ def make_train_step(
         grad_norm = optax.tree.norm(grads)
         updates, opt_state = tx.update(grads, state["opt_state"], params)
         new_params = optax.apply_updates(params, updates)
-        # A NaN/inf loss or gradient never reaches the weights: the update is skipped, and
-        # the host stops the run or carries on per train.on_nonfinite.
-        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        # A NaN/inf loss, gradient or updated weight never reaches the state (nor so a
+        # checkpoint): the update is skipped, and the host stops the run or carries on per
+        # train.on_nonfinite. Finite gradients can still make non-finite weights or moments
+        # (a huge learning rate, an overflowing second moment), so the results are checked too.
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & _all_finite((new_params, opt_state))
         new_state = {
             "step": state["step"] + 1,
             "params": _tree_where(finite, new_params, params),

@@ -22,17 +22,18 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxllm.config import Config, ConfigError, save_config, to_dict
+from jaxllm.config import Config, ConfigError, to_dict
 from jaxllm.data.errors import DataError
 from jaxllm.data.pipeline import make_dataset
-from jaxllm.data.prepare import load_manifest
+from jaxllm.data.ready import check_dataset
 from jaxllm.model.summary import flops_per_token
 from jaxllm.parallel.mesh import make_mesh
 from jaxllm.parallel.pipeline import bubble_fraction
-from jaxllm.train.checkpoint import Checkpointer
+from jaxllm.train.checkpoint import Checkpointer, config_changes
 from jaxllm.train.flops import peak_flops
 from jaxllm.train.metrics import MetricsWriter
 from jaxllm.train.optimizer import make_optimizer
+from jaxllm.train.run_folder import RunFolder, absolute_paths
 from jaxllm.train.state import abstract_state, init_state, state_shardings
 from jaxllm.train.step import make_eval_step, make_train_step, shard_batch
 
@@ -111,9 +112,11 @@ def _format_time(seconds: float) -> str:
     )
 
 
-def check_vocab(cfg: Config) -> dict:
-    """The prepared dataset's manifest, after checking its tokenizer fits the model."""
-    manifest = load_manifest(cfg.data.path)
+def check_vocab(cfg: Config, log: Callable[[str], None] = print) -> dict:
+    """The prepared dataset's manifest, after checking the data is what the config names
+    (its inputs, tokenizer and shard bytes: jaxllm/data/ready.py) and that its tokenizer
+    fits the model."""
+    manifest = check_dataset(cfg, log)
     vocab = manifest["tokenizer"]["vocab_size"]
     if vocab > cfg.model.vocab_size:
         raise DataError(
@@ -188,7 +191,7 @@ class Task:
         return iter(make_dataset(cfg, "train"))
 
     def has_val(self, cfg: Config) -> bool:
-        return bool(check_vocab(cfg)["splits"]["val"]["docs"])
+        return bool(check_vocab(cfg, _quiet)["splits"]["val"]["docs"])  # `jaxllm train` checked it aloud first
 
     def val_batches(self, cfg: Config):
         """Validation batches, or None for the prepared dataset's val split."""
@@ -200,34 +203,51 @@ class Task:
 
 
 def train(
-    cfg: Config, log: Callable[[str], None] = print, stop_after: int | None = None, task: Task | None = None
+    cfg: Config,
+    log: Callable[[str], None] = print,
+    stop_after: int | None = None,
+    task: Task | None = None,
+    reset: bool = False,
 ) -> TrainResult:
-    """Train (or resume) the run in `cfg.train.out_dir`; `stop_after` ends early (tests)."""
+    """Train (or resume) the run in `cfg.train.out_dir`; `stop_after` ends early (tests).
+
+    The run folder is locked for the run's life; `reset` first archives what it holds
+    (`jaxllm train --reset`). See train/run_folder.py for what the folder guarantees."""
     task = task or Task()
-    t = cfg.train
-    run_dir = Path(t.out_dir)
+    cfg = absolute_paths(cfg)
     primary = jax.process_index() == 0  # process 0 alone writes logs, metrics and config; orbax saves collectively
-    if not primary:
-        log = _quiet
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if primary:
-        save_config(cfg, run_dir / "config.yaml")
+    with RunFolder(cfg.train.out_dir, primary, log if primary else _quiet) as folder:
+        if reset:
+            folder.reset()
+        return _train(cfg, folder, log if primary else _quiet, stop_after, task)
+
+
+def _train(
+    cfg: Config, folder: RunFolder, log: Callable[[str], None], stop_after: int | None, task: Task
+) -> TrainResult:
+    t = cfg.train
+    run_dir = folder.path
+    primary = folder.primary
     has_val = task.has_val(cfg)
 
     mesh = make_mesh(cfg.mesh)
     check_batch(cfg, mesh)
     tx = make_optimizer(cfg.optimizer)
     shardings = state_shardings(cfg, mesh, tx)
-    ckpt = Checkpointer(run_dir / "checkpoints", keep=t.keep_checkpoints, keep_every=t.keep_every)
+    ckpt = Checkpointer(folder.checkpoints, keep=t.keep_checkpoints, keep_every=t.keep_every)
     data_iter = task.train_iter(cfg)
-    restored = ckpt.restore_latest(abstract_state(cfg, tx, shardings), log=log)
+    restored = ckpt.restore_latest(abstract_state(cfg, tx, shardings), log=log, config=to_dict(cfg),
+                                   quarantine=folder.quarantine)  # fmt: skip
     if restored is not None:
-        step0, state, data_state, _ = restored
+        step0, state, data_state, saved_config = restored
         if data_state:
             data_iter.set_state(data_state)
         else:  # a weights-only checkpoint (jaxllm convert from-hf, write_run): the data starts at its beginning
             log("the checkpoint holds no data-iterator state: reading the data from its start")
         log(f"resumed from {ckpt.directory}/{step0} (step {step0})")
+        changes = config_changes(saved_config, to_dict(cfg))
+        if changes:
+            log(f"resuming with changed settings: {'; '.join(changes)}")
     else:
         state = init_state(cfg, mesh, tx)
         start = task.initial_params(cfg, mesh, shardings)
@@ -236,6 +256,7 @@ def train(
             opt_state = jax.jit(tx.init, out_shardings=shardings["opt_state"])(params)
             state = {**state, "params": params, "opt_state": opt_state}
         step0 = 0
+    folder.write_config(cfg)  # only now: the config validated, the data checked, the checkpoint restored
     n_params = sum(x.size for x in jax.tree.leaves(state["params"]))
     log(f"run {run_dir}: {n_params:,} params on mesh {dict(mesh.shape)} ({mesh.devices.size} devices, "
         f"{jax.devices()[0].device_kind}); {t.steps} steps of {t.batch_size} x {cfg.data.seq_len} tokens")  # fmt: skip
@@ -267,10 +288,11 @@ def train(
         if not bool(m["finite"]):
             if t.on_nonfinite == "stop":
                 raise NonFiniteLoss(
-                    f"non-finite loss ({loss}) or gradient norm ({float(m['grad_norm'])}) at step {step}; the update "
+                    f"non-finite loss ({loss}), gradient norm ({float(m['grad_norm'])}) or updated weights at step "
+                    f"{step}; the update "
                     "was not applied. Lower optimizer.lr, check the data, or set train.on_nonfinite=skip"
                 )
-            log(f"warning: non-finite loss/gradient at step {step}; update skipped")
+            log(f"warning: non-finite loss, gradient or updated weights at step {step}; update skipped")
         if step % t.log_every == 0 or step == last_step:
             now = time.perf_counter()
             dt = max(now - window_start, 1e-9)
@@ -336,16 +358,21 @@ def train(
             ckpt.wait()
             writer.close()
     result.step = step
+    final = ckpt.steps()
     ckpt.close()
+    if primary and step > step0 and (not final or final[-1] != step):
+        newest = final[-1] if final else "none"
+        raise DataError(f"the checkpoint of the final step {step} was not written in {ckpt.directory} "
+                        f"(its newest is {newest}); rerun the same command to resume")  # fmt: skip
     if result.interrupted is None:
         log(f"done: step {step} in {_format_time(time.perf_counter() - run_start)}; "
             f"checkpoints in {ckpt.directory}, metrics in {run_dir / 'metrics.jsonl'}")  # fmt: skip
     return result
 
 
-def train_main(cfg: Config) -> int:
+def train_main(cfg: Config, reset: bool = False) -> int:
     """CLI wrapper: exit code 128 + signal when a signal stopped the run."""
-    result = train(cfg)
+    result = train(cfg, reset=reset)
     if result.interrupted is not None:
         sys.stdout.flush()
         return 128 + result.interrupted
