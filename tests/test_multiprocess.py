@@ -40,9 +40,9 @@ def data_dir(tmp_path_factory):
 
 
 def overrides(data_dir, out, steps):
-    return [*TINY_MODEL, f"data.path={data_dir}", f"train.out_dir={out}", "train.batch_size=8", "train.log_every=1",
-            f"train.steps={steps}", "train.eval_every=1000", "train.checkpoint_every=2", "optimizer.warmup_steps=2",
-            "train.tensorboard=false"]  # fmt: skip
+    return [*TINY_MODEL, f"data.path={data_dir}", f"data.inputs=[{data_dir.parent}/text.txt]", f"train.out_dir={out}",
+            "train.batch_size=8", "train.log_every=1", f"train.steps={steps}", "train.eval_every=1000",
+            "train.checkpoint_every=2", "optimizer.warmup_steps=2", "train.tensorboard=false"]  # fmt: skip
 
 
 def free_port() -> int:
