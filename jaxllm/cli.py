@@ -12,6 +12,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from jaxllm.cli_args import Parser, bounded, non_negative, positive
+from jaxllm.cli_errors import DEBUG_ENV, debug_requested, report
 from jaxllm.config import ConfigError, list_presets, load_config, to_yaml
 
 
@@ -65,8 +67,8 @@ def _tokenizer_train(args: argparse.Namespace) -> None:
 def _multiprocess_args(p: argparse.ArgumentParser) -> None:
     """Flags that join a multi-process run (default: SLURM / TPU-pod detection, else one process)."""
     p.add_argument("--coordinator", default=None, help="HOST:PORT of process 0 (env JAXLLM_COORDINATOR)")
-    p.add_argument("--num-processes", type=int, default=None, help="processes in the run (env JAXLLM_NUM_PROCESSES)")
-    p.add_argument("--process-id", type=int, default=None, help="this process's rank, from 0 (env JAXLLM_PROCESS_ID)")
+    p.add_argument("--num-processes", action=positive(), help="processes in the run (env JAXLLM_NUM_PROCESSES)")
+    p.add_argument("--process-id", action=non_negative(), help="this process's rank, from 0 (env JAXLLM_PROCESS_ID)")
 
 
 def _joined(args: argparse.Namespace, work, prepare=None) -> int:
@@ -116,12 +118,17 @@ def _chat(args: argparse.Namespace) -> None:
 
 def _sampling_args(p: argparse.ArgumentParser, max_new_tokens: int, temperature: float) -> None:
     p.add_argument("run_dir", help="a run directory written by `jaxllm train` (its newest checkpoint is used)")
-    p.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
-    p.add_argument("--temperature", type=float, default=temperature, help="0 = greedy")
-    p.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (0 = off)")
-    p.add_argument("--top-p", type=float, default=1.0, help="nucleus: most likely tokens up to mass p (1 = off)")
-    p.add_argument("--min-p", type=float, default=0.0, help="drop tokens below min_p x the top probability (0 = off)")
-    p.add_argument("--repetition-penalty", type=float, default=1.0, help="> 1 discourages repeats (1 = off)")
+    p.add_argument("--max-new-tokens", action=positive(), default=max_new_tokens)
+    p.add_argument("--temperature", action=non_negative(float, "0 = greedy"), default=temperature,
+                   help="0 = greedy")  # fmt: skip
+    p.add_argument("--top-k", action=non_negative(hint="0 = off"), default=0,
+                   help="keep the k most likely tokens (0 = off)")  # fmt: skip
+    p.add_argument("--top-p", action=bounded(float, 0, 1, above=True, hint="1 = off"), default=1.0,
+                   help="nucleus: most likely tokens up to mass p (1 = off)")  # fmt: skip
+    p.add_argument("--min-p", action=bounded(float, 0, 1, hint="0 = off"), default=0.0,
+                   help="drop tokens below min_p x the top probability (0 = off)")  # fmt: skip
+    p.add_argument("--repetition-penalty", action=positive(float, "1 = off"), default=1.0,
+                   help="> 1 discourages repeats (1 = off)")  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
 
 
@@ -168,9 +175,10 @@ def _viz_attention(args: argparse.Namespace) -> None:
     from jaxllm.train.checkpoint import Checkpointer
     from jaxllm.train.load import load_run, load_run_tokenizer
     from jaxllm.viz._figure import token_pieces
-    from jaxllm.viz.attention import attention_maps, plot_attention, plot_attention_across_steps
+    from jaxllm.viz.attention import attention_maps, check_indices, plot_attention, plot_attention_across_steps
 
     cfg, params, step = load_run(args.run_dir)
+    check_indices(cfg.model.num_layers, cfg.model.num_heads, args.layer, args.head)
     tokenizer = load_run_tokenizer(cfg)
     ids = [int(i) for i in tokenizer.encode(args.prompt)]
     pieces = token_pieces(tokenizer, ids)
@@ -188,13 +196,11 @@ def _viz_attention(args: argparse.Namespace) -> None:
 
 
 def _viz_tokens(args: argparse.Namespace) -> None:
-    from jaxllm.data.errors import DataError
     from jaxllm.data.tokenizer import load_tokenizer
+    from jaxllm.posttrain.data import read_utf8
     from jaxllm.viz.tokens import plot_tokens
 
-    if args.text is None and not Path(args.file).is_file():
-        raise DataError(f"--file {args.file}: no such file; give a text file, or the text itself with --text")
-    text = args.text if args.text is not None else Path(args.file).read_text(encoding="utf-8")[: args.max_chars]
+    text = args.text if args.text is not None else read_utf8(args.file, "--file")[: args.max_chars]
     print(f"wrote {plot_tokens(load_tokenizer(args.tokenizer), text, args.out, args.width, Path(args.tokenizer).name)}")
 
 
@@ -224,16 +230,10 @@ def _tokenizer_compare(args: argparse.Namespace) -> None:
 
     from jaxllm.data.errors import DataError
     from jaxllm.data.tokenizer_compare import compare, describe_split, format_table
+    from jaxllm.posttrain.data import read_utf8
 
     path = Path(args.file)
-    if not path.is_file():
-        raise DataError(f"--file {args.file}: no such file; give a UTF-8 text file, e.g. tinyshakespeare.txt")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise DataError(
-            f"--file {args.file}: not UTF-8 text ({e.reason} at byte {e.start}); convert it to UTF-8"
-        ) from None
+    text = read_utf8(path, "--file")
     if not text:
         raise DataError(f"--file {args.file}: the file is empty; give a file with some text")
     header = describe_split(path.name, text, args.heldout)
@@ -258,7 +258,11 @@ def _tokenizer_decode(args: argparse.Namespace) -> None:
         values = [int(i) for i in ids]
     except ValueError:
         raise ConfigError(f"decode takes integer ids, got {' '.join(ids[:5])!r}") from None
-    sys.stdout.write(load_tokenizer(args.tokenizer).decode(values))
+    tokenizer = load_tokenizer(args.tokenizer)
+    bad = next((i for i in values if not 0 <= i < tokenizer.vocab_size), None)
+    if bad is not None:
+        raise ConfigError(f"id {bad} is outside the vocabulary of {args.tokenizer} (0..{tokenizer.vocab_size - 1})")
+    sys.stdout.write(tokenizer.decode(values))
 
 
 def _progress(label: str, unit: str):
@@ -331,16 +335,15 @@ def _data_synthetic(args: argparse.Namespace) -> None:
     from jaxllm.data.errors import DataError
     from jaxllm.posttrain.synthetic import KINDS, make_preference_records, make_records
 
-    if args.n < 1:
-        raise DataError(f"--n {args.n}: give at least 1 record")
     if args.kind == "cloze":
         from jaxllm.evaluate.cloze import make_cloze
+        from jaxllm.posttrain.data import read_utf8
 
-        if not args.file or not Path(args.file).is_file():
-            raise DataError(f"--file {args.file}: cloze records are cut from a text file; name one that exists")
+        if not args.file:
+            raise DataError("cloze records are cut from a text file; name one with --file")
         if not 0 < args.tail <= 1:
             raise DataError(f"--tail {args.tail}: give the fraction of the file to use, in (0, 1], e.g. 0.1")
-        text = Path(args.file).read_text(encoding="utf-8")
+        text = read_utf8(args.file, "--file")
         text = text[int(len(text) * (1 - args.tail)) :]
         try:
             records = make_cloze(text, args.n, args.choices, args.seed, args.distractors)
@@ -421,7 +424,8 @@ TOKENIZER_HELP = "'byte', a sentencepiece .model, a scratch BPE .json or an HF t
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="jaxllm", description="Build, train and evaluate decoder LMs in JAX.")
+    parser = Parser(prog="jaxllm", description="Build, train and evaluate decoder LMs in JAX.")
+    parser.add_argument("--debug", action="store_true", help=f"show the traceback of an error ({DEBUG_ENV}=1 too)")
     verbs = parser.add_subparsers(dest="verb", required=True)
 
     config = verbs.add_parser("config", help="inspect configs").add_subparsers(dest="action", required=True)
@@ -432,7 +436,7 @@ def build_parser() -> argparse.ArgumentParser:
     model = verbs.add_parser("model", help="inspect models").add_subparsers(dest="action", required=True)
     summary = model.add_parser("summary", help="parameters, FLOPs/token and memory, without allocating")
     _config_args(summary)
-    summary.add_argument("--seq-len", type=int, default=None, help="context for the attention FLOPs (data.seq_len)")
+    summary.add_argument("--seq-len", action=positive(), help="context for the attention FLOPs (data.seq_len)")
     summary.set_defaults(func=_model_summary)
 
     data = verbs.add_parser("data", help="fetch and prepare corpora").add_subparsers(dest="action", required=True)
@@ -453,11 +457,12 @@ def build_parser() -> argparse.ArgumentParser:
         "endings of other lines (for `jaxllm eval mc`).",
     )
     syn.add_argument("kind", choices=("instructions", "preferences", "cloze"))
-    syn.add_argument("--n", type=int, required=True, help="records to write")
+    syn.add_argument("--n", action=positive(), required=True, help="records to write")
     syn.add_argument("--seed", type=int, default=0)
     syn.add_argument("--out", required=True, help="the JSONL file to write")
     syn.add_argument("--kinds", nargs="+", default=["reverse", "add", "upper"], help="instruction tasks to cycle")
-    syn.add_argument("--off-task", type=float, default=0.0, help="preferences: share rejected by an off-task answer")
+    syn.add_argument("--off-task", action=bounded(float, 0, 1), default=0.0,
+                     help="preferences: share rejected by an off-task answer")  # fmt: skip
     syn.add_argument("--exclude", nargs="*", default=[], help="JSONL files whose prompts must not recur (held out)")
     syn.add_argument("--file", default=None, help="cloze: the text to cut lines from")
     syn.add_argument("--tail", type=float, default=1.0, help="cloze: use only the last fraction of --file (0..1]")
@@ -475,7 +480,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(func=_train)
     quick = verbs.add_parser("quickstart", help="fetch, tokenize, prepare, train and sample tiny Shakespeare")
     quick.add_argument("--out", default="runs/quickstart", help="where everything goes")
-    quick.add_argument("--steps", type=int, default=None, help="train steps (default: the recipe's 2000)")
+    quick.add_argument("--steps", action=positive(), default=None, help="train steps (default: the recipe's 2000)")
     quick.add_argument("--from", dest="from_dir", default=None, help="a local folder holding tinyshakespeare.txt")
     quick.set_defaults(func=_quickstart)
     smp = verbs.add_parser("sample", help="stream continuations of a prompt from a trained run")
@@ -483,7 +488,7 @@ def build_parser() -> argparse.ArgumentParser:
     smp.add_argument("--prompt", default="\n", help="text to continue (default: a newline)")
     smp.add_argument("--escapes", action="store_true", help="read \\n, \\t, ... in --prompt as escapes")
     smp.add_argument("--stop", action="append", default=[], help="end the sample at this text (repeatable)")
-    smp.add_argument("--num-samples", type=int, default=1, help="this many samples, seeds seed, seed+1, ...")
+    smp.add_argument("--num-samples", action=positive(), default=1, help="this many samples, seeds seed, seed+1, ...")
     smp.set_defaults(func=_sample)
     chat = verbs.add_parser("chat", help="talk to an instruction-tuned run (its chat template); /reset, /exit")
     _sampling_args(chat, max_new_tokens=256, temperature=0.7)
@@ -516,23 +521,23 @@ def build_parser() -> argparse.ArgumentParser:
     ppl.add_argument("run_dir")
     ppl.add_argument("--data", required=True, help=".txt (one document), .jsonl/.json records or a dir of .txt")
     ppl.add_argument("--field", default="text", help="the text field of .jsonl/.json records")
-    ppl.add_argument("--stride", type=int, default=None, help="new tokens scored per window (default: the context)")
-    ppl.add_argument("--batch-size", type=int, default=16, help="windows per forward pass")
+    ppl.add_argument("--stride", action=positive(), help="new tokens scored per window (default: the context)")
+    ppl.add_argument("--batch-size", action=positive(), default=16, help="windows per forward pass")
     ppl.add_argument("--out", default=None, help="also write the figures as JSON here")
     ppl.set_defaults(func=_eval_perplexity)
     mc = ev.add_parser("mc", help="multiple choice by log-likelihood: acc and acc_norm (HellaSwag-format JSONL)")
     mc.add_argument("run_dir")
     mc.add_argument("--data", required=True, help="JSONL: HellaSwag records or {context, choices, label}")
-    mc.add_argument("--limit", type=int, default=0, help="only the first N examples (0: all)")
-    mc.add_argument("--batch-size", type=int, default=16, help="choices per forward pass")
+    mc.add_argument("--limit", action=non_negative(), default=0, help="only the first N examples (0: all)")
+    mc.add_argument("--batch-size", action=positive(), default=16, help="choices per forward pass")
     mc.add_argument("--out", default=None, help="also write the figures as JSON here")
     mc.set_defaults(func=_eval_mc)
     em = ev.add_parser("exact-match", help="greedy replies of an instruction-tuned run vs records' 'output'")
     em.add_argument("run_dir")
     em.add_argument("--data", required=True, help="Alpaca records (.json/.jsonl) with the expected 'output'")
-    em.add_argument("--limit", type=int, default=0, help="only the first N records (0: all)")
-    em.add_argument("--batch-size", type=int, default=64, help="prompts per generate call")
-    em.add_argument("--max-new-tokens", type=int, default=16)
+    em.add_argument("--limit", action=non_negative(), default=0, help="only the first N records (0: all)")
+    em.add_argument("--batch-size", action=positive(), default=64, help="prompts per generate call")
+    em.add_argument("--max-new-tokens", action=positive(), default=16)
     em.add_argument("--out", default=None, help="also write the figures as JSON here")
     em.set_defaults(func=_eval_exact_match)
     harness = ev.add_parser(
@@ -551,15 +556,16 @@ def build_parser() -> argparse.ArgumentParser:
     to_hf = convert.add_parser("to-hf", help="a run's newest weights -> config.json + safetensors (+ tokenizer)")
     to_hf.add_argument("run_dir")
     to_hf.add_argument("out", help="the Hugging Face model directory to write")
-    to_hf.add_argument("--max-shard-mb", type=float, default=4096, help="split the safetensors above this size")
+    to_hf.add_argument("--max-shard-mb", action=positive(float), default=4096,
+                       help="split the safetensors above this size")  # fmt: skip
     to_hf.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="weights as stored")
     to_hf.set_defaults(func=_convert_to_hf)
 
     pl = verbs.add_parser("plan", help="compile the train step for a topology ahead of time: memory, fit, FLOPs, MFU")
     _config_args(pl)
     pl.add_argument("--topology", required=True, help="cpu:N, v4-N, v5p-N, v5e-N, v6e-N or GEN:AxBxC, e.g. v5p-128")
-    pl.add_argument("--slices", type=int, default=1, help="TPU slices joined over DCN (multi-slice)")
-    pl.add_argument("--hbm-gib", type=float, default=None, help="memory per device to check against (default: chip's)")
+    pl.add_argument("--slices", action=positive(), default=1, help="TPU slices joined over DCN (multi-slice)")
+    pl.add_argument("--hbm-gib", action=positive(float), help="memory per device to check against (default: chip's)")
     pl.set_defaults(func=_plan)
     plot = verbs.add_parser("plot", help="PNG of a run's train/val loss and throughput")
     plot.add_argument("run_dir")
@@ -572,8 +578,8 @@ def build_parser() -> argparse.ArgumentParser:
     va = viz.add_parser("attention", help="attention maps of a prompt, per layer and head (PNG)")
     va.add_argument("run_dir")
     va.add_argument("--prompt", required=True)
-    va.add_argument("--layer", type=int, nargs="+", default=None, help="layers to draw (default: all)")
-    va.add_argument("--head", type=int, nargs="+", default=None, help="heads to draw (default: all)")
+    va.add_argument("--layer", action=non_negative(), nargs="+", default=None, help="layers to draw (default: all)")
+    va.add_argument("--head", action=non_negative(), nargs="+", default=None, help="heads to draw (default: all)")
     va.add_argument("--across-checkpoints", action="store_true",
                     help="one head (first --layer/--head, default 0/0) at every saved checkpoint")  # fmt: skip
     va.add_argument("--out", default=None, help="output PNG (default RUN_DIR/attention.png)")
@@ -583,8 +589,8 @@ def build_parser() -> argparse.ArgumentParser:
     source = vt.add_mutually_exclusive_group(required=True)
     source.add_argument("--text")
     source.add_argument("--file")
-    vt.add_argument("--max-chars", type=int, default=400, help="with --file: its first N characters")
-    vt.add_argument("--width", type=int, default=60, help="characters per line")
+    vt.add_argument("--max-chars", action=positive(), default=400, help="with --file: its first N characters")
+    vt.add_argument("--width", action=positive(), default=60, help="characters per line")
     vt.add_argument("--out", default="tokens.png")
     vt.set_defaults(func=_viz_tokens)
     vm = viz.add_parser("mesh", help="which device holds which shard of a parameter (PNG)")
@@ -643,30 +649,34 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the `jaxllm` console script. Config errors exit 2 with one line."""
-    from jaxllm.data.errors import DataError
-    from jaxllm.data.fetch import FetchError
-    from jaxllm.data.shards import ShardError
-    from jaxllm.data.tokenizer import TokenizerError
-    from jaxllm.generate import GenerationError
-    from jaxllm.train.trainer import NonFiniteLoss
+    """Entry point of the `jaxllm` console script (and of `python -m jaxllm.cli`).
 
-    parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
-    if extra and isinstance(getattr(args, "overrides", None), list) and not getattr(args, "passthrough", False):
-        # argparse ends a positional list at the first option, so `plan CONFIG --topology T
-        # a.b=c` leaves a.b=c over; overrides are recognisable (section.key=value) wherever they sit.
-        late = [x for x in extra if OVERRIDE.match(x)]
-        args.overrides += late
-        extra = [x for x in extra if not OVERRIDE.match(x)]
-    if extra and not getattr(args, "passthrough", False):
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    args.extra = extra
+    Every error, Ctrl-C included, ends as one line on stderr and an exit code (2; 130 for
+    Ctrl-C): see jaxllm/cli_errors.py. `--debug` or JAXLLM_DEBUG=1 re-raises instead, for
+    the traceback. Usage errors (no verb, an unknown option) exit 2 through SystemExit.
+    """
+    debug = debug_requested()
     try:
+        parser = build_parser()
+        args, extra = parser.parse_known_args(argv)
+        passthrough = getattr(args, "passthrough", False)
+        if "--debug" in extra and not passthrough:  # accepted after the verb too
+            extra = [x for x in extra if x != "--debug"]
+            args.debug = True
+        debug = debug_requested(args.debug)
+        if extra and isinstance(getattr(args, "overrides", None), list) and not passthrough:
+            # argparse ends a positional list at the first option, so `plan CONFIG --topology T
+            # a.b=c` leaves a.b=c over; overrides are recognisable (section.key=value) wherever they sit.
+            args.overrides += [x for x in extra if OVERRIDE.match(x)]
+            extra = [x for x in extra if not OVERRIDE.match(x)]
+        if extra and not passthrough:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.extra = extra
         code = args.func(args)
-    except (ConfigError, DataError, FetchError, ShardError, TokenizerError, NonFiniteLoss, GenerationError) as e:
-        print(f"jaxllm: error: {e}", file=sys.stderr)
-        return 2
+    except (Exception, KeyboardInterrupt) as e:
+        if debug:
+            raise
+        return report(e)
     return code if isinstance(code, int) else 0
 
 

@@ -340,9 +340,14 @@ def _read_yaml(path: Path, key: str, chain: tuple[Path, ...] = ()) -> dict[str, 
     if path in chain:
         raise ConfigError(f"{key}: circular `base:` chain {' -> '.join(p.name for p in (*chain, path))}")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: invalid YAML ({str(e).splitlines()[0]})") from None
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); give a YAML config") from None
+    except yaml.YAMLError as e:  # file:line:col, as editors and compilers print it, so it can be jumped to
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        what = " ".join(p for p in (getattr(e, "context", None), getattr(e, "problem", None)) if p)
+        raise ConfigError(f"{where}: invalid YAML ({what or str(e).splitlines()[0]})") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: top level must be a mapping of sections, got {type(raw).__name__}")
     base = raw.pop("base", None)
@@ -451,6 +456,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}={value!r} must be a number")
+        if not math.isfinite(value):  # inf passes range checks like `lr > 0`; nan fails them with a wrong message
+            raise ConfigError(f"{key}={value} must be a finite number")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -667,18 +674,6 @@ def validate(cfg: Config) -> None:
         value = getattr(p, name)
         _need(0 <= value <= 1, f"ppo.{name}={value} must be in [0, 1]")
 
-    o = cfg.optimizer
-    _need(o.lr > 0, f"optimizer.lr={o.lr} must be positive")
-    _need(0.0 <= o.min_lr_ratio <= 1.0, f"optimizer.min_lr_ratio={o.min_lr_ratio} must be in [0, 1]")
-    _need(o.warmup_steps >= 0, f"optimizer.warmup_steps={o.warmup_steps} must be >= 0")
-    _need(o.decay_steps is not None and o.decay_steps >= 0, f"optimizer.decay_steps={o.decay_steps} must be >= 0")
-    for name in ("beta1", "beta2"):
-        value = getattr(o, name)
-        _need(0.0 <= value < 1.0, f"optimizer.{name}={value} must be in [0, 1)")
-    _need(o.eps > 0, f"optimizer.eps={o.eps} must be positive")
-    _need(o.weight_decay >= 0, f"optimizer.weight_decay={o.weight_decay} must be >= 0")
-    _need(o.grad_clip >= 0, f"optimizer.grad_clip={o.grad_clip} must be >= 0 (0 disables clipping)")
-
     t = cfg.train
     for name in ("steps", "batch_size", "microbatches"):
         value = getattr(t, name)
@@ -691,6 +686,19 @@ def validate(cfg: Config) -> None:
         value = getattr(t, name)
         _need(value > 0, f"train.{name}={value} must be a positive integer")
     _need(t.keep_every >= 0, f"train.keep_every={t.keep_every} must be >= 0 (0 keeps none beyond the last N)")
+
+    o = cfg.optimizer
+    _need(o.lr > 0, f"optimizer.lr={o.lr} must be positive")
+    _need(0.0 <= o.min_lr_ratio <= 1.0, f"optimizer.min_lr_ratio={o.min_lr_ratio} must be in [0, 1]")
+    _need(o.warmup_steps >= 0, f"optimizer.warmup_steps={o.warmup_steps} must be >= 0")
+    _need(o.decay_steps is not None and o.decay_steps >= 0, f"optimizer.decay_steps={o.decay_steps} must be >= 0")
+    for name in ("beta1", "beta2"):
+        value = getattr(o, name)
+        _need(0.0 <= value < 1.0, f"optimizer.{name}={value} must be in [0, 1)")
+    _need(o.eps > 0, f"optimizer.eps={o.eps} must be positive")
+    _need(o.weight_decay >= 0, f"optimizer.weight_decay={o.weight_decay} must be >= 0")
+    _need(o.grad_clip >= 0, f"optimizer.grad_clip={o.grad_clip} must be >= 0 (0 disables clipping)")
+
     from jaxllm.parallel.rules import parse_rules  # the rules table lives with the mesh code
 
     parse_rules(mesh.rules)

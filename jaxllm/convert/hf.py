@@ -557,7 +557,14 @@ def _describe_source(directory: Path) -> str:
 # --------------------------------------------------------------------------- run directories
 
 
+def _check_directory(out: Path) -> None:
+    """Refuse an output path that is an existing file before any work (mkdir would fail late)."""
+    if out.exists() and not out.is_dir():
+        raise ConversionError(f"{out} is an existing file, not a directory; give a new or empty directory to write")
+
+
 def _check_fresh(out: Path) -> None:
+    _check_directory(out)
     ckpt_dir = out / "checkpoints"
     if ckpt_dir.is_dir() and any(ckpt_dir.iterdir()):
         raise ConversionError(f"{out} already holds checkpoints; give a new or empty output directory")
@@ -696,9 +703,10 @@ def export_hf(
     safetensors (sharded above max_shard_size bytes) and the tokenizer. Returns out_dir."""
     from jaxllm.train.load import load_run
 
+    out = Path(out_dir)
+    _check_directory(out)
     cfg, params, step = load_run(run_dir)
     family = model_family(cfg.model)
-    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     log(f"exporting {run_dir} (step {step}) as {_ARCHITECTURE_OF[family]} to {out}")
     tensors = params_to_hf(cfg.model, params, dtype)

@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 
+from jaxllm.config import ConfigError
 from jaxllm.evaluate.multiple_choice import choice_logprobs
 from jaxllm.evaluate.perplexity import document_logprobs
 from jaxllm.evaluate.scoring import document_start
@@ -112,12 +114,39 @@ def _cut(text: str, until: Sequence[str]) -> str:
     return text[: min(ends)] if ends else text
 
 
+def _flag(argv: Sequence[str], name: str) -> str | None:
+    """The value of `name VALUE` or `name=VALUE` in argv (the last one wins), else None."""
+    value = None
+    for i, arg in enumerate(argv):
+        if arg == name and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif arg.startswith(name + "="):
+            value = arg[len(name) + 1 :]
+    return value
+
+
+def check_jaxllm_args(argv: Sequence[str]) -> None:
+    """With `--model jaxllm`, refuse a missing or wrong model_args path before the harness
+    spends its seconds indexing every task (it builds the model only after that)."""
+    if _flag(argv, "--model") != "jaxllm":
+        return
+    model_args = _flag(argv, "--model_args") or ""
+    path = dict(kv.split("=", 1) for kv in model_args.split(",") if "=" in kv).get("path", "").strip()
+    if not path:
+        raise ConfigError(f"--model jaxllm needs --model_args path=RUN_DIR (got {model_args!r}); name a run "
+                          "directory written by jaxllm train, sft or convert")  # fmt: skip
+    if not Path(path).is_dir():
+        raise ConfigError(f"--model_args path={path}: no such run directory; name one written by jaxllm train, "
+                          "sft or convert")  # fmt: skip
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """The harness's command line with jaxllm registered (`jaxllm eval harness ...`)."""
     from lm_eval._cli import HarnessCLI
     from lm_eval.utils import setup_logging
 
     argv = list(sys.argv[1:] if argv is None else argv)
+    check_jaxllm_args(argv)
     saved = sys.argv
     sys.argv = ["lm-eval", *argv]  # the harness's parser reads sys.argv itself
     try:

@@ -28,7 +28,7 @@ from jaxllm.config import Config, ModelConfig
 from jaxllm.data.errors import DataError
 from jaxllm.evaluate.scoring import Row, document_start, score_rows
 from jaxllm.model.api import model_config
-from jaxllm.posttrain.data import load_records
+from jaxllm.posttrain.data import load_records, read_utf8
 
 
 def rolling_rows(tokens: Sequence[int], start_id: int, max_len: int, stride: int | None = None) -> list[Row]:
@@ -129,6 +129,9 @@ def perplexity(
     texts = [t for t in texts if t]
     if not texts:
         raise DataError("no text to evaluate: every document is empty")
+    max_len = model_config(config).max_seq_len
+    if stride is not None and not 0 < stride <= max_len:
+        raise DataError(f"stride {stride} is outside 1..{max_len} (the model's context); give a stride in that range")
     docs = [[int(i) for i in tokenizer.encode(t)] for t in texts]
     logprobs, windows = document_logprobs(config, params, docs, document_start(tokenizer), stride, batch_size, progress)
     return PerplexityResult(
@@ -149,11 +152,11 @@ def read_texts(path: str | Path, field: str = "text") -> list[str]:
         files = sorted(path.glob("*.txt"))
         if not files:
             raise DataError(f"{path} has no .txt files; give a .txt, .jsonl or .json file or a directory of .txt")
-        return [f.read_text(encoding="utf-8") for f in files]
+        return [read_utf8(f, "--data") for f in files]
     if not path.is_file():
         raise DataError(f"--data {str(path)!r} does not exist")
     if path.suffix == ".txt":
-        return [path.read_text(encoding="utf-8")]
+        return [read_utf8(path, "--data")]
     if path.suffix in (".jsonl", ".json"):
         return [_field(r, field, path, i) for i, r in enumerate(load_records(path))]
     raise DataError(f"{path}: unknown suffix {path.suffix!r}; give a .txt, .jsonl or .json file")

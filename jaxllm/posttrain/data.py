@@ -30,12 +30,28 @@ from jaxllm.data.errors import DataError
 Messages = list[dict[str, str]]
 
 
+def read_utf8(path: str | os.PathLike[str], what: str = "", hint: str = "give a UTF-8 text file") -> str:
+    """The text of a UTF-8 file, or a DataError naming the file (as `what PATH`, e.g.
+    `--file x.bin`) and the fix: a binary or Latin-1 file given by mistake must not end
+    in a UnicodeDecodeError traceback."""
+    p = Path(path)
+    name = f"{what} {p}" if what else str(p)
+    if not p.is_file():
+        raise DataError(f"{name}: {'a directory' if p.is_dir() else 'no such file'}; {hint}")
+    try:
+        return p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{name}: not UTF-8 text ({e.reason} at byte {e.start}); convert it to UTF-8") from None
+    except OSError as e:
+        raise DataError(f"{name}: cannot be read ({e.strerror}); {hint}") from None
+
+
 def load_records(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """Every record of a .json (a list of objects) or .jsonl file, with clear errors."""
     p = Path(path)
     if not p.is_file():
         raise DataError(f"instruction data {str(p)!r} does not exist; give a .json or .jsonl file")
-    text = p.read_text(encoding="utf-8")
+    text = read_utf8(p, hint="give a .json or .jsonl file")
     if p.suffix == ".jsonl":
         records = []
         for n, line in enumerate(text.splitlines(), 1):

@@ -32,9 +32,19 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from jaxllm.data.errors import DataError
+
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
 _RESERVED_KEYS = ("step", "split", "time")
+
+
+class MetricsError(DataError):
+    """A run's metrics.jsonl is missing or holds nothing usable; the message names the file."""
+
+
+class MissingMetrics(MetricsError, FileNotFoundError):
+    """No metrics.jsonl: a FileNotFoundError to library callers, one line (exit 2) to the CLI."""
 
 
 class MetricsWriter:
@@ -134,14 +144,18 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     When a (split, step) pair repeats, the last record in the file wins: after a resume the
     re-done steps are the ones that belong to the run's real trajectory.
 
-    Raises FileNotFoundError if the run has no metrics.jsonl.
+    Raises MissingMetrics (a FileNotFoundError) if the run has no metrics.jsonl, and
+    MetricsError if lines other than the last are all malformed: that is not a crash
+    mid-write but some other file (or garbage), and an empty plot would hide it.
     """
     path = Path(run_dir) / METRICS_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"no {METRICS_FILE} in run dir {run_dir}")
-    lines = path.read_text(encoding="utf-8").split("\n")
+        raise MissingMetrics(f"no {METRICS_FILE} in run dir {run_dir}; give a run directory written by jaxllm")
+    # Undecodable bytes (a write cut inside a character, or garbage) make their line malformed.
+    lines = path.read_bytes().decode("utf-8", errors="replace").split("\n")
     # split("\n") leaves "" after a final newline; a non-empty last piece had no newline.
     latest: dict[tuple[str, int], tuple[int, dict[str, Any]]] = {}
+    malformed = []
     for i, line in enumerate(lines):
         if not line.strip():
             continue
@@ -150,9 +164,14 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
             key = (str(record["split"]), int(record["step"]))
         except (json.JSONDecodeError, KeyError, TypeError, ValueError):
             if i != len(lines) - 1:
-                warnings.warn(f"{path}:{i + 1}: skipping malformed line (crash mid-write?)", stacklevel=2)
+                malformed.append(i + 1)
             continue
         latest[key] = (i, record)
+    if malformed and not latest:
+        raise MetricsError(f"{path}: no line is a metrics record (line {malformed[0]} is not one); "
+                           "is this the metrics.jsonl of a jaxllm run?")  # fmt: skip
+    for n in malformed:
+        warnings.warn(f"{path}:{n}: skipping malformed line (crash mid-write?)", stacklevel=2)
     # Sort by step; ties (train and val at the same step) keep file order.
     return [rec for _, rec in sorted(latest.values(), key=lambda ir: (ir[1]["step"], ir[0]))]
 

@@ -45,7 +45,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import EngFormatter, FuncFormatter  # noqa: E402
 
-from jaxllm.train.metrics import METRICS_FILE, read_metrics  # noqa: E402
+from jaxllm.train.metrics import METRICS_FILE, MetricsError, MissingMetrics, read_metrics  # noqa: E402
 
 PANEL_HEIGHT_IN = 2.6  # inches per panel; the figure is 10 inches wide
 DPI = 120
@@ -284,14 +284,18 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
 
     One panel per entry of `panels(records)`, stacked on a shared step axis; the figure is
     10 x 2.6*N inches at 120 dpi, so it grows with what the run logged instead of squeezing.
-    Raises FileNotFoundError if the run has no metrics.jsonl, ValueError if it has no train records.
+    Raises MissingMetrics (a FileNotFoundError) if the run has no metrics.jsonl, MetricsError
+    (a ValueError) if it has no train records: both are DataErrors, one line from the CLI.
     """
     run_dir = Path(run_dir)
     if not (run_dir / METRICS_FILE).is_file():
-        raise FileNotFoundError(f"no {METRICS_FILE} in run dir {run_dir}: nothing to plot")
+        where = "run dir" if run_dir.is_dir() else "run dir (it does not exist)"
+        raise MissingMetrics(f"no {METRICS_FILE} in {where} {run_dir}: nothing to plot; give the directory of a "
+                             "run (jaxllm train, sft, dpo, reward or ppo) that has logged")  # fmt: skip
     records = read_metrics(run_dir)
     if not any(r.get("split") == "train" for r in records):
-        raise ValueError(f"{run_dir / METRICS_FILE} holds no train points: nothing to plot")
+        raise MetricsError(f"{run_dir / METRICS_FILE} holds no train points: nothing to plot; plot the run once it "
+                           "has logged a step (train.log_every)")  # fmt: skip
     out = run_dir / "metrics.png" if out is None else Path(out)
 
     names = panels(records)

@@ -53,6 +53,15 @@ def _heatmap(ax, m: np.ndarray, labels: list[str] | None, title: str):
     return image
 
 
+def check_indices(num_layers: int, num_heads: int, layers: list[int] | None, heads: list[int] | None) -> None:
+    """Refuse a layer or head the model lacks, naming it and the valid range; callers check
+    before computing the maps, so a typo costs no forward pass."""
+    for name, chosen, n in (("layer", layers or [], num_layers), ("head", heads or [], num_heads)):
+        bad = [i for i in chosen if not 0 <= i < n]
+        if bad:
+            raise DataError(f"{name} {bad[0]} does not exist: the model has {n} {name}s (0..{n - 1})")
+
+
 def plot_attention(
     maps: np.ndarray,
     pieces: list[str],
@@ -64,12 +73,9 @@ def plot_attention(
     """A grid of heatmaps, one row per layer and one column per head (keys across, queries
     down; a row sums to 1). Token labels on the axes when the prompt is short enough to read."""
     L, H = maps.shape[:2]
+    check_indices(L, H, layers, heads)
     layers = list(range(L)) if layers is None else layers
     heads = list(range(H)) if heads is None else heads
-    for name, chosen, n in (("layer", layers, L), ("head", heads, H)):
-        bad = [i for i in chosen if not 0 <= i < n]
-        if bad:
-            raise DataError(f"{name} {bad[0]} does not exist: the model has {n} {name}s (0..{n - 1})")
     labels = [token_label(p) for p in pieces] if len(pieces) <= 32 else None
     size = 2.6 if labels is None else 3.4
     fig, axes = plt.subplots(len(layers), len(heads), figsize=(size * len(heads) + 1, size * len(layers)),
