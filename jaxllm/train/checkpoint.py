@@ -26,6 +26,8 @@ Restoring tells two failures apart, because they need opposite answers:
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -45,6 +47,18 @@ class IncompatibleCheckpoint(ConfigError):
 
 class UnreadableCheckpoints(DataError):
     """Checkpoints exist but none can be read."""
+
+
+@contextlib.contextmanager
+def _quiet_orbax():
+    """Reading one item of a checkpoint makes orbax warn about each item not asked for."""
+    logger = logging.getLogger("absl")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _reason(e: BaseException) -> str:
@@ -124,7 +138,8 @@ class Checkpointer:
     def saved_config(self, step: int) -> dict | None:
         """The config saved with the checkpoint at `step` (None if unreadable)."""
         try:
-            return self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+            with _quiet_orbax():
+                return self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
         except Exception:  # orbax raises many types for bad files
             return None
 
@@ -132,7 +147,8 @@ class Checkpointer:
         """Why the checkpoint at `step` cannot be this config's state (None: it fits, or its
         metadata is unreadable, which makes it a corrupt checkpoint, not an incompatible one)."""
         try:
-            saved = _flat(self.manager.item_metadata(step)["state"].tree)
+            with _quiet_orbax():
+                saved = _flat(self.manager.item_metadata(step)["state"].tree)
         except Exception:
             return None
         want = _flat(abstract_state)
