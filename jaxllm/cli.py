@@ -95,7 +95,7 @@ def _train(args: argparse.Namespace) -> int:
     from jaxllm.train.trainer import train_main
 
     cfg = load_config(args.config, args.overrides)  # config errors first, before joining anything
-    return _joined(args, lambda: train_main(cfg), prepare=lambda: ensure_data(cfg))
+    return _joined(args, lambda: train_main(cfg, reset=args.reset), prepare=lambda: ensure_data(cfg))
 
 
 def _quickstart(args: argparse.Namespace) -> None:
@@ -477,6 +477,8 @@ def build_parser() -> argparse.ArgumentParser:
     train = verbs.add_parser("train", help="train (or resume) a model; prepares missing data first")
     _config_args(train)
     _multiprocess_args(train)
+    train.add_argument("--reset", action="store_true",
+                       help="start over: first move what train.out_dir holds into its archive/ (nothing deleted)")
     train.set_defaults(func=_train)
     quick = verbs.add_parser("quickstart", help="fetch, tokenize, prepare, train and sample tiny Shakespeare")
     quick.add_argument("--out", default="runs/quickstart", help="where everything goes")
