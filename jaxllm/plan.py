@@ -297,6 +297,8 @@ def plan(cfg: Config, topology: Topology, hbm_bytes: float | None = None) -> Pla
     unrolled probes of `compiler_estimates`."""
     from jaxllm.model.summary import flops_per_token
 
+    if hbm_bytes is not None and not 0 < hbm_bytes < math.inf:  # before minutes of compiling, not after
+        raise ConfigError(f"hbm_bytes={hbm_bytes} must be a positive, finite memory size per device")
     try:
         mesh, compiled = compile_train_step(cfg, topology.devices)
         mem = compiled.memory_analysis()

@@ -196,6 +196,18 @@ def test_every_float_config_field_refuses_non_finite_numbers():
             assert f"{key}={shown} must be a finite number" in str(info.value)
 
 
+def test_the_library_refuses_what_the_cli_refuses():
+    from jaxllm.model.summary import summary_table
+    from jaxllm.plan import get_topology, plan
+
+    cfg = load_config("shakespeare-char")
+    with pytest.raises(ConfigError, match="seq_len=-4"):
+        summary_table(cfg, -4)
+    for bad in (-1.0, 0.0, float("nan"), float("inf")):
+        with pytest.raises(ConfigError, match=f"hbm_bytes={bad}"):
+            plan(cfg, get_topology("cpu:1"), hbm_bytes=bad)
+
+
 def run_cli(argv: list[str], capfd) -> tuple[int, str, str]:
     """main(argv)'s exit code (a usage error's SystemExit included) and what it printed."""
     try:

@@ -19,7 +19,7 @@ import math
 
 import jax
 
-from jaxllm.config import Config, ModelConfig
+from jaxllm.config import Config, ConfigError, ModelConfig
 from jaxllm.model.api import model_config, param_shapes
 
 # Parameter groups for the summary, by where they live in the params tree.
@@ -82,6 +82,8 @@ def memory_bytes(config: Config | ModelConfig) -> dict[str, int]:
 
 def summary_table(config: Config, seq_len: int | None = None) -> str:
     """Human-readable summary printed by `jaxllm model summary`."""
+    if seq_len is not None and seq_len < 1:  # would print negative attention FLOPs (0 would mean data.seq_len)
+        raise ConfigError(f"seq_len={seq_len} must be a positive number of tokens, e.g. {config.data.seq_len}")
     m = config.model
     T = seq_len or config.data.seq_len
     counts = param_counts(config)
