@@ -12,8 +12,9 @@ The functional API works on (config, params, tokens) and needs no CLI:
 e.g. `from jaxllm.generate import prefill, decode_step`.)
 """
 
-from jaxllm.host import tune_malloc
+from jaxllm.host import quiet_startup_interrupts, tune_malloc
 
+quiet_startup_interrupts()  # the `jaxllm` command: Ctrl-C while jax imports is one line, exit 130
 tune_malloc()  # before any step allocates: see jaxllm/host.py
 
 from jaxllm.config import Config, ConfigError, load_config  # noqa: E402

@@ -15,6 +15,7 @@ from pathlib import Path
 from jaxllm.cli_args import Parser, bounded, non_negative, positive
 from jaxllm.cli_errors import DEBUG_ENV, debug_requested, report
 from jaxllm.config import ConfigError, list_presets, load_config, to_yaml
+from jaxllm.host import restore_interrupts
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
@@ -657,6 +658,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     Ctrl-C): see jaxllm/cli_errors.py. `--debug` or JAXLLM_DEBUG=1 re-raises instead, for
     the traceback. Usage errors (no verb, an unknown option) exit 2 through SystemExit.
     """
+    restore_interrupts()  # from here Ctrl-C is a KeyboardInterrupt, reported below
     debug = debug_requested()
     try:
         parser = build_parser()

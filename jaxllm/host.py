@@ -22,6 +22,10 @@ import ctypes
 import ctypes.util
 import os
 import platform
+import signal
+import sys
+import threading
+from typing import Any
 
 # mallopt parameter numbers, from glibc's malloc.h
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -2, -3, -8
@@ -44,3 +48,29 @@ def tune_malloc() -> bool:
         return all(libc.mallopt(param, ctypes.c_int(value)) == 1 for param, value in SETTINGS.items())
     except (OSError, AttributeError):
         return False
+
+
+def _exit_interrupted(signum: int, frame: Any) -> None:
+    os.write(2, b"jaxllm: interrupted (Ctrl-C)\n")
+    os._exit(130)
+
+
+def quiet_startup_interrupts() -> None:
+    """When this process is the `jaxllm` command, a Ctrl-C before `cli.main` runs ends it
+    with one line and exit 130, not a traceback from inside an import (importing jax
+    takes a second or more). `cli.main` puts Python's own handler back with
+    `restore_interrupts`, so from there Ctrl-C is a KeyboardInterrupt as usual. Library
+    users (notebooks, pytest) are left alone: they are not the command."""
+    argv = getattr(sys, "orig_argv", [])
+    command = os.path.basename(sys.argv[0] if sys.argv else "") == "jaxllm" or argv[1:3] == ["-m", "jaxllm.cli"]
+    if not command or threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not someone else's handler
+        signal.signal(signal.SIGINT, _exit_interrupted)
+
+
+def restore_interrupts() -> None:
+    """Undo `quiet_startup_interrupts` (a no-op if it did nothing)."""
+    if signal.getsignal(signal.SIGINT) is _exit_interrupted:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+

@@ -124,10 +124,13 @@ def test_a_corrupt_newest_checkpoint_is_quarantined_and_its_step_saved_again(tex
     assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(straight), strict=True))
 
 
-def test_a_failing_command_leaves_the_run_and_its_config_untouched(text, finished, tmp_path):
+@pytest.mark.parametrize("change", ["train.batch_size=12", "model.vocab_size=512"])
+def test_a_failing_command_leaves_the_run_and_its_config_untouched(text, finished, tmp_path, change):
+    """Both pass config validation and fail later: 12 rows do not split over 8 devices;
+    a 512-id embedding does not fit the run's checkpoint."""
     run = copy_run(finished, tmp_path / "run")
     before = digest(run)
-    assert main(["train", "shakespeare-char", *overrides(text, run, "model.vocab_size=100")]) == 2
+    assert main(["train", "shakespeare-char", *overrides(text, run, "train.steps=6", change)]) == 2
     assert digest(run) == before
     cfg, _, step = load_run(run)
     assert step == 4 and cfg.model.vocab_size == 256

@@ -26,8 +26,6 @@ Restoring tells two failures apart, because they need opposite answers:
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import os
 import time
 from collections.abc import Callable
@@ -47,18 +45,6 @@ class IncompatibleCheckpoint(ConfigError):
 
 class UnreadableCheckpoints(DataError):
     """Checkpoints exist but none can be read."""
-
-
-@contextlib.contextmanager
-def _quiet_orbax():
-    """Reading one item of a checkpoint makes orbax warn about each item not asked for."""
-    logger = logging.getLogger("absl")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
 
 
 def _reason(e: BaseException) -> str:
@@ -102,7 +88,11 @@ class Checkpointer:
             create=True,
         )
         self.directory = Path(directory).absolute()
-        self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "data", "config"))
+        # Handlers named up front (not just item names): a fresh manager can then read one
+        # item's metadata (the saved shapes) before any restore, which `incompatibility` needs.
+        handlers = {"state": ocp.StandardCheckpointHandler(), "data": ocp.JsonCheckpointHandler(),
+                    "config": ocp.JsonCheckpointHandler()}  # fmt: skip
+        self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
 
     def save(self, step: int, state: Any, data_state: dict, config: dict, force: bool = False) -> None:
         """Start saving in the background; training continues while it writes."""
@@ -138,8 +128,7 @@ class Checkpointer:
     def saved_config(self, step: int) -> dict | None:
         """The config saved with the checkpoint at `step` (None if unreadable)."""
         try:
-            with _quiet_orbax():
-                return self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+            return self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
         except Exception:  # orbax raises many types for bad files
             return None
 
@@ -147,8 +136,7 @@ class Checkpointer:
         """Why the checkpoint at `step` cannot be this config's state (None: it fits, or its
         metadata is unreadable, which makes it a corrupt checkpoint, not an incompatible one)."""
         try:
-            with _quiet_orbax():
-                saved = _flat(self.manager.item_metadata(step)["state"].tree)
+            saved = _flat(self.manager.item_metadata(step)["state"].tree)
         except Exception:
             return None
         want = _flat(abstract_state)
