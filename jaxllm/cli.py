@@ -91,6 +91,11 @@ def _joined(args: argparse.Namespace, work, prepare=None) -> int:
         distributed.shutdown()
 
 
+def _reset_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--reset", action="store_true",
+                   help="start over: first move what train.out_dir holds into its archive/")  # fmt: skip
+
+
 def _train(args: argparse.Namespace) -> int:
     from jaxllm.data.ready import ensure_data
     from jaxllm.train.trainer import train_main
@@ -142,28 +147,29 @@ def _sft(args: argparse.Namespace) -> int:
     from jaxllm.posttrain.sft import sft, sft_config
 
     cfg = sft_config(args.source, args.overrides)
-    return _joined(args, lambda: _exit_code(sft(cfg)))
+    return _joined(args, lambda: _exit_code(sft(cfg, reset=args.reset)))
 
 
 def _dpo(args: argparse.Namespace) -> int:
     from jaxllm.posttrain.dpo import dpo
     from jaxllm.posttrain.sft import sft_config
 
-    return _exit_code(dpo(sft_config(args.source, args.overrides, suffix="dpo"))[0])
+    return _exit_code(dpo(sft_config(args.source, args.overrides, suffix="dpo"), reset=args.reset)[0])
 
 
 def _reward(args: argparse.Namespace) -> int:
     from jaxllm.posttrain.reward import reward
     from jaxllm.posttrain.sft import sft_config
 
-    return _exit_code(reward(sft_config(args.source, [*args.overrides, "model.head=scalar"], suffix="reward"))[0])
+    cfg = sft_config(args.source, [*args.overrides, "model.head=scalar"], suffix="reward")
+    return _exit_code(reward(cfg, reset=args.reset)[0])
 
 
 def _ppo(args: argparse.Namespace) -> int:
     from jaxllm.posttrain.ppo_loop import ppo
     from jaxllm.posttrain.sft import sft_config
 
-    return _exit_code(ppo(sft_config(args.source, args.overrides, suffix="ppo")))
+    return _exit_code(ppo(sft_config(args.source, args.overrides, suffix="ppo"), reset=args.reset))
 
 
 def _plot(args: argparse.Namespace) -> None:
@@ -478,8 +484,7 @@ def build_parser() -> argparse.ArgumentParser:
     train = verbs.add_parser("train", help="train (or resume) a model; prepares missing data first")
     _config_args(train)
     _multiprocess_args(train)
-    train.add_argument("--reset", action="store_true",
-                       help="start over: first move what train.out_dir holds into its archive/ (nothing deleted)")
+    _reset_arg(train)
     train.set_defaults(func=_train)
     quick = verbs.add_parser("quickstart", help="fetch, tokenize, prepare, train and sample tiny Shakespeare")
     quick.add_argument("--out", default="runs/quickstart", help="where everything goes")
@@ -503,6 +508,7 @@ def build_parser() -> argparse.ArgumentParser:
     sft.add_argument("source", help="a run directory to start from, or a preset / YAML (random init)")
     sft.add_argument("overrides", nargs="*", help="a.b.c=value, e.g. posttrain.data=instructions.json train.steps=200")
     _multiprocess_args(sft)
+    _reset_arg(sft)
     sft.set_defaults(func=_sft)
     for verb, func, help_, source, example in (
         ("dpo", _dpo, "direct preference optimization on chosen/rejected pairs",
@@ -518,6 +524,7 @@ def build_parser() -> argparse.ArgumentParser:
         posttrain = verbs.add_parser(verb, help=help_)
         posttrain.add_argument("source", help=source)
         posttrain.add_argument("overrides", nargs="*", help=example)
+        _reset_arg(posttrain)
         posttrain.set_defaults(func=func)
     ev = verbs.add_parser("eval", help="evaluate a run").add_subparsers(dest="action", required=True)
     ppl = ev.add_parser("perplexity", help="loss, perplexity and bits-per-byte of text, in rolling windows")

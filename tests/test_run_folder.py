@@ -221,3 +221,11 @@ def test_a_run_folder_works_from_another_directory(text, finished, tmp_path, mon
     monkeypatch.chdir(tmp_path)
     cfg, _, step = load_run("moved")
     assert step == 4 and cfg.train.out_dir == str(moved)
+
+
+@pytest.mark.parametrize("verb", ["train", "sft", "dpo", "reward", "ppo"])
+def test_every_training_verb_takes_reset(verb):
+    from jaxllm.cli import build_parser
+
+    assert build_parser().parse_args([verb, "source", "--reset"]).reset is True
+    assert build_parser().parse_args([verb, "source"]).reset is False

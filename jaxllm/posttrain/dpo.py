@@ -149,7 +149,10 @@ class DPOTask(PairTask):
             f"{pt.label_smoothing}{', reference-free' if pt.reference_free else ''}")  # fmt: skip
 
 
-def dpo(cfg: Config, log: Callable[[str], None] = print, stop_after: int | None = None) -> tuple[TrainResult, dict]:
+def dpo(
+    cfg: Config, log: Callable[[str], None] = print, stop_after: int | None = None, reset: bool = False
+) -> tuple[TrainResult, dict]:
     """Train `cfg` with DPO on posttrain.data; returns the run and held-out preference
     metrics before and after ({"before": {...}, "after": {...}})."""
-    return train_and_measure(cfg, DPOTask(cfg, log), preference_metrics, "dpo held-out: accuracy", log, stop_after)
+    label = "dpo held-out: accuracy"
+    return train_and_measure(cfg, DPOTask(cfg, log), preference_metrics, label, log, stop_after, reset)

@@ -105,7 +105,13 @@ def mean_metrics(loss_fn: Callable, cfg: Config, params, batches: list) -> dict[
 
 
 def train_and_measure(
-    cfg: Config, task: PairTask, metrics: Callable, label: str, log: Callable[[str], None], stop_after: int | None
+    cfg: Config,
+    task: PairTask,
+    metrics: Callable,
+    label: str,
+    log: Callable[[str], None],
+    stop_after: int | None,
+    reset: bool = False,
 ) -> tuple[TrainResult, dict]:
     """Train on a pair task and measure `metrics(cfg, params, batches)` on its held-out
     pairs before (when it starts from a run) and after; the "after" figures also go to
@@ -114,7 +120,7 @@ def train_and_measure(
     from jaxllm.train.metrics import MetricsWriter
 
     before = metrics(cfg, task.start, task.val) if task.val and task.start is not None else None
-    result = train(cfg, log, stop_after, task=task)
+    result = train(cfg, log, stop_after, task=task, reset=reset)
     report: dict = {"before": before}
     if task.val:
         _, params, _ = load_run(result.run_dir)

@@ -123,8 +123,10 @@ class RewardTask(PairTask):
         log(f"reward: {len(rows[0])} train / {len(rows[1])} val pairs from {pt.data}")
 
 
-def reward(cfg: Config, log: Callable[[str], None] = print, stop_after: int | None = None) -> tuple[TrainResult, dict]:
+def reward(
+    cfg: Config, log: Callable[[str], None] = print, stop_after: int | None = None, reset: bool = False
+) -> tuple[TrainResult, dict]:
     """Train a reward model; returns the run and held-out metrics before and after."""
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, head="scalar"))
     label = "reward held-out: pairwise accuracy"
-    return train_and_measure(cfg, RewardTask(cfg, log), accuracy_metrics, label, log, stop_after)
+    return train_and_measure(cfg, RewardTask(cfg, log), accuracy_metrics, label, log, stop_after, reset)

@@ -118,7 +118,10 @@ def sft_config(source: str | os.PathLike[str], overrides: Sequence[str] = (), su
     return dataclasses.replace(cfg, chat=dataclasses.replace(cfg.chat, enabled=True))
 
 
-def sft(cfg: Config, log: Callable[[str], None] = print, stop_after: int | None = None) -> TrainResult:
-    """Instruction-tune: train `cfg` on posttrain.data with the loss on replies only."""
+def sft(
+    cfg: Config, log: Callable[[str], None] = print, stop_after: int | None = None, reset: bool = False
+) -> TrainResult:
+    """Instruction-tune: train `cfg` on posttrain.data with the loss on replies only
+    (`reset`: archive what train.out_dir holds first, as `jaxllm sft --reset`)."""
     cfg = dataclasses.replace(cfg, chat=dataclasses.replace(cfg.chat, enabled=True))
-    return train(cfg, log, stop_after, task=SFTTask(cfg, log))
+    return train(cfg, log, stop_after, task=SFTTask(cfg, log), reset=reset)

@@ -38,6 +38,8 @@ import orbax.checkpoint as ocp
 from jaxllm.config import ConfigError
 from jaxllm.data.errors import DataError
 
+START_OVER = "start over with the same command and --reset, which moves the old run into its archive/ folder"
+
 
 class IncompatibleCheckpoint(ConfigError):
     """The run's checkpoint holds another model or optimizer than the config describes."""
@@ -174,7 +176,7 @@ class Checkpointer:
             if problem is not None:
                 raise IncompatibleCheckpoint(
                     f"{problem}. Nothing was changed. Resume with the run's own settings (its config.yaml), give a "
-                    "new train.out_dir, or start over with `jaxllm train ... --reset`, which archives the old run"
+                    f"new train.out_dir, or {START_OVER}"
                 )
             try:
                 restored = self.restore(step, abstract_state)
@@ -192,8 +194,8 @@ class Checkpointer:
         if corrupt:
             listed = "; ".join(f"step {s}: {r}" for s, r in corrupt)
             raise UnreadableCheckpoints(
-                f"{self.directory} holds checkpoints but none is readable ({listed}). Nothing was changed; to start "
-                "over keep them aside with `jaxllm train ... --reset` or give a new train.out_dir"
+                f"{self.directory} holds checkpoints but none is readable ({listed}). Nothing was changed. Give a new "
+                f"train.out_dir, or {START_OVER}"
             )
         return None
 
