@@ -214,13 +214,23 @@ def test_reset_archives_the_old_run_and_a_file_is_no_run_folder(text, finished, 
     assert a_file.read_text() == "mine"
 
 
-def test_a_run_folder_works_from_another_directory(text, finished, tmp_path, monkeypatch):
-    saved = jaxllm.load_config(finished / "config.yaml")
-    assert Path(saved.data.path).is_absolute() and Path(saved.train.out_dir).is_absolute()
-    moved = copy_run(finished, tmp_path / "moved")
-    monkeypatch.chdir(tmp_path)
+def test_a_run_folder_works_from_another_directory(text, tmp_path, monkeypatch):
+    """Trained with relative paths (its tokenizer, data and folder), used from elsewhere and moved."""
+    work, elsewhere = tmp_path / "work", tmp_path / "elsewhere"
+    work.mkdir(), elsewhere.mkdir()
+    monkeypatch.chdir(work)
+    relative = [*TINY_MODEL, "model.vocab_size=384", "tokenizer.path=tok/char.model", f"data.inputs=[{text}]", "data.path=data",
+                "train.out_dir=run", "train.steps=2", "train.batch_size=8", "train.tensorboard=false"]  # fmt: skip
+    assert main(["train", "shakespeare-char-cpu", *relative]) == 0
+    saved = jaxllm.load_config(work / "run" / "config.yaml")
+    assert Path(saved.data.path).is_absolute() and Path(saved.tokenizer.path).is_absolute()
+    monkeypatch.chdir(elsewhere)
+    sample = ["--max-new-tokens", "4", "--prompt", "To", "--temperature", "0"]
+    assert main(["sample", "../work/run", *sample]) == 0
+    moved = copy_run(work / "run", elsewhere / "moved")
     cfg, _, step = load_run("moved")
-    assert step == 4 and cfg.train.out_dir == str(moved)
+    assert step == 2 and cfg.train.out_dir == str(moved)
+    assert main(["sample", "moved", *sample]) == 0
 
 
 @pytest.mark.parametrize("verb", ["train", "sft", "dpo", "reward", "ppo"])
