@@ -154,6 +154,24 @@ def test_a_removed_input_is_only_a_warning(prepared):
     assert any(ln.startswith("warning: 1 of the files") and "corpus.txt" in ln for ln in lines)
 
 
+def test_an_unreadable_input_or_shard_is_named_not_called_dropped(prepared, monkeypatch):
+    cfg, corpus = prepared
+    shard = Path(cfg.data.path) / "train-00000.bin"
+    denied: set[str] = set()
+    readable = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: str(p) not in denied and readable(p, mode, **kw))
+    denied.add(str(corpus))  # as after `chmod 000` (the tests run as root, for whom every file is readable)
+    assert check_dataset(cfg, log=quiet)  # unchanged since prepare hashed it: nothing to read
+    os.utime(corpus, ns=(0, 0))  # same bytes, but its mtime says it must be hashed again
+    with pytest.raises(DataError, match=r"corpus.txt cannot be read \(permission denied\).*readable again, or set "
+                                        r"data.inputs=\[\]"):  # fmt: skip
+        check_dataset(cfg, log=quiet)  # not "data.inputs no longer names corpus.txt", and no PermissionError
+    assert check_dataset(config("data.inputs=[]", f"data.path={cfg.data.path}"), log=quiet)  # the fix it names
+    denied = {str(shard)}  # training reads every shard: refused even though it is verified
+    with pytest.raises(DataError, match=r"train-00000.bin cannot be read \(permission denied\).*readable again$"):
+        check_dataset(cfg, log=quiet)
+
+
 def test_a_retrained_tokenizer_is_refused(tmp_path):
     corpus = corpus_file(tmp_path)
     tok = tmp_path / "tok.model"

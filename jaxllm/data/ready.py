@@ -73,6 +73,16 @@ def check_dataset(cfg: Config, log: Callable[[str], None] = print) -> dict[str, 
         if not shard.is_file():
             raise ShardError(f"shard {shard} is missing; {REBUILD}")
     verified = VerifiedFiles(path)
+    # training reads every shard; an input that did not change since it was last hashed need not be read again
+    locked = [item for item in sources + shards if not os.access(item[2], os.R_OK)
+              and (item[0] == "shards" or not verified.is_current(*item))]  # fmt: skip
+    if locked:
+        skip = ", or set data.inputs=[] to train on the prepared shards without checking the inputs"
+        raise DataError(
+            f"{_few([str(p) for _, _, p, _ in locked])} cannot be read (permission denied), so data.path="
+            f"{cfg.data.path!r} cannot be checked or used; make it readable again"
+            + (skip if all(section == "sources" for section, *_ in locked) else "")
+        )
     try:
         bad = verified.verify(sources + shards, log)  # one pass, one progress report
     finally:
@@ -113,7 +123,9 @@ def _check_tokenizer(cfg: Config, manifest: dict[str, Any]) -> None:
 def _source_items(cfg: Config, manifest: dict[str, Any], log: Callable[[str], None]) -> list[VerifyItem]:
     """The inputs to hash, once the names and sizes match what the dataset was prepared from."""
     recorded = {os.path.abspath(s["path"]): s for s in manifest["sources"]}  # old manifests: relative to here
-    named = [str(p) for p in expand_inputs(cfg.data.inputs, ReadReport()) if os.access(p, os.R_OK)]
+    # an unreadable file was left out of the dataset (prepare reports it), unless it was read then and locked since
+    matched = [str(p) for p in expand_inputs(cfg.data.inputs, ReadReport())]
+    named = [p for p in matched if os.access(p, os.R_OK) or p in recorded]
     added = [p for p in named if p not in recorded]
     dropped = [p for p in recorded if p not in named and os.path.exists(p)]
     gone = [p for p in recorded if not os.path.exists(p)]
