@@ -219,8 +219,9 @@ def test_a_run_folder_works_from_another_directory(text, tmp_path, monkeypatch):
     work, elsewhere = tmp_path / "work", tmp_path / "elsewhere"
     work.mkdir(), elsewhere.mkdir()
     monkeypatch.chdir(work)
-    relative = [*TINY_MODEL, "model.vocab_size=384", "tokenizer.path=tok/char.model", f"data.inputs=[{text}]", "data.path=data",
-                "train.out_dir=run", "train.steps=2", "train.batch_size=8", "train.tensorboard=false"]  # fmt: skip
+    relative = [*TINY_MODEL, "model.vocab_size=384", "tokenizer.path=tok/char.model", f"data.inputs=[{text}]",
+                "data.path=data", "train.out_dir=run", "train.steps=2", "train.batch_size=8",
+                "train.tensorboard=false"]  # fmt: skip
     assert main(["train", "shakespeare-char-cpu", *relative]) == 0
     saved = jaxllm.load_config(work / "run" / "config.yaml")
     assert Path(saved.data.path).is_absolute() and Path(saved.tokenizer.path).is_absolute()
