@@ -497,10 +497,12 @@ def build_parser() -> argparse.ArgumentParser:
     smp.add_argument("--escapes", action="store_true", help="read \\n, \\t, ... in --prompt as escapes")
     smp.add_argument("--stop", action="append", default=[], help="end the sample at this text (repeatable)")
     smp.add_argument("--num-samples", action=positive(), default=1, help="this many samples, seeds seed, seed+1, ...")
+    smp.add_argument("overrides", nargs="*", help="a.b.c=value over the run's config.yaml, e.g. model.dtype=bfloat16")
     smp.set_defaults(func=_sample)
     chat = verbs.add_parser("chat", help="talk to an instruction-tuned run (its chat template); /reset, /exit")
     _sampling_args(chat, max_new_tokens=256, temperature=0.7)
     chat.add_argument("--system", default=None, help="a system message opening the conversation")
+    chat.add_argument("overrides", nargs="*", help="a.b.c=value over config.yaml, e.g. chat.default_system=Hi")
     chat.set_defaults(func=_chat)
     sft = verbs.add_parser(
         "sft", help="instruction-tune: loss on replies only; SOURCE is a run directory (its weights) or a config"
@@ -683,6 +685,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if extra and not passthrough:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.extra = extra
+        from jaxllm.host import enable_compilation_cache
+
+        enable_compilation_cache()  # compiled programs persist across commands: jaxllm/host.py
         code = args.func(args)
     except (Exception, KeyboardInterrupt) as e:
         if debug:

@@ -119,7 +119,7 @@ class MeshConfig:
     rules: tuple[str, ...] = ()
 
 
-TokenizerKind = Literal["bpe", "unigram", "char"]
+TokenizerKind = Literal["bpe", "unigram", "char", "word"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -238,6 +238,10 @@ class ChatConfig:
     Each role's template holds `{content}` once. A reply is generated after the text
     before `{content}` in `assistant` and ends at the text after it (its first line,
     e.g. "<|end|>"), which is the stop string. `enabled` marks an instruction-tuned run.
+
+    An imported model brings its own Jinja template (`template`, rendered as transformers
+    does, jaxllm/chat_template.py); it then replaces the three role templates, and a reply
+    ends at one of `stop_tokens` (the template's end-of-turn token, e.g. "<|im_end|>") or EOS.
     """
 
     enabled: bool = False
@@ -245,6 +249,8 @@ class ChatConfig:
     user: str = "<|user|>\n{content}<|end|>\n"
     assistant: str = "<|assistant|>\n{content}<|end|>\n"
     default_system: str = ""  # used when a conversation brings no system message
+    template: str = ""  # a Jinja chat template (an imported model's); "" = the role templates above
+    stop_tokens: tuple[str, ...] = ()  # special tokens that end a reply besides EOS (with a Jinja template)
 
 
 @dataclasses.dataclass(frozen=True)

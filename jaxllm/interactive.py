@@ -16,6 +16,7 @@ from typing import TextIO
 
 from jaxllm.chat import render, stop_string
 from jaxllm.config import Config
+from jaxllm.data.tokenizer import encode_prompt
 from jaxllm.generate import Generation, GenerationError, generate_stream
 from jaxllm.model.api import model_config
 
@@ -54,18 +55,21 @@ def stream_text(
     stop: Sequence[str],
     out: TextIO,
     overflow: str = "slide",
+    stop_ids: Sequence[int] = (),
 ) -> tuple[str, str]:
     """Generate from one prompt, writing text to `out` as it comes: (text, finish reason).
 
-    Ends at EOS, at the first stop string (not printed), or at max_new_tokens.
+    Ends at EOS or a stop token (stop_ids: a chat template's end-of-turn token; neither
+    is printed), at the first stop string (not printed), or at max_new_tokens.
     """
+    ends = {int(tokenizer.eos_id), *map(int, stop_ids)}
     stream = TextStream(tokenizer.decode)
     printed = 0
     hold = max((len(s) for s in stop), default=0)  # a stop string may be arriving: keep that much back
     reason = "length"
     vocab_limit = min(tokenizer.vocab_size, model_config(cfg).vocab_size)
     gen = generate_stream(
-        cfg, params, [prompt_ids], max_new_tokens, stop_tokens=[tokenizer.eos_id], vocab_limit=vocab_limit,
+        cfg, params, [prompt_ids], max_new_tokens, stop_tokens=sorted(ends), vocab_limit=vocab_limit,
         overflow=overflow, **sampling,
     )  # fmt: skip
     for item in gen:
@@ -73,7 +77,7 @@ def stream_text(
             reason = item.finish_reasons[0]
             break
         token = item[0]
-        if token is None or token == tokenizer.eos_id:
+        if token is None or token in ends:
             continue
         stream.push(token)
         text = stream.text
@@ -94,6 +98,18 @@ def stream_text(
     return text, reason
 
 
+def _load(args) -> tuple[Config, dict, int]:
+    """The run's config (with the command's `a.b=c` overrides, e.g. chat.template=...), weights and step."""
+    from jaxllm.config import apply_overrides, from_dict, to_dict
+    from jaxllm.train.load import load_run
+
+    cfg, params, step = load_run(args.run_dir)
+    overrides = list(getattr(args, "overrides", None) or ())
+    if overrides:
+        cfg = from_dict(apply_overrides(to_dict(cfg), overrides))
+    return cfg, params, step
+
+
 def sampling_kwargs(args) -> dict:
     return dict(
         temperature=args.temperature,
@@ -108,16 +124,14 @@ def sampling_kwargs(args) -> dict:
 def run_sample(args, out: TextIO | None = None) -> None:
     """`jaxllm sample RUN_DIR --prompt ...`: stream continuations of a prompt."""
     out = out or sys.stdout
-    from jaxllm.train.load import load_run, load_run_tokenizer
+    from jaxllm.train.load import load_run_tokenizer
 
     if args.num_samples < 1:
         raise GenerationError(f"--num-samples={args.num_samples} must be at least 1")
-    cfg, params, step = load_run(args.run_dir)
+    cfg, params, step = _load(args)
     tokenizer = load_run_tokenizer(cfg)
     prompt = args.prompt.encode().decode("unicode_escape") if args.escapes else args.prompt
-    ids = tokenizer.encode(prompt).tolist()
-    if tokenizer.bos_id is not None:
-        ids = [tokenizer.bos_id, *ids]
+    ids = encode_prompt(tokenizer, prompt)
     if not ids:
         raise GenerationError("the prompt encodes to no tokens; give some text, e.g. --prompt 'ROMEO:'")
     print(f"# {args.run_dir} step {step}", file=sys.stderr)
@@ -135,12 +149,12 @@ def run_chat(args, inp: TextIO | None = None, out: TextIO | None = None) -> None
     chat template. /reset clears the history, /exit (or end of input) quits."""
     inp = inp or sys.stdin
     out = out or sys.stdout
-    from jaxllm.train.load import load_run, load_run_tokenizer
+    from jaxllm.train.load import load_run_tokenizer
 
-    cfg, params, step = load_run(args.run_dir)
+    cfg, params, step = _load(args)
     tokenizer = load_run_tokenizer(cfg)
     chat = cfg.chat
-    if not chat.enabled:
+    if not chat.enabled and not chat.template:
         print(
             f"jaxllm: note: {args.run_dir} is not instruction-tuned (chat.enabled is false); using the default "
             "template, so replies are plain continuations. Instruction-tune it first for a real assistant.",
@@ -148,7 +162,9 @@ def run_chat(args, inp: TextIO | None = None, out: TextIO | None = None) -> None
         )
     system = args.system
     history: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
-    stop = [stop_string(chat)]
+    # a Jinja template ends a reply with a token (e.g. <|im_end|>); the role templates with a string
+    stop = [] if chat.template else [stop_string(chat)]
+    stop_ids = stop_token_ids(tokenizer, chat.stop_tokens)
     kwargs = sampling_kwargs(args)
     interactive = inp.isatty() if hasattr(inp, "isatty") else False
     turn = 0
@@ -172,11 +188,26 @@ def run_chat(args, inp: TextIO | None = None, out: TextIO | None = None) -> None
         ids = _fit_history(cfg, tokenizer, chat, history, args.max_new_tokens)
         out.write("assistant> ")
         reply, _ = stream_text(cfg, params, tokenizer, ids, args.max_new_tokens, {**kwargs, "seed": args.seed + turn},
-                               stop, out, overflow="stop")  # fmt: skip
+                               stop, out, overflow="stop", stop_ids=stop_ids)  # fmt: skip
         out.write("\n")
         out.flush()
         history.append({"role": "assistant", "content": reply.strip()})
         turn += 1
+
+
+def stop_token_ids(tokenizer, names: Sequence[str]) -> list[int]:
+    """Ids of the tokens named in chat.stop_tokens; a name the tokenizer lacks is an error
+    (a reply would otherwise run on past the end of its turn)."""
+    ids = []
+    for name in names:
+        found = [i for i in tokenizer.encode(name).tolist()]
+        if len(found) != 1:
+            raise GenerationError(
+                f"chat.stop_tokens names {name!r}, which is not one token of this tokenizer; "
+                "name the template's end-of-turn token, e.g. chat.stop_tokens='[\"<|im_end|>\"]'"
+            )
+        ids.append(int(found[0]))
+    return ids
 
 
 def _fit_history(cfg: Config, tokenizer, chat, history: list[dict[str, str]], max_new_tokens: int) -> list[int]:
@@ -184,9 +215,8 @@ def _fit_history(cfg: Config, tokenizer, chat, history: list[dict[str, str]], ma
     message or the newest user message) until the reply has room in the context."""
     context = cfg.model.max_seq_len
     while True:
-        ids = tokenizer.encode(render(chat, history)).tolist()
-        if tokenizer.bos_id is not None:
-            ids = [tokenizer.bos_id, *ids]
+        # a Jinja template writes its own BOS (apply_chat_template adds none); the role templates get the tokenizer's
+        ids = encode_prompt(tokenizer, render(chat, history, True, tokenizer), special_tokens=not chat.template)
         first = 1 if history and history[0]["role"] == "system" else 0
         if len(ids) + min(max_new_tokens, context // 4) <= context or len(history) - first <= 1:
             break
@@ -195,4 +225,3 @@ def _fit_history(cfg: Config, tokenizer, chat, history: list[dict[str, str]], ma
         ids = ids[-(context - 1) :]
         print(f"jaxllm: note: the conversation is longer than the context ({context}); cut its start", file=sys.stderr)
     return ids
-

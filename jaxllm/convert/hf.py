@@ -52,12 +52,12 @@ from jaxllm.config import (
     DataConfig,
     ModelConfig,
     RopeScalingConfig,
-    TokenizerConfig,
     TrainConfig,
     from_dict,
     to_dict,
     validate_model,
 )
+from jaxllm.convert.hf_chat import export_chat_template, imported_sections
 from jaxllm.convert.torch_layout import check_family, from_torch, to_torch
 from jaxllm.data.errors import DataError
 
@@ -631,12 +631,14 @@ def import_hf(hf_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], l
     log(f"converted {n:,} parameters")
     out.mkdir(parents=True, exist_ok=True)
     tokenizer_path = _import_tokenizer(hf_dir, out, model, log)
+    tokenizer, chat = imported_sections(hf_dir, tokenizer_path, log)
     # data.path names a directory that does not exist, on purpose: load_run_tokenizer
     # reads a dataset manifest there first, and must never pick up a dataset (and its
     # tokenizer) that happens to sit at the default path in the working directory.
     cfg = Config(
         model=model,
-        tokenizer=TokenizerConfig(path=tokenizer_path),
+        tokenizer=tokenizer,
+        chat=chat,
         data=DataConfig(path=str(out / "data"), seq_len=min(DataConfig.seq_len, model.max_seq_len)),
         train=TrainConfig(out_dir=str(out)),
     )
@@ -712,6 +714,7 @@ def export_hf(
     tensors = params_to_hf(cfg.model, params, dtype)
     del params
     bos, eos, pad = _export_tokenizer(cfg, out, log)
+    export_chat_template(cfg.chat, out, log)
     hf = config_to_hf(cfg.model, bos_id=bos, eos_id=eos, pad_id=pad, dtype=dtype)
     (out / "config.json").write_text(json.dumps(hf, indent=2) + "\n")
     files = write_safetensors(tensors, out, max_shard_size)

@@ -7,9 +7,13 @@ is which token ends a document: transformers keeps that in tokenizer_config.json
 special_tokens_map.json beside it, so those are read when present, and the usual names
 (`<|endoftext|>`, `</s>`, ...) are the fallback.
 
-encode adds no special tokens (no BOS), like the other jaxllm tokenizers: callers that
-want BOS add bos_id themselves. decode keeps special tokens, so decode(encode(text))
-gives back text that contains them, e.g. a chat template's markers.
+encode adds no special tokens (no BOS), like the other jaxllm tokenizers. encode_prompt
+adds exactly the special tokens the source tokenizer adds (what transformers'
+`tokenizer(text)` gives): its tokenizer.json post-processor, unless tokenizer_config.json
+sets add_bos_token / add_eos_token, in which case those flags alone decide, as
+transformers does. Many models add no BOS at all; prepending one anyway changes what
+they answer. decode keeps special tokens, so decode(encode(text)) gives back text that
+contains them, e.g. a chat template's markers.
 """
 
 from __future__ import annotations
@@ -29,6 +33,15 @@ from jaxllm.data.tokenizer import TokenizerError, checked_ids
 EOS_NAMES = ("<|endoftext|>", "<|end_of_text|>", "</s>")
 BOS_NAMES = ("<|begin_of_text|>", "<s>")
 SIDE_FILES = ("tokenizer_config.json", "special_tokens_map.json")
+
+
+def _side_config(directory: Path) -> dict[str, Any]:
+    """tokenizer_config.json as a dict ({} when absent or unreadable)."""
+    try:
+        raw = json.loads((directory / "tokenizer_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return raw if isinstance(raw, dict) else {}
 
 
 def _named_special_tokens(directory: Path) -> dict[str, str]:
@@ -93,6 +106,35 @@ class HFTokenizer:
         pad = self._find(named.get("pad_token"), ())
         self.pad_id: int = eos if pad is None else pad  # padding is masked out; any id will do, eos is always there
         self.identity = "hf-tokenizer:" + hashlib.sha256(data).hexdigest()
+        self._prompt_tok = self._prompt_backend(Backend.from_str(data.decode("utf-8")), _side_config(path.parent))
+        start = self._prompt_tok.encode("", add_special_tokens=True).ids
+        self.adds_bos: bool = bool(start) and self.bos_id is not None and start[0] == self.bos_id
+
+    def _prompt_backend(self, backend: Any, side: dict[str, Any]) -> Any:
+        """The backend whose post-processor adds what transformers adds: tokenizer.json's own,
+        or, when tokenizer_config.json names add_bos_token/add_eos_token (or there is no
+        post-processor), a template from those flags alone (transformers' update_post_processor)."""
+        from tokenizers import processors
+
+        if "add_bos_token" not in side and "add_eos_token" not in side and backend.post_processor is not None:
+            return backend
+        add_bos = bool(side.get("add_bos_token")) and self.bos_id is not None
+        add_eos = bool(side.get("add_eos_token"))
+        bos, eos = (self.piece(self.bos_id) if add_bos else ""), self.piece(self.eos_id)  # type: ignore[arg-type]
+        single = f"{bos + ':0 ' if add_bos else ''}$A:0{' ' + eos + ':0' if add_eos else ''}"
+        pair = f"{single}{' ' + bos + ':1' if add_bos else ''} $B:1{' ' + eos + ':1' if add_eos else ''}"
+        specials = ([(bos, self.bos_id)] if add_bos else []) + ([(eos, self.eos_id)] if add_eos else [])
+        backend.post_processor = processors.TemplateProcessing(single=single, pair=pair, special_tokens=specials)
+        return backend
+
+    def encode_prompt(self, text: str) -> list[int]:
+        """Ids with the special tokens the source tokenizer adds, but never a second BOS when
+        the text already starts with the BOS token's text (a rendered chat prompt often does)."""
+        ids = [int(i) for i in self._prompt_tok.encode(text, add_special_tokens=True).ids]
+        bos = self.bos_id
+        if bos is not None and len(ids) > 1 and ids[0] == ids[1] == bos and text.startswith(self.piece(bos)):
+            ids = ids[1:]
+        return ids
 
     def _find(self, named: str | None, fallbacks: Sequence[str]) -> int | None:
         for text in ((named,) if named else ()) + tuple(fallbacks):

@@ -183,6 +183,29 @@ def load_tokenizer(path: str) -> ByteTokenizer | ScratchBPETokenizer | SentenceP
     return SentencePieceTokenizer(path)
 
 
+def prompt_start(tokenizer) -> list[int]:
+    """The ids a prompt's text follows: [BOS] when the tokenizer adds one, else none.
+
+    A Hugging Face tokenizer follows its own rules (HFTokenizer.adds_bos); jaxllm's own
+    tokenizers put BOS first whenever they have one, as their training documents did."""
+    adds_bos = getattr(tokenizer, "adds_bos", tokenizer.bos_id is not None)
+    return [int(tokenizer.bos_id)] if adds_bos and tokenizer.bos_id is not None else []
+
+
+def encode_prompt(tokenizer, text: str, special_tokens: bool = True) -> list[int]:
+    """The one place a prompt becomes ids, for sample, chat, post-training data and
+    evaluation: with the special tokens the tokenizer adds (special_tokens=False: none,
+    for text that already carries them, like a rendered Jinja chat prompt, which
+    transformers' apply_chat_template encodes that way), and never a second BOS."""
+    if not special_tokens:
+        return [int(t) for t in tokenizer.encode(text)]
+    if hasattr(tokenizer, "encode_prompt"):
+        return list(tokenizer.encode_prompt(text))
+    ids = [int(t) for t in tokenizer.encode(text)]
+    start = prompt_start(tokenizer)
+    return ids if ids[:1] == start else start + ids
+
+
 NOT_TEXT = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ufffd]")  # control characters, U+FFFD replacements
 NOT_TEXT_SHARE = 0.1  # text has ~0; random bytes decoded as UTF-8 have ~0.6
 NOT_TEXT_SAMPLE = 10_000_000  # characters looked at: the head of the corpus says whether it is text

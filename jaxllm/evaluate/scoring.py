@@ -133,7 +133,9 @@ def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], 
     """Token ids of (context, continuation), split where the text splits.
 
     The context starts with the document-start token (BOS, else EOS), as documents
-    did in training; an empty context is that token alone. Spaces at the end of the
+    did in training; a Hugging Face tokenizer's context starts as its source tokenizer
+    starts text (prompt_start), which may be no token at all (then an empty context is
+    EOS, for something to score from); an empty context is that token alone. Spaces at the end of the
     context move to the start of the continuation (so "Q: x " + "y" is tokenized like
     "Q: x" + " y", the way the text appears in training), and the continuation's ids
     are those of the whole text after the context's ids, so a merge across the
@@ -142,7 +144,12 @@ def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], 
     n_space = len(context) - len(context.rstrip(" "))
     if n_space:
         context, continuation = context[:-n_space], context[-n_space:] + continuation
-    start = [document_start(tokenizer)]
+    from jaxllm.data.tokenizer import prompt_start
+
+    if hasattr(tokenizer, "adds_bos"):
+        start = prompt_start(tokenizer) or ([] if context else [int(tokenizer.eos_id)])
+    else:
+        start = [document_start(tokenizer)]
     ctx = [int(t) for t in tokenizer.encode(context)] if context else []
     whole = [int(t) for t in tokenizer.encode(context + continuation)]
     if whole[: len(ctx)] != ctx or len(whole) == len(ctx):

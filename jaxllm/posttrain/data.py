@@ -127,10 +127,14 @@ class Example:
 
 def tokenize_conversation(tokenizer, chat: ChatConfig, messages: Sequence[Mapping[str, str]]) -> Example:
     """Spans encoded one by one (so each token belongs to exactly one span) and joined;
-    BOS first when the tokenizer has one."""
-    ids: list[int] = [] if tokenizer.bos_id is None else [tokenizer.bos_id]
+    first the ids the tokenizer puts before a prompt (BOS when its rules add one, see
+    encode_prompt). A Jinja template writes its own BOS, so nothing is added before it,
+    as transformers' apply_chat_template does."""
+    from jaxllm.data.tokenizer import prompt_start
+
+    ids: list[int] = [] if chat.template else prompt_start(tokenizer)
     weights: list[float] = [0.0] * len(ids)
-    for text, is_response in render_spans(chat, messages):
+    for text, is_response in render_spans(chat, messages, tokenizer):
         piece = tokenizer.encode(text).tolist()
         ids += piece
         weights += [1.0 if is_response else 0.0] * len(piece)
@@ -139,8 +143,11 @@ def tokenize_conversation(tokenizer, chat: ChatConfig, messages: Sequence[Mappin
 
 def tokenize_prompt(tokenizer, chat: ChatConfig, messages: Sequence[Mapping[str, str]]) -> list[int]:
     """The ids that ask for the next reply: the conversation plus the assistant's opening."""
-    from jaxllm.chat import generation_prompt
+    from jaxllm.chat import generation_prompt, render
+    from jaxllm.data.tokenizer import encode_prompt
 
+    if chat.template:
+        return encode_prompt(tokenizer, render(chat, messages, True, tokenizer), special_tokens=False)
     ex = tokenize_conversation(tokenizer, chat, messages)
     return ex.ids.tolist() + tokenizer.encode(generation_prompt(chat)).tolist()
 
