@@ -12,10 +12,11 @@ The functional API works on (config, params, tokens) and needs no CLI:
 e.g. `from jaxllm.generate import prefill, decode_step`.)
 """
 
-from jaxllm.host import quiet_startup_interrupts, tune_malloc
+from jaxllm.host import quiet_startup_interrupts, skip_absent_tpu, tune_malloc
 
 quiet_startup_interrupts()  # the `jaxllm` command: Ctrl-C while jax imports is one line, exit 130
 tune_malloc()  # before any step allocates: see jaxllm/host.py
+skip_absent_tpu()  # no libtpu banner on hosts without a TPU: see jaxllm/host.py
 
 from jaxllm.config import Config, ConfigError, load_config  # noqa: E402
 from jaxllm.generate import Generation, GenerationError, generate, generate_stream  # noqa: E402
