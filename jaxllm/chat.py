@@ -30,7 +30,15 @@ def generation_prompt(chat: ChatConfig) -> str:
 
 
 def stop_string(chat: ChatConfig) -> str:
-    """The text that ends an assistant reply: the first line after `{content}`."""
+    """The text that ends an assistant reply: the first line after `{content}`; with a
+    Jinja template, its end-of-turn token (chat.stop_tokens), which is text too."""
+    if chat.template:
+        if not chat.stop_tokens:
+            raise ValueError(
+                "chat.template is set but chat.stop_tokens is empty, so nothing ends a reply; "
+                "name the template's end-of-turn token, e.g. chat.stop_tokens='[\"<|im_end|>\"]'"
+            )
+        return chat.stop_tokens[0]
     return _split(chat.assistant)[1].strip().splitlines()[0]
 
 

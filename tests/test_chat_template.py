@@ -160,3 +160,37 @@ def test_prompt_ids_equal_the_source_tokenizers(adds_bos, tmp_path):
     # never a second BOS, though transformers' tokenizer(text) would add one
     if adds_bos:
         assert encode_prompt(ours, "<s> " + text) == expected
+
+
+def test_jinja_rendering_matches_transformers_and_is_sandboxed(tmp_path):
+    from jaxllm.chat_template import ChatTemplateError, render_jinja
+
+    template = (
+        "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'system' %}{% continue %}{% endif %}"
+        "{% if m['role'] not in ['user', 'assistant'] %}{{ raise_exception('bad role ' + m['role']) }}{% endif %}"
+        "  {{ m['role'] }}: {{ m | tojson }}\n{% endfor %}{% if add_generation_prompt %}assistant:{% endif %}"
+    )
+    theirs = transformers.AutoTokenizer.from_pretrained(_tokenizer_dir(tmp_path, adds_bos=True))
+    for gen in (True, False):
+        expected = theirs.apply_chat_template(
+            MESSAGES, chat_template=template, tokenize=False, add_generation_prompt=gen
+        )
+        assert render_jinja(template, MESSAGES, gen, bos_token="<s>", eos_token="<|endoftext|>") == expected
+    with pytest.raises(ChatTemplateError, match="refused the conversation: bad role tool"):
+        render_jinja(template, [{"role": "tool", "content": "x"}])
+    with pytest.raises(ChatTemplateError, match="does not compile"):
+        render_jinja("{% for m in messages %}", MESSAGES)
+    with pytest.raises(ChatTemplateError, match="refused"):  # the sandbox: no way to Python internals
+        render_jinja("{{ messages.__class__.__mro__ }}", MESSAGES)
+
+
+def test_sample_and_chat_take_overrides(chat_model, tmp_path, monkeypatch, capsys):
+    run = tmp_path / "run"
+    assert main(["convert", "from-hf", str(chat_model[0]), str(run)]) == 0
+    capsys.readouterr()
+    monkeypatch.setattr("sys.stdin", io.StringIO("hello\n"))
+    # the role templates instead of the imported one, for this command only
+    assert main(["chat", str(run), "--temperature", "0", "--max-new-tokens", "2", "chat.template=''"]) == 0
+    assert load_config(run / "config.yaml").chat.template == CHATML
+    assert main(["sample", str(run), "--prompt", "hello", "--max-new-tokens", "2", "chat.no_such_key=1"]) == 2
+    assert "no_such_key" in capsys.readouterr().err
