@@ -26,6 +26,7 @@ Restoring tells two failures apart, because they need opposite answers:
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from collections.abc import Callable
@@ -212,5 +213,70 @@ class Checkpointer:
         self.manager.reload()
         return target
 
+    @functools.cached_property
+    def _reader(self) -> ocp.CheckpointManager:
+        """A second manager over the same folder whose `state` handler is the general pytree
+        one: StandardCheckpointHandler restores whole trees only, PyTreeCheckpointHandler
+        can restore a part (the on-disk format is the same). Made on first use, never writes."""
+        options = ocp.CheckpointManagerOptions(create=False, enable_async_checkpointing=False)
+        handlers = {"state": ocp.PyTreeCheckpointHandler()}
+        return ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
+
+    def restore_params(self, step: int, abstract_params: Any) -> Any:
+        """Only the `params` subtree of the state saved at `step` (orbax's errors if unreadable).
+
+        Inference needs the weights alone; the AdamW moments are twice their size, so
+        restoring the whole state costs ~3x the memory. Each leaf of `abstract_params`
+        (ShapeDtypeStructs with shardings) says the dtype to read into (the cast happens
+        while reading, so a bfloat16 load never holds a float32 copy) and where it lives."""
+        target = {"params": abstract_params}
+        restore_args = jax.tree.map(lambda s: ocp.ArrayRestoreArgs(dtype=s.dtype, sharding=s.sharding), target)
+        args = ocp.args.PyTreeRestore(item=target, restore_args=restore_args, partial_restore=True)
+        return self._reader.restore(step, args=ocp.args.Composite(state=args))["state"]["params"]
+
+    def params_incompatibility(self, step: int, abstract_params: Any, config: dict | None) -> str | None:
+        """`incompatibility` for the params alone: the optimizer state a checkpoint holds does
+        not matter to a reader (a run trained with another optimizer still samples)."""
+        try:
+            saved = self.manager.item_metadata(step)["state"].tree
+        except Exception:
+            return None  # unreadable metadata: a corrupt checkpoint, found when restoring
+        if not isinstance(saved, dict) or "params" not in saved:
+            return f"the checkpoint at step {step} in {self.directory} holds no params"
+        return self.incompatibility(step, {**saved, "params": abstract_params}, config)
+
+    def restore_latest_params(
+        self,
+        abstract_params: Any,
+        log: Callable[[str], None] = print,
+        config: dict | None = None,
+        steps: list[int] | None = None,
+    ) -> tuple[int, Any] | None:
+        """(step, params) of the newest readable checkpoint (among `steps`, default all);
+        None when there is none at all. The readers' `restore_latest`: the same fallback
+        past unreadable checkpoints and the same errors (IncompatibleCheckpoint,
+        UnreadableCheckpoints), but nothing is ever moved, and only the params are read."""
+        unreadable: list[tuple[int, str]] = []
+        for step in reversed(sorted(steps) if steps is not None else self.steps()):
+            problem = self.params_incompatibility(step, abstract_params, config)
+            if problem is not None:
+                raise IncompatibleCheckpoint(f"{problem}. Nothing was changed; the run's config.yaml and its "
+                                             "checkpoint disagree: restore the run's own config.yaml")  # fmt: skip
+            try:
+                params = self.restore_params(step, abstract_params)
+            except Exception as e:  # orbax/tensorstore raise many types for bad files
+                unreadable.append((step, _reason(e)))
+                log(f"warning: checkpoint at step {step} in {self.directory} is unreadable ({_reason(e)})")
+                continue
+            if unreadable:
+                log(f"using step {step}, the newest readable checkpoint")
+            return step, params
+        if unreadable:
+            listed = "; ".join(f"step {s}: {r}" for s, r in unreadable)
+            raise UnreadableCheckpoints(f"{self.directory} holds checkpoints but none is readable ({listed})")
+        return None
+
     def close(self) -> None:
+        if "_reader" in self.__dict__:
+            self._reader.close()
         self.manager.close()

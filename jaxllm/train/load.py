@@ -5,39 +5,70 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
+from typing import Any
 
-from jaxllm.config import Config, load_config
+from jax.sharding import Mesh
+
+from jaxllm.config import Config, load_config, to_dict
 from jaxllm.data.errors import DataError
 from jaxllm.parallel.mesh import make_mesh
 from jaxllm.train.checkpoint import Checkpointer
 from jaxllm.train.optimizer import make_optimizer
 from jaxllm.train.run_folder import RunFolder, absolute_paths
-from jaxllm.train.state import abstract_state, state_shardings
 
 
-def load_run(run_dir: str | os.PathLike[str], step: int | None = None) -> tuple[Config, dict, int]:
+def abstract_params(cfg: Config, mesh: Mesh, dtype: Any = None) -> dict:
+    """ShapeDtypeStructs of the parameters, each with its NamedSharding on `mesh` (the same
+    layout training gives them, from the logical names and mesh.rules), in `dtype` when
+    given (floating leaves only) else the saved model.param_dtype. Built without the
+    optimizer: a reader has no use for the moments' shapes or shardings."""
+    import flax.linen as nn
+    import jax
+    import jax.numpy as jnp
+
+    from jaxllm.model.api import boxed_init_fn
+    from jaxllm.parallel.rules import check_divisible, named_shardings, parse_rules
+
+    boxed = jax.eval_shape(boxed_init_fn(cfg.model), jax.random.key(0))
+    shapes = nn.meta.unbox(boxed)
+    shardings = named_shardings(nn.get_partition_spec(boxed), mesh, parse_rules(cfg.mesh.rules))
+    check_divisible(shapes, shardings)
+
+    def leaf(s: jax.ShapeDtypeStruct, sharding: Any) -> jax.ShapeDtypeStruct:
+        want = dtype if dtype is not None and jnp.issubdtype(s.dtype, jnp.floating) else s.dtype
+        return jax.ShapeDtypeStruct(s.shape, jnp.dtype(want), sharding=sharding)
+
+    return jax.tree.map(leaf, shapes, shardings)
+
+
+def load_run(run_dir: str | os.PathLike[str], step: int | None = None, dtype: Any = None) -> tuple[Config, dict, int]:
     """(config, params, step) of a run directory written by `jaxllm train`: the newest
-    readable checkpoint, or the one saved at `step`."""
+    readable checkpoint, or the one saved at `step`.
+
+    Only the parameters are read, never the optimizer state (twice their size under
+    AdamW): peak memory is about the weights' own size. They land sharded on the run's
+    mesh, in `dtype` if given (e.g. jnp.bfloat16: cast while reading, no float32 copy).
+    Resuming training needs the whole state and restores it itself (train/trainer.py).
+    Unreadable checkpoints are skipped with a warning and left where they are."""
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise DataError(f"{run_dir} is not a run directory (no config.yaml); give the train.out_dir of a run")
     cfg = load_config(run_dir / "config.yaml")
     # The folder given is the run, wherever it was trained or moved to since.
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, out_dir=str(run_dir.absolute())))
-    mesh = make_mesh(cfg.mesh)
-    tx = make_optimizer(cfg.optimizer)
-    abstract = abstract_state(cfg, tx, state_shardings(cfg, mesh, tx))
+    abstract = abstract_params(cfg, make_mesh(cfg.mesh), dtype)
     checkpoints = Checkpointer(run_dir / "checkpoints")
-    if step is not None:
-        if step not in checkpoints.steps():
+    try:
+        if step is not None and step not in checkpoints.steps():
             raise DataError(f"{run_dir} has no checkpoint at step {step}; it has steps {checkpoints.steps()}")
-        restored = checkpoints.restore(step, abstract)
-    else:
-        restored = checkpoints.restore_latest(abstract)
+        steps = None if step is None else [step]
+        restored = checkpoints.restore_latest_params(abstract, config=to_dict(cfg), steps=steps)
+    finally:
+        checkpoints.close()
     if restored is None:
         raise DataError(f"{run_dir} has no readable checkpoint yet")
-    step, state, _, _ = restored
-    return cfg, state["params"], step
+    step, params = restored
+    return cfg, params, step
 
 
 def load_run_tokenizer(cfg: Config):
@@ -63,7 +94,6 @@ def write_run(cfg: Config, params: dict, run_dir: str | os.PathLike[str], step: 
     import jax
     import numpy as np
 
-    from jaxllm.config import to_dict
     from jaxllm.model.api import param_shapes
     from jaxllm.train.state import state_shardings
 
