@@ -106,8 +106,9 @@ class HFTokenizer:
         pad = self._find(named.get("pad_token"), ())
         self.pad_id: int = eos if pad is None else pad  # padding is masked out; any id will do, eos is always there
         self.identity = "hf-tokenizer:" + hashlib.sha256(data).hexdigest()
-        self._prompt_tok = self._prompt_backend(Backend.from_str(data.decode("utf-8")), _side_config(path.parent))
-        start = self._prompt_tok.encode("", add_special_tokens=True).ids
+        # encode() adds no special tokens, so the one backend serves both (no second parse of a large file)
+        self._tok = self._prompt_backend(self._tok, _side_config(path.parent))
+        start = self._tok.encode("", add_special_tokens=True).ids
         self.adds_bos: bool = bool(start) and self.bos_id is not None and start[0] == self.bos_id
 
     def _prompt_backend(self, backend: Any, side: dict[str, Any]) -> Any:
@@ -130,7 +131,7 @@ class HFTokenizer:
     def encode_prompt(self, text: str) -> list[int]:
         """Ids with the special tokens the source tokenizer adds, but never a second BOS when
         the text already starts with the BOS token's text (a rendered chat prompt often does)."""
-        ids = [int(i) for i in self._prompt_tok.encode(text, add_special_tokens=True).ids]
+        ids = [int(i) for i in self._tok.encode(text, add_special_tokens=True).ids]
         bos = self.bos_id
         if bos is not None and len(ids) > 1 and ids[0] == ids[1] == bos and text.startswith(self.piece(bos)):
             ids = ids[1:]
