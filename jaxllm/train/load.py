@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import ctypes.util
 import dataclasses
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +45,29 @@ def abstract_params(cfg: Config, mesh: Mesh, dtype: Any = None) -> dict:
     return jax.tree.map(leaf, shapes, shardings)
 
 
+_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter (malloc.h)
+
+
+@contextlib.contextmanager
+def _freed_memory_returned() -> Iterator[None]:
+    """While reading a checkpoint, large blocks are mmapped, so the buffers tensorstore frees
+    go back to the kernel at once. jaxllm keeps freed memory in its heap for the train
+    step's sake (jaxllm/host.py); here that would turn every read's transient buffers into
+    peak memory (measured: `jaxllm sample` on a 982 MB model, 2.5 GB -> see BENCHMARKS.md).
+    The host settings are put back afterwards; nothing happens where they are not applied."""
+    from jaxllm import host
+
+    if not host.tune_malloc():  # not glibc, or JAXLLM_MALLOC_TUNING=0: malloc is left alone
+        yield
+        return
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    libc.mallopt(_M_MMAP_THRESHOLD, ctypes.c_int(128 << 10))  # glibc's default threshold
+    try:
+        yield
+    finally:
+        host.tune_malloc()
+
+
 def load_run(run_dir: str | os.PathLike[str], step: int | None = None, dtype: Any = None) -> tuple[Config, dict, int]:
     """(config, params, step) of a run directory written by `jaxllm train`: the newest
     readable checkpoint, or the one saved at `step`.
@@ -62,7 +89,8 @@ def load_run(run_dir: str | os.PathLike[str], step: int | None = None, dtype: An
         if step is not None and step not in checkpoints.steps():
             raise DataError(f"{run_dir} has no checkpoint at step {step}; it has steps {checkpoints.steps()}")
         steps = None if step is None else [step]
-        restored = checkpoints.restore_latest_params(abstract, config=to_dict(cfg), steps=steps)
+        with _freed_memory_returned():
+            restored = checkpoints.restore_latest_params(abstract, config=to_dict(cfg), steps=steps)
     finally:
         checkpoints.close()
     if restored is None:
