@@ -122,3 +122,19 @@ def test_params_read_a_few_leaves_at_a_time_are_the_same(run, monkeypatch):
     assert jax.tree.structure(params) == jax.tree.structure(written)
     for got, want in zip(jax.tree.leaves(params), jax.tree.leaves(written), strict=True):
         np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
+def test_a_sharded_run_loads_sharded_onto_its_mesh(tmp_path):
+    """A run on an fsdp x tensor mesh: each parameter is read straight into its shards on the
+    8 test devices (not gathered on one), and the values are the written ones."""
+    cfg = jaxllm.load_config("shakespeare-char", [*TINY, "mesh.fsdp=2", "mesh.tensor=2"])
+    written = jaxllm.init_params(cfg, jax.random.key(3))
+    write_run(cfg, written, tmp_path / "run")
+    loaded, params, _ = load_run(tmp_path / "run", dtype=jnp.bfloat16)
+    assert loaded.mesh.fsdp == 2 and loaded.mesh.tensor == 2
+    sharded = 0
+    for got, want in zip(jax.tree.leaves(params), jax.tree.leaves(written), strict=True):
+        assert len(got.sharding.device_set) == len(jax.devices()) and got.dtype == jnp.bfloat16
+        sharded += not got.sharding.is_fully_replicated
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want.astype(jnp.bfloat16)))
+    assert sharded > 0, "the kernels are split over fsdp/tensor, as training places them"
