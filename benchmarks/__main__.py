@@ -23,6 +23,7 @@ SCRIPTS = {
     "plan_table": "ahead-of-time plans for Llama 8B/70B on TPU slices",
     "profile_step": "trace the train step and list where its time goes, op by op",
     "guide": "run docs/guide's commands at full size; write its logs and pictures",
+    "load_memory": "peak host memory of `jaxllm sample` on an imported model vs its weights' size",
 }
 SUITE = ["train_step", "compile_memory", "loader", "generate"]  # the performance suite
 
