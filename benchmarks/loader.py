@@ -24,7 +24,7 @@ import jax
 import jaxllm
 from jaxllm.config import TokenizerConfig
 from jaxllm.data.clean import clean_text
-from jaxllm.data.pipeline import make_dataset
+from jaxllm.data.loader import make_dataset
 from jaxllm.data.prepare import prepare
 from jaxllm.data.tokenizer import train_sentencepiece
 

@@ -22,8 +22,8 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 import jaxllm  # noqa: E402
+from jaxllm.model.pipelined import bubble_fraction  # noqa: E402
 from jaxllm.parallel.mesh import make_mesh  # noqa: E402
-from jaxllm.parallel.pipeline import bubble_fraction  # noqa: E402
 from jaxllm.train.optimizer import make_optimizer  # noqa: E402
 from jaxllm.train.state import abstract_state, state_shardings  # noqa: E402
 from jaxllm.train.step import make_train_step  # noqa: E402

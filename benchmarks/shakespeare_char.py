@@ -29,7 +29,7 @@ import torch
 
 import jaxllm
 from jaxllm.convert import to_torch
-from jaxllm.data.pipeline import make_dataset
+from jaxllm.data.loader import make_dataset
 from jaxllm.data.ready import ensure_data
 from jaxllm.parallel.mesh import make_mesh
 from jaxllm.train.optimizer import make_optimizer

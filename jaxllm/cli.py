@@ -51,7 +51,7 @@ def _data_prepare(args: argparse.Namespace) -> None:
 
 
 def _data_verify(args: argparse.Namespace) -> None:
-    from jaxllm.data.pipeline import DocumentStore
+    from jaxllm.data.loader import DocumentStore
 
     cfg = load_config(args.config, args.overrides)
     for split in ("train", "val"):
@@ -173,7 +173,7 @@ def _ppo(args: argparse.Namespace) -> int:
 
 
 def _plot(args: argparse.Namespace) -> None:
-    from jaxllm.train.plot import plot_run
+    from jaxllm.viz.curves import plot_run
 
     print(f"wrote {plot_run(args.run_dir, args.out)}")
 
@@ -235,8 +235,8 @@ def _tokenizer_compare(args: argparse.Namespace) -> None:
     import dataclasses
     import json
 
-    from jaxllm.data.errors import DataError
     from jaxllm.data.tokenizer_compare import compare, describe_split, format_table
+    from jaxllm.errors import DataError
     from jaxllm.posttrain.data import read_utf8
 
     path = Path(args.file)
@@ -321,7 +321,7 @@ def _eval_mc(args: argparse.Namespace) -> None:
 
 
 def _eval_exact_match(args: argparse.Namespace) -> None:
-    from jaxllm.data.errors import DataError
+    from jaxllm.errors import DataError
     from jaxllm.posttrain.data import load_records
     from jaxllm.posttrain.synthetic import exact_match
     from jaxllm.train.load import load_run, load_run_tokenizer
@@ -339,7 +339,7 @@ def _eval_exact_match(args: argparse.Namespace) -> None:
 def _data_synthetic(args: argparse.Namespace) -> None:
     import json
 
-    from jaxllm.data.errors import DataError
+    from jaxllm.errors import DataError
     from jaxllm.posttrain.synthetic import KINDS, make_preference_records, make_records
 
     if args.kind == "cloze":

@@ -24,7 +24,7 @@ INTERRUPTED = 130
 # loaded, and reporting must not import (or fail to import) anything heavy.
 KNOWN = (
     ("jaxllm.config", "ConfigError"),
-    ("jaxllm.data.errors", "DataError"),  # also ShardError, TokenizerError, ConversionError, MetricsError
+    ("jaxllm.errors", "DataError"),  # also ShardError, TokenizerError, ConversionError, MetricsError
     ("jaxllm.data.fetch", "FetchError"),
     ("jaxllm.sampling", "GenerationError"),
     ("jaxllm.train.trainer", "NonFiniteLoss"),

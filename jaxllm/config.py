@@ -225,7 +225,7 @@ class TrainConfig:
 
 @dataclasses.dataclass(frozen=True)
 class PipelineConfig:
-    """The pipeline schedule used when mesh.pipeline > 1 (jaxllm/parallel/pipeline.py)."""
+    """The pipeline schedule used when mesh.pipeline > 1 (jaxllm/model/pipelined.py)."""
 
     repeats: int = 1  # 1: GPipe; R > 1: circular, each stage holds R non-adjacent layer chunks
 

@@ -12,11 +12,11 @@ import pytest
 import jaxllm
 from jaxllm.cli import main
 from jaxllm.data import verified as verified_mod
-from jaxllm.data.errors import DataError
-from jaxllm.data.pipeline import DocumentStore
+from jaxllm.data.loader import DocumentStore
 from jaxllm.data.prepare import load_manifest, prepare
 from jaxllm.data.ready import check_dataset, ensure_data, train_tokenizer
 from jaxllm.data.tokenizer import load_tokenizer
+from jaxllm.errors import DataError
 from tests.data_paths import TINY
 
 TEXT = TINY.read_text(encoding="utf-8")

@@ -12,8 +12,8 @@ import pytest
 
 from jaxllm.cli import main
 from jaxllm.config import load_config
-from jaxllm.data.errors import DataError
 from jaxllm.data.tokenizer import ByteTokenizer
+from jaxllm.errors import DataError
 from jaxllm.evaluate import encode_pair, evaluate_mc, perplexity, read_mc, read_texts, rolling_rows
 from jaxllm.evaluate.multiple_choice import MCExample
 from jaxllm.model.api import forward, init_params

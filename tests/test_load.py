@@ -15,7 +15,7 @@ import pytest
 
 import jaxllm
 from jaxllm.config import save_config
-from jaxllm.data.errors import DataError
+from jaxllm.errors import DataError
 from jaxllm.parallel.mesh import make_mesh
 from jaxllm.train.checkpoint import Checkpointer, IncompatibleCheckpoint
 from jaxllm.train.load import abstract_params, load_run, write_run

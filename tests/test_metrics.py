@@ -14,7 +14,7 @@ from jaxllm.train.metrics import (
     read_metrics,
     read_tensorboard_scalars,
 )
-from jaxllm.train.plot import panels, plot_run
+from jaxllm.viz.curves import panels, plot_run
 
 
 def _train(step):
@@ -229,7 +229,7 @@ def test_plot_panels_edge_cases():
 
 @pytest.mark.parametrize("kind", list(RUNS))
 def test_plot_run_draws_one_panel_per_logged_group(tmp_path, monkeypatch, kind):
-    import jaxllm.train.plot as plot_module
+    import jaxllm.viz.curves as plot_module
 
     make, expected = RUNS[kind]
     make(tmp_path)
@@ -297,7 +297,7 @@ def test_the_lr_panel_draws_the_whole_schedule_from_the_runs_config(tmp_path):
 
     from jaxllm.config import OptimizerConfig
     from jaxllm.train.optimizer import lr_schedule
-    from jaxllm.train.plot import lr_curve
+    from jaxllm.viz.curves import lr_curve
 
     opt = {"lr": 1e-3, "min_lr_ratio": 0.1, "warmup_steps": 100, "decay_steps": 1000}
     schedule = lr_schedule(OptimizerConfig(**opt))

@@ -15,9 +15,9 @@ import jaxllm
 from jaxllm.config import ConfigError, MeshConfig, ModelConfig
 from jaxllm.model.api import cross_entropy
 from jaxllm.model.decoder import Decoder
-from jaxllm.parallel import pipeline as pipeline_mod
+from jaxllm.model.pipelined import bubble_fraction
+from jaxllm.model import pipelined as pipeline_mod
 from jaxllm.parallel.mesh import make_mesh
-from jaxllm.parallel.pipeline import bubble_fraction
 from jaxllm.parallel.rules import flax_rules, named_shardings, parse_rules
 
 CFG = ModelConfig(vocab_size=64, max_seq_len=16, d_model=32, num_layers=4, num_heads=4, num_kv_heads=2, d_ff=64,

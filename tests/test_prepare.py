@@ -13,10 +13,10 @@ import jaxllm
 from jaxllm.cli import main
 from jaxllm.data import prepare as prepare_mod
 from jaxllm.data.clean import clean_text
-from jaxllm.data.errors import DataError
-from jaxllm.data.pipeline import DocumentStore
+from jaxllm.data.loader import DocumentStore
 from jaxllm.data.prepare import load_manifest, prepare
 from jaxllm.data.shards import Shard, ShardError, ShardWriter
+from jaxllm.errors import DataError
 from tests.data_paths import TINY
 
 QUIET = {"log": lambda _: None}

@@ -13,8 +13,8 @@ import pytest
 import jaxllm
 from jaxllm.cli import main
 from jaxllm.config import ChatConfig
-from jaxllm.data.errors import DataError
 from jaxllm.data.tokenizer import ByteTokenizer
+from jaxllm.errors import DataError
 from jaxllm.parallel.mesh import make_mesh
 from jaxllm.posttrain.batches import SFTBatches, eval_batches
 from jaxllm.posttrain.data import load_records, to_messages, to_preference, tokenize_conversation

@@ -12,7 +12,7 @@ import jaxllm
 from jaxllm.cli import main
 from jaxllm.config import TokenizerConfig
 from jaxllm.data.clean import clean_text
-from jaxllm.data.pipeline import DocumentStore
+from jaxllm.data.loader import DocumentStore
 from jaxllm.data.prepare import prepare
 from jaxllm.data.tokenizer import (
     ByteTokenizer,

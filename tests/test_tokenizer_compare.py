@@ -6,9 +6,9 @@ import pytest
 
 from jaxllm.cli import main
 from jaxllm.data.bpe import BPEModel, train_bpe
-from jaxllm.data.errors import DataError
 from jaxllm.data.tokenizer import load_tokenizer
 from jaxllm.data.tokenizer_compare import BASELINE, compare, format_table, split_text
+from jaxllm.errors import DataError
 from tests.data_paths import TINY
 
 SIZES = (512, 1024)

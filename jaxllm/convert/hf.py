@@ -59,7 +59,7 @@ from jaxllm.config import (
 )
 from jaxllm.convert.hf_chat import export_chat_template, imported_sections
 from jaxllm.convert.torch_layout import check_family, from_torch, to_torch
-from jaxllm.data.errors import DataError
+from jaxllm.errors import DataError
 
 Log = Callable[[str], None]
 Tensors = dict[str, np.ndarray]

@@ -68,9 +68,9 @@ def _stop_tokens(hf_dir: Path, tok: Any, template: str) -> tuple[str, ...]:
 
 def imported_sections(hf_dir: Path, tokenizer_path: str, log: Log) -> tuple[TokenizerConfig, ChatConfig]:
     """The tokenizer and chat sections of an imported run's config.yaml."""
-    from jaxllm.data.errors import DataError
     from jaxllm.data.hf_tokenizer import HFTokenizer
     from jaxllm.data.tokenizer import load_tokenizer
+    from jaxllm.errors import DataError
 
     try:
         tok = load_tokenizer(tokenizer_path) if tokenizer_path != "byte" and Path(tokenizer_path).is_file() else None

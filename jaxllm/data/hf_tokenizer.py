@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from jaxllm.data.tokenizer import TokenizerError, checked_ids
+from jaxllm.data.token_ids import TokenizerError, checked_ids
 
 # Common special-token spellings, most specific first: GPT-2 / Llama-3 / Llama-2 & most sentencepiece models.
 EOS_NAMES = ("<|endoftext|>", "<|end_of_text|>", "</s>")

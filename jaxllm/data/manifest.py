@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from jaxllm.data.errors import DataError
+from jaxllm.errors import DataError
 
 MANIFEST = "manifest.json"
 FORMAT = "jaxllm-shards"

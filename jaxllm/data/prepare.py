@@ -44,11 +44,11 @@ import numpy as np
 from jaxllm.config import Config, DataConfig
 from jaxllm.data.clean import FilterStats, clean_text, filter_reason
 from jaxllm.data.dedup import ExactDeduplicator, NearDeduplicator, exact_key
-from jaxllm.data.errors import DataError
 from jaxllm.data.manifest import FORMAT, MANIFEST, check_replaceable, load_manifest, replace_dataset
 from jaxllm.data.shards import ShardWriter, token_dtype
 from jaxllm.data.tokenizer import load_tokenizer
 from jaxllm.data.verified import VerifiedFiles
+from jaxllm.errors import DataError
 
 __all__ = ["FORMAT", "MANIFEST", "ReadReport", "expand_inputs", "load_manifest", "prepare", "read_documents"]
 SPLITS = ("train", "val")

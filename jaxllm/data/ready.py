@@ -19,12 +19,12 @@ from typing import Any
 
 from jaxllm.config import Config
 from jaxllm.data.clean import clean_text
-from jaxllm.data.errors import DataError
 from jaxllm.data.manifest import MANIFEST, load_manifest
 from jaxllm.data.prepare import ReadReport, expand_inputs, prepare, read_documents
 from jaxllm.data.shards import ShardError, file_sha256
 from jaxllm.data.tokenizer import SentencePieceTokenizer, train_sentencepiece
 from jaxllm.data.verified import VerifiedFiles, VerifyItem
+from jaxllm.errors import DataError
 
 REBUILD = "rebuild the dataset with `jaxllm data prepare CONFIG`"
 BACK_INPUTS = "or set data.inputs back to the files it was prepared from"

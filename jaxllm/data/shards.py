@@ -13,7 +13,7 @@ One shard file holds many tokenized documents (little-endian):
 
 Why not a record format: documents are arrays of ints, and this layout lets a reader
 memory-map a shard and slice any document or any span of it without parsing, which
-is what random-access packing (jaxllm.data.pipeline) needs. The header and the file
+is what random-access packing (jaxllm.data.loader) needs. The header and the file
 size are checked on every open (a truncated copy fails at once); the sha256 recorded
 in the manifest is checked on demand (`verify=True`, `jaxllm data verify`).
 """
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxllm.data.errors import DataError
+from jaxllm.errors import DataError
 
 MAGIC = b"JXLMSHD1"
 VERSION = 1

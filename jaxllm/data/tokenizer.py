@@ -32,33 +32,14 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import numpy as np
 
 from jaxllm.config import TokenizerConfig
-from jaxllm.data.errors import DataError
-
-if TYPE_CHECKING:
-    from jaxllm.data.hf_tokenizer import HFTokenizer
-
-
-class TokenizerError(DataError):
-    """A tokenizer that cannot be loaded or trained; the message says which and why."""
-
-
-def checked_ids(ids: Sequence[int] | np.ndarray, limit: int) -> list[int]:
-    """`ids` as ints, or TokenizerError naming the first one outside [0, limit): decoding it would fail
-    inside the library with a bare message, or (bytes) silently wrap around to another character."""
-    values = np.asarray(ids, dtype=np.int64)
-    outside = values[(values < 0) | (values >= limit)]
-    if outside.size:
-        raise TokenizerError(
-            f"cannot decode token id {int(outside[0])}: this tokenizer has {limit} ids (0..{limit - 1}); decode with "
-            "the tokenizer the ids were made with (a model's vocabulary may be padded past the tokenizer's: sample "
-            "with vocab_limit=tokenizer.vocab_size)"
-        )
-    return values.tolist()
+from jaxllm.data.hf_tokenizer import HFTokenizer
+from jaxllm.data.token_ids import TokenizerError, checked_ids
+from jaxllm.errors import DataError
 
 
 class Tokenizer(Protocol):
@@ -177,8 +158,6 @@ def load_tokenizer(path: str) -> ByteTokenizer | ScratchBPETokenizer | SentenceP
     if str(path).endswith(".json") and _is_scratch_bpe(path):
         return ScratchBPETokenizer(path)
     if str(path).endswith(".json"):
-        from jaxllm.data.hf_tokenizer import HFTokenizer  # imported here: it imports this module
-
         return HFTokenizer(path)
     return SentencePieceTokenizer(path)
 

@@ -34,8 +34,8 @@ from pathlib import Path
 
 from jaxllm.config import TokenizerConfig
 from jaxllm.data.bpe import NUM_BYTES, train_bpe
-from jaxllm.data.errors import DataError
 from jaxllm.data.tokenizer import ByteTokenizer, SentencePieceTokenizer, train_sentencepiece
+from jaxllm.errors import DataError
 
 IMPLS = ("scratch", "sentencepiece")
 """The implementations `compare` can train, in table order."""

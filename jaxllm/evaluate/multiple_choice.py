@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from jaxllm.config import Config, ModelConfig
-from jaxllm.data.errors import DataError
+from jaxllm.errors import DataError
 from jaxllm.evaluate.scoring import encode_pair, score_rows, span_row
 from jaxllm.model.api import model_config
 from jaxllm.posttrain.data import load_records

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from jaxllm.config import Config, ModelConfig
-from jaxllm.data.errors import DataError
+from jaxllm.errors import DataError
 from jaxllm.evaluate.scoring import Row, document_start, score_rows
 from jaxllm.model.api import model_config
 from jaxllm.posttrain.data import load_records, read_utf8

@@ -12,8 +12,8 @@ import jax.numpy as jnp
 
 from jaxllm.config import ModelConfig
 from jaxllm.model.layers import constrain, dense
+from jaxllm.model.primitives import MASK_VALUE, attention
 from jaxllm.model.rope import apply_rope, rope_inv_freq
-from jaxllm.model.vjp import MASK_VALUE, attention
 
 
 def attention_mask(segment_ids: jax.Array | None, length: int) -> jax.Array:

@@ -10,6 +10,14 @@ from jaxllm.model.attention import Attention
 from jaxllm.model.layers import BATCH_LENGTH_EMBED, constrain, norm
 from jaxllm.model.mlp import MLP
 
+# What the backward pass may keep from the forward pass of each block; the rest is
+# recomputed. "full" keeps only the block inputs (most memory saved, ~1/3 more compute).
+REMAT_POLICIES = {
+    "full": None,
+    "save_dots": jax.checkpoint_policies.dots_saveable,
+    "save_dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
 
 class Block(nn.Module):
     """attention + MLP, each a residual branch with dropout.

@@ -13,18 +13,11 @@ import jax
 import jax.numpy as jnp
 
 from jaxllm.config import ModelConfig
-from jaxllm.model.block import Block
+from jaxllm.model.block import REMAT_POLICIES, Block
 from jaxllm.model.kv_cache import KVCache, cache_mask, cache_positions
 from jaxllm.model.layers import BATCH_LENGTH_EMBED, constrain, norm, param_init
-from jaxllm.model.vjp import linear
-
-# What the backward pass may keep from the forward pass of each block; the rest is
-# recomputed. "full" keeps only the block inputs (most memory saved, ~1/3 more compute).
-REMAT_POLICIES = {
-    "full": None,
-    "save_dots": jax.checkpoint_policies.dots_saveable,
-    "save_dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-}
+from jaxllm.model.pipelined import PipelinedBlocks
+from jaxllm.model.primitives import linear
 
 
 class LMHead(nn.Module):
@@ -89,7 +82,7 @@ class Decoder(nn.Module):
 
     config: ModelConfig
     # (stages, repeats, microbatches) to run the stack through the pipeline schedule
-    # (jaxllm/parallel/pipeline.py); None runs the plain scan. Same parameters either way.
+    # (jaxllm/model/pipelined.py); None runs the plain scan. Same parameters either way.
     pipeline: tuple[int, int, int] | None = None
 
     @nn.compact
@@ -153,8 +146,6 @@ class Decoder(nn.Module):
             )
             new_cache = cache._replace(k=k, v=v, index=cache.index + T)
         elif self.pipeline is not None and not self.is_initializing():
-            from jaxllm.parallel.pipeline import PipelinedBlocks
-
             stages, repeats, microbatches = self.pipeline
             x = PipelinedBlocks(cfg, stages, repeats, microbatches, deterministic, name="blocks")(
                 x, positions, segment_ids

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxllm.config import ModelConfig
-from jaxllm.model.vjp import layer_norm, linear, rms_norm
+from jaxllm.model.primitives import layer_norm, linear, rms_norm
 
 # Logical names. Parameters: embed, heads, kv_heads, head_dim, mlp, vocab, layers.
 # Activations: batch, length, embed, heads, kv_heads, head_dim, mlp, vocab.
@@ -93,7 +93,7 @@ class Norm(nn.Module):
 
     Parameters are named as flax's LayerNorm / RMSNorm name them (scale, bias), so
     checkpoints and the torch/Hugging Face layouts are unchanged. The math runs in
-    jaxllm.model.vjp, whose backward keeps only x and two statistics per row instead of
+    jaxllm.model.primitives, whose backward keeps only x and two statistics per row instead of
     autodiff's chain of intermediates (see that module for the measurement).
     """
 

@@ -7,7 +7,7 @@ import jax
 
 from jaxllm.config import ModelConfig
 from jaxllm.model.layers import constrain, dense
-from jaxllm.model.vjp import gelu_tanh
+from jaxllm.model.primitives import gelu_tanh
 
 
 class MLP(nn.Module):

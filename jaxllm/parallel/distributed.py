@@ -4,7 +4,7 @@ multi-controller runtime (`jax.distributed.initialize`).
 Every process runs the same program on its local devices; `jax.devices()` then lists
 the devices of all processes, the mesh spans them, and a jitted step is one SPMD
 program across hosts. What differs per process is only which slice of each global
-batch it loads (jaxllm/data/pipeline.py) and who writes files: process 0 alone writes
+batch it loads (jaxllm/data/loader.py) and who writes files: process 0 alone writes
 logs, metrics and config.yaml, while orbax writes checkpoints collectively.
 
 How a process learns its place, first match wins:

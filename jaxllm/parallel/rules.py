@@ -11,7 +11,7 @@ One table decides the whole layout (DESIGN.md §4). With the default below:
 | mlp      | tensor         | Megatron: the MLP hidden dimension split over `tensor` |
 | vocab    | tensor         | embedding rows and the logits' vocabulary split over `tensor` |
 | layers   | pipeline       | the scanned [L, ...] axis: with S stages each device stores L/S layers |
-| stage    | pipeline       | the pipeline schedule's stage axis (jaxllm/parallel/pipeline.py) |
+| stage    | pipeline       | the pipeline schedule's stage axis (jaxllm/model/pipelined.py) |
 | length, head_dim | (replicated) | |
 
 Rules are applied in order and a mesh axis is used at most once per array (flax's

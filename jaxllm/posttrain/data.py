@@ -25,7 +25,7 @@ import numpy as np
 
 from jaxllm.chat import render_spans
 from jaxllm.config import ChatConfig
-from jaxllm.data.errors import DataError
+from jaxllm.errors import DataError
 
 Messages = list[dict[str, str]]
 

@@ -55,7 +55,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxllm.config import Config, ConfigError, save_config, to_dict
-from jaxllm.data.errors import DataError
+from jaxllm.errors import DataError
 from jaxllm.posttrain import ppo as ppo_math
 from jaxllm.train.trainer import TrainResult
 

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from jaxllm.config import Config, ConfigError, apply_overrides, from_dict, load_config, to_dict
-from jaxllm.data.errors import DataError
+from jaxllm.errors import DataError
 from jaxllm.posttrain.batches import SFTBatches, eval_batches
 from jaxllm.posttrain.data import Example, load_records, split_records, to_messages, tokenize_conversation
 from jaxllm.train.trainer import Task, TrainResult, train

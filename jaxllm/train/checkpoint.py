@@ -37,7 +37,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from jaxllm.config import ConfigError
-from jaxllm.data.errors import DataError
+from jaxllm.errors import DataError
 
 GROUP_BYTES = 64 << 20  # restore_params reads leaves in groups of about this size (or one larger leaf)
 START_OVER = "start over with the same command and --reset, which moves the old run into its archive/ folder"

@@ -14,7 +14,7 @@ from typing import Any
 from jax.sharding import Mesh
 
 from jaxllm.config import Config, load_config, to_dict
-from jaxllm.data.errors import DataError
+from jaxllm.errors import DataError
 from jaxllm.parallel.mesh import make_mesh
 from jaxllm.train.checkpoint import Checkpointer
 from jaxllm.train.optimizer import make_optimizer

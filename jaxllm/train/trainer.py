@@ -23,12 +23,12 @@ import jax
 import numpy as np
 
 from jaxllm.config import Config, ConfigError, to_dict
-from jaxllm.data.errors import DataError
-from jaxllm.data.pipeline import make_dataset
+from jaxllm.data.loader import make_dataset
 from jaxllm.data.ready import check_dataset
+from jaxllm.errors import DataError
+from jaxllm.model.pipelined import bubble_fraction
 from jaxllm.model.summary import flops_per_token
 from jaxllm.parallel.mesh import make_mesh
-from jaxllm.parallel.pipeline import bubble_fraction
 from jaxllm.train.checkpoint import Checkpointer, config_changes
 from jaxllm.train.flops import peak_flops
 from jaxllm.train.metrics import MetricsWriter

@@ -4,5 +4,5 @@
 - tokens.py: a text with its token boundaries coloured;
 - mesh.py: which device holds which shard of a parameter on a given mesh.
 
-The run's loss / learning-rate / throughput curves are `jaxllm plot` (jaxllm/train/plot.py).
+The run's loss / learning-rate / throughput curves are `jaxllm plot` (jaxllm/viz/curves.py).
 """

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxllm.config import Config
-from jaxllm.data.errors import DataError
+from jaxllm.errors import DataError
 from jaxllm.model.decoder import Decoder
 from jaxllm.viz._figure import plt, save, token_label
 

@@ -19,7 +19,7 @@ import jax
 import numpy as np
 
 from jaxllm.config import Config
-from jaxllm.data.errors import DataError
+from jaxllm.errors import DataError
 from jaxllm.model.api import param_logical_axes, param_shapes
 from jaxllm.parallel.mesh import AXES, mesh_shape
 from jaxllm.parallel.rules import mesh_specs, parse_rules

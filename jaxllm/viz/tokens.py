@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from jaxllm.data.errors import DataError
+from jaxllm.errors import DataError
 from jaxllm.viz._figure import plt, save, token_label, token_pieces
 
 _COLOURS = ("#fde2a7", "#b9e3c6", "#c6d8f5", "#f5c6d8", "#e0d0f5")

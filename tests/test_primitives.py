@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxllm.model.vjp import gelu_tanh, layer_norm, linear, rms_norm
+from jaxllm.model.primitives import gelu_tanh, layer_norm, linear, rms_norm
 
 
 def _rand(key: int, shape: tuple[int, ...], scale: float = 1.0) -> jax.Array:
@@ -108,7 +108,7 @@ def test_residuals_are_the_inputs_only():
 @pytest.mark.parametrize(("heads", "kv_heads"), [(4, 4), (4, 2), (4, 1)])
 def test_attention_matches_autodiff(heads, kv_heads):
     from jaxllm.model.attention import attention_mask
-    from jaxllm.model.vjp import attention
+    from jaxllm.model.primitives import attention
 
     B, T, D, K, G = 2, 7, 8, kv_heads, heads // kv_heads
     q, k, v = _rand(0, (B, T, K, G, D)), _rand(1, (B, T, K, D)), _rand(2, (B, T, K, D))

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 import jaxllm
-from jaxllm.data.errors import DataError
-from jaxllm.data.pipeline import DocumentStore, PackedSequences, global_batches, make_dataset
+from jaxllm.data.loader import DocumentStore, PackedSequences, global_batches, make_dataset
 from jaxllm.data.prepare import prepare
+from jaxllm.errors import DataError
 from jaxllm.parallel.mesh import make_mesh
 from tests.data_paths import TINY
 

@@ -29,9 +29,9 @@ import grain
 import numpy as np
 
 from jaxllm.config import Config
-from jaxllm.data.errors import DataError
 from jaxllm.data.prepare import load_manifest
 from jaxllm.data.shards import Shard, ShardError
+from jaxllm.errors import DataError
 
 Batch = dict[str, np.ndarray]
 

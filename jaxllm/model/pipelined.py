@@ -18,6 +18,11 @@ Stage s works on microbatch t - s; R*M + S - 1 iterations cover every (microbatc
 stage); the idle (bubble) share is (S-1) / (R*M + S - 1). Iterations where a stage has
 no microbatch compute on stale data whose results are never used, so they add nothing
 to the loss or the gradients. Backward is autodiff through the `lax.scan`.
+
+Why this lives in `model/` and not `parallel/`: it is another way to run the same stack
+of blocks (beside the scanned and rematerialised stacks in decoder.py), over the same
+parameters; it needs only the stage axis's name, not the mesh. Keeping it here lets the
+decoder import it at the top and `parallel/` stay above `model/` (tests/test_layers.py).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxllm.config import ModelConfig
+from jaxllm.model.block import REMAT_POLICIES, Block
 
 
 def bubble_fraction(stages: int, microbatches: int, repeats: int = 1) -> float:
@@ -108,9 +114,6 @@ class PipelinedBlocks(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, positions: jax.Array, segment_ids: jax.Array | None):
-        from jaxllm.model.block import Block
-        from jaxllm.model.decoder import REMAT_POLICIES
-
         if self.is_initializing():
             raise ValueError("initialize parameters without pipelining (jaxllm.init_params); the layout is the same")
         if not self.deterministic:
