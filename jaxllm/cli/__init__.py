@@ -12,8 +12,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from jaxllm.cli_args import Parser, bounded, non_negative, positive
-from jaxllm.cli_errors import DEBUG_ENV, debug_requested, report
+from jaxllm.cli.args import Parser, bounded, non_negative, positive
+from jaxllm.cli.report import DEBUG_ENV, debug_requested, report
 from jaxllm.config import ConfigError, list_presets, load_config, to_yaml
 from jaxllm.host import restore_interrupts
 
@@ -664,7 +664,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `jaxllm` console script (and of `python -m jaxllm.cli`).
 
     Every error, Ctrl-C included, ends as one line on stderr and an exit code (2; 130 for
-    Ctrl-C): see jaxllm/cli_errors.py. `--debug` or JAXLLM_DEBUG=1 re-raises instead, for
+    Ctrl-C): see jaxllm/cli/report.py. `--debug` or JAXLLM_DEBUG=1 re-raises instead, for
     the traceback. Usage errors (no verb, an unknown option) exit 2 through SystemExit.
     """
     restore_interrupts()  # from here Ctrl-C is a KeyboardInterrupt, reported below
@@ -695,6 +695,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         return report(e)
     return code if isinstance(code, int) else 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())
