@@ -13,5 +13,12 @@ class JaxllmError(Exception):
     """Bad input or state the user can fix; the message names the bad value and the fix."""
 
 
+class ConfigError(JaxllmError, ValueError):
+    """A bad config value. The message is one line: key, value, and how to fix it.
+
+    Here, not in jaxllm.config, so the layers below config (jaxllm.parallel.axes parses
+    `mesh.rules`) can raise it; jaxllm.config re-exports it."""
+
+
 class DataError(JaxllmError, ValueError):
     """Inputs or a prepared dataset that cannot be used; the message says which and the fix."""

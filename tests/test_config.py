@@ -8,9 +8,11 @@ import jax.numpy as jnp
 import pytest
 import yaml
 
+from jaxllm import errors
 from jaxllm.config import (
     Config,
     ConfigError,
+    MeshConfig,
     ModelConfig,
     list_presets,
     load_config,
@@ -18,6 +20,7 @@ from jaxllm.config import (
     to_dict,
     to_yaml,
 )
+from jaxllm.parallel import axes, mesh, rules
 
 PRESETS = list_presets()
 
@@ -370,6 +373,28 @@ def test_bad_yaml_file_raises_one_line_config_error(tmp_path, body, needles):
 
 def test_config_error_is_a_value_error():
     assert issubclass(ConfigError, ValueError)
+
+
+def test_config_error_is_the_one_in_jaxllm_errors():
+    # the CLI catches JaxllmError once; layers below config (parallel.axes) raise the same class
+    assert ConfigError is errors.ConfigError
+    assert issubclass(ConfigError, errors.JaxllmError)
+
+
+@pytest.mark.parametrize("entry", ["embed", "nonsense=tensor", "embed=model"])
+def test_bad_mesh_rules_entry_is_a_config_error(entry):
+    with pytest.raises(ConfigError, match="mesh.rules entry"):
+        axes.parse_rules([entry])
+    msg = _config_error("gpt2-124m", [f"mesh.rules=[{entry}]"])
+    assert "mesh.rules entry" in msg and entry in msg, msg
+
+
+def test_mesh_axes_are_written_once():
+    # MeshConfig has one size field per mesh axis, in mesh order; the mesh and the rules use the same names
+    sizes = [f.name for f in dataclasses.fields(MeshConfig) if f.type in ("int", int)]
+    assert tuple(sizes) == axes.MESH_AXES
+    assert mesh.AXES is axes.MESH_AXES and rules.MESH_AXES is axes.MESH_AXES
+    assert rules.parse_rules is axes.parse_rules
 
 
 # --------------------------------------------------------------------------- hashable / static

@@ -22,7 +22,6 @@ docs.py (docs/config.md generated from the schema). This module re-exports the p
 
 from __future__ import annotations
 
-from jaxllm.config.coercion import ConfigError
 from jaxllm.config.loading import (
     OVERRIDES_ENV,
     apply_overrides,
@@ -52,6 +51,7 @@ from jaxllm.config.schema_model import (
 from jaxllm.config.schema_run import ChatConfig, OptimizerConfig, PostTrainConfig, PPOConfig, TrainConfig
 from jaxllm.config.serialise import save_config, to_dict, to_yaml
 from jaxllm.config.validation import validate, validate_model
+from jaxllm.errors import ConfigError
 
 __all__ = [
     "OVERRIDES_ENV",

@@ -15,9 +15,7 @@ import typing
 from collections.abc import Mapping
 from typing import Any, Literal
 
-
-class ConfigError(ValueError):
-    """A bad config value. The message is one line: key, value, and how to fix it."""
+from jaxllm.errors import ConfigError
 
 
 def _type_name(tp: Any) -> str:

@@ -17,9 +17,10 @@ from typing import Any
 
 import yaml
 
-from jaxllm.config.coercion import ConfigError, _build, _field_names
+from jaxllm.config.coercion import _build, _field_names
 from jaxllm.config.schema import Config
 from jaxllm.config.validation import validate
+from jaxllm.errors import ConfigError
 
 
 def config_dir() -> Path:

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import math
 
-from jaxllm.config.coercion import ConfigError
 from jaxllm.config.schema import Config
 from jaxllm.config.schema_model import ModelConfig
+from jaxllm.errors import ConfigError
+from jaxllm.parallel.axes import MESH_AXES, parse_rules
 
 
 def _need(cond: bool, message: str) -> None:
@@ -70,7 +71,7 @@ def validate_model(m: ModelConfig) -> None:
 def _check_mesh(cfg: Config) -> None:
     """Axis sizes, and the model sizes tensor parallelism must split evenly."""
     m, mesh = cfg.model, cfg.mesh
-    sizes = {name: getattr(mesh, name) for name in ("data", "fsdp", "tensor", "pipeline")}
+    sizes = {name: getattr(mesh, name) for name in MESH_AXES}
     for name, value in sizes.items():
         _need(value == -1 or value >= 1, f"mesh.{name}={value} must be >= 1, or -1 for the remaining devices")
     _need(list(sizes.values()).count(-1) <= 1, f"mesh: only one axis may be -1, got {sizes}")
@@ -238,8 +239,6 @@ def _check_optimizer(cfg: Config) -> None:
 
 def _check_layout(cfg: Config) -> None:
     """The mesh.rules entries, and a per-step batch the data-parallel axes split evenly."""
-    from jaxllm.parallel.rules import parse_rules  # the rules table lives with the mesh code
-
     mesh, t = cfg.mesh, cfg.train
     parse_rules(mesh.rules)
     known = [mesh.data, mesh.fsdp]

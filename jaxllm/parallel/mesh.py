@@ -15,8 +15,9 @@ import jax
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from jaxllm.config import ConfigError, MeshConfig
+from jaxllm.parallel.axes import MESH_AXES
 
-AXES = ("data", "fsdp", "tensor", "pipeline")
+AXES = MESH_AXES  # the mesh's axis names, in order (written once, in jaxllm/parallel/axes.py)
 BATCH_AXES = ("data", "fsdp")  # the global batch is split over both (FSDP is data parallel too)
 
 

@@ -1,23 +1,12 @@
-"""The logical-axis rules table: logical names (on parameters and activations) -> mesh axes.
+"""The logical-axis rules table applied to arrays: logical PartitionSpecs -> mesh shardings.
 
-One table decides the whole layout (DESIGN.md §4). With the default below:
-
-| logical  | mesh axes      | effect |
-| -------- | -------------- | ------ |
-| batch    | data, fsdp     | the batch is split over every data-parallel device (DP and FSDP) |
-| embed    | fsdp           | FSDP / ZeRO-3: parameters and their AdamW moments are split along d_model |
-| heads    | tensor         | Megatron: attention heads split over `tensor` |
-| kv_heads | tensor         | ... and their K/V heads |
-| mlp      | tensor         | Megatron: the MLP hidden dimension split over `tensor` |
-| vocab    | tensor         | embedding rows and the logits' vocabulary split over `tensor` |
-| layers   | pipeline       | the scanned [L, ...] axis: with S stages each device stores L/S layers |
-| stage    | pipeline       | the pipeline schedule's stage axis (jaxllm/model/pipelined.py) |
-| length, head_dim | (replicated) | |
+One table decides the whole layout (DESIGN.md §4); the table itself, the axis names and
+`parse_rules` live in jaxllm/parallel/axes.py (plain data, no JAX, so the config can check
+`mesh.rules` without importing this module) and are re-exported here.
 
 Rules are applied in order and a mesh axis is used at most once per array (flax's
 resolution), so an activation (batch, length, embed) gets batch -> (data, fsdp) and
 embed -> nothing: activations are never split along d_model by FSDP, parameters are.
-`mesh.rules` in the config changes entries ("embed=" replicates parameters: plain DP).
 """
 
 from __future__ import annotations
@@ -26,51 +15,27 @@ import flax.linen as nn
 import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from jaxllm.config import ConfigError
+from jaxllm.errors import ConfigError
+from jaxllm.model.api import param_logical_axes, param_shapes
+from jaxllm.parallel.axes import DEFAULT_RULES, LOGICAL_AXES, MESH_AXES, Rules, parse_rules
 
-Rules = tuple[tuple[str, tuple[str, ...] | None], ...]
-
-LOGICAL_AXES = ("batch", "length", "embed", "heads", "kv_heads", "head_dim", "mlp", "vocab", "layers", "stage")
-MESH_AXES = ("data", "fsdp", "tensor", "pipeline")
-
-DEFAULT_RULES: Rules = (
-    ("batch", ("data", "fsdp")),
-    ("length", None),
-    ("embed", ("fsdp",)),
-    ("heads", ("tensor",)),
-    ("kv_heads", ("tensor",)),
-    ("head_dim", None),
-    ("mlp", ("tensor",)),
-    ("vocab", ("tensor",)),
-    ("layers", ("pipeline",)),
-    ("stage", ("pipeline",)),
-)
-
-
-def parse_rules(changes: tuple[str, ...] | list[str]) -> Rules:
-    """DEFAULT_RULES with `mesh.rules` entries ("logical=a+b", "logical=") applied."""
-    table = dict(DEFAULT_RULES)
-    for entry in changes:
-        name, sep, axes = entry.partition("=")
-        name = name.strip()
-        if not sep or name not in LOGICAL_AXES:
-            raise ConfigError(
-                f"mesh.rules entry {entry!r} must be 'logical=axis[+axis]' "
-                f"with logical one of {', '.join(LOGICAL_AXES)}"
-            )
-        parts = tuple(a.strip() for a in axes.split("+") if a.strip())
-        bad = [a for a in parts if a not in MESH_AXES]
-        if bad:
-            raise ConfigError(f"mesh.rules entry {entry!r}: {bad[0]!r} is not a mesh axis ({', '.join(MESH_AXES)})")
-        table[name] = parts or None
-    return tuple(table.items())
+__all__ = [
+    "DEFAULT_RULES",
+    "LOGICAL_AXES",
+    "MESH_AXES",
+    "Rules",
+    "check_divisible",
+    "flax_rules",
+    "mesh_specs",
+    "named_shardings",
+    "parse_rules",
+    "sharding_table",
+]
 
 
 def sharding_table(cfg) -> str:
     """Every parameter's shape, logical names and mesh PartitionSpec, as YAML comment lines
     (so `jaxllm config show` output still loads back as the same config)."""
-    from jaxllm.model.api import param_logical_axes, param_shapes
-
     rules = parse_rules(cfg.mesh.rules)
     logical = param_logical_axes(cfg)
     mesh = mesh_specs(logical, rules)
@@ -107,8 +72,6 @@ def check_divisible(shapes, shardings) -> None:
 
     jax's own error names a shape and tiling factors; this one names the parameter, the
     mesh axes and the fix, before anything is compiled or allocated."""
-    from jaxllm.config import ConfigError
-
     def check(path, shape, sharding) -> None:
         for dim, (size, axes) in enumerate(zip(shape.shape, sharding.spec, strict=False)):
             names = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
