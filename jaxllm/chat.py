@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from jaxllm.chat_template import ChatTemplateError, render_jinja
 from jaxllm.config import ChatConfig
 
 ROLES = ("system", "user", "assistant")
@@ -66,8 +67,6 @@ def _jinja_spans(chat: ChatConfig, messages: Sequence[Mapping[str, str]], tokeni
     """Spans from a Jinja template: the text the template adds for each assistant message
     past its generation prompt is the response. A template whose earlier text changes as
     the conversation grows cannot be split this way, and says so."""
-    from jaxllm.chat_template import ChatTemplateError, render_jinja
-
     special = _special_texts(tokenizer)
     spans: list[tuple[str, bool]] = []
     done = ""
@@ -115,8 +114,6 @@ def render(
     `add_generation_prompt` (ready for the model to write the next reply). A Jinja
     template gets the tokenizer's BOS/EOS texts (pass the tokenizer)."""
     if chat.template:
-        from jaxllm.chat_template import render_jinja
-
         check_messages(messages)
         return render_jinja(chat.template, messages, add_generation_prompt, **_special_texts(tokenizer))
     text = "".join(t for t, _ in render_spans(chat, messages))

@@ -17,27 +17,17 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
+import jinja2
+import jinja2.ext
+import jinja2.sandbox
+
 
 class ChatTemplateError(ValueError):
     """A chat template that does not compile or refuses a conversation."""
 
 
-def _jinja():
-    try:
-        import jinja2
-        import jinja2.ext
-        import jinja2.sandbox
-    except ImportError:
-        raise ChatTemplateError(
-            "this run's chat.template is a Jinja template, which needs jinja2: pip install 'jinja2>=3.1.6'"
-        ) from None
-    return jinja2
-
-
 @functools.lru_cache(maxsize=8)
 def _compiled(template: str) -> Any:
-    jinja2 = _jinja()
-
     def raise_exception(message: str) -> None:
         raise jinja2.exceptions.TemplateError(message)
 
@@ -66,7 +56,6 @@ def render_jinja(
     eos_token: str = "",
 ) -> str:
     """The conversation as the model's template writes it (apply_chat_template(tokenize=False))."""
-    jinja2 = _jinja()
     try:
         return _compiled(template).render(
             messages=[dict(m) for m in messages],

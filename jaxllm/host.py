@@ -126,7 +126,7 @@ def skip_absent_tpu() -> bool:
     """
     if os.environ.get("JAX_PLATFORMS") or "JAX_FORCE_TPU_INIT" in os.environ or tpu_attached():
         return False
-    try:
+    try:  # slow import, not at the top: quiet_startup_interrupts must run before jax is imported
         import jax
         from jax._src import xla_bridge
     except ImportError:
@@ -171,7 +171,7 @@ def enable_compilation_cache() -> Path | None:
     theirs to configure. A cache dir set through jax (JAX_COMPILATION_CACHE_DIR) is left
     as it is; a folder that cannot be created or written means no cache, not an error.
     """
-    import jax
+    import jax  # slow import, not at the top: see skip_absent_tpu
 
     if jax.config.jax_compilation_cache_dir:
         return Path(jax.config.jax_compilation_cache_dir)

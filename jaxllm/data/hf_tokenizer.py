@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tokenizers import Tokenizer as Backend
+from tokenizers import processors
 
 from jaxllm.data.token_ids import TokenizerError, checked_ids
 
@@ -69,13 +71,6 @@ class HFTokenizer:
     """A Hugging Face tokenizer.json (any model type the `tokenizers` library reads)."""
 
     def __init__(self, path: str | os.PathLike[str]):
-        try:
-            from tokenizers import Tokenizer as Backend
-        except ImportError:
-            raise TokenizerError(
-                f"tokenizer.path={str(path)!r} is a Hugging Face tokenizer.json, which needs the `tokenizers` "
-                "package: pip install tokenizers"
-            ) from None
         path = Path(path)
         if not path.is_file():
             raise TokenizerError(
@@ -115,8 +110,6 @@ class HFTokenizer:
         """The backend whose post-processor adds what transformers adds: tokenizer.json's own,
         or, when tokenizer_config.json names add_bos_token/add_eos_token (or there is no
         post-processor), a template from those flags alone (transformers' update_post_processor)."""
-        from tokenizers import processors
-
         if "add_bos_token" not in side and "add_eos_token" not in side and backend.post_processor is not None:
             return backend
         add_bos = bool(side.get("add_bos_token")) and self.bos_id is not None

@@ -26,12 +26,15 @@ from pathlib import Path
 from typing import Any
 
 import grain
+import jax
 import numpy as np
+from absl import flags
 
 from jaxllm.config import Config
 from jaxllm.data.prepare import load_manifest
 from jaxllm.data.shards import Shard, ShardError
 from jaxllm.errors import DataError
+from jaxllm.parallel.mesh import batch_sharding
 
 Batch = dict[str, np.ndarray]
 
@@ -190,8 +193,6 @@ def make_dataset(
     Iterate it with `iter(ds)`; the iterator's `get_state()` / `set_state()` save and
     restore the position exactly. `epochs=None` repeats the data practically forever.
     """
-    import jax
-
     pi = jax.process_index() if process_index is None else process_index
     pc = jax.process_count() if process_count is None else process_count
     store = DocumentStore(cfg.data.path, split)
@@ -203,8 +204,6 @@ def make_dataset(
     ds = grain.MapDataset.source(local).batch(local.local_batch, drop_remainder=True)
     iter_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=max(cfg.data.prefetch, 1)))
     if cfg.data.num_workers > 0:
-        from absl import flags
-
         if not flags.FLAGS.is_parsed():  # grain's workers read absl flags; a library caller never parsed them
             flags.FLAGS.mark_as_parsed()
         iter_ds = iter_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=cfg.data.num_workers))
@@ -214,10 +213,6 @@ def make_dataset(
 def global_batches(batches: Iterator[Batch], mesh) -> Iterator[dict[str, Any]]:
     """Assemble each process's local batch into global `jax.Array`s split over the mesh's
     batch axes (`data`, `fsdp`): every process passes only the rows it read."""
-    import jax
-
-    from jaxllm.parallel.mesh import batch_sharding
-
     sharding = batch_sharding(mesh)
     for batch in batches:
         yield {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}

@@ -35,8 +35,10 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+import sentencepiece as spm
 
 from jaxllm.config import TokenizerConfig
+from jaxllm.data.bpe import FILE_TYPE, BPEModel
 from jaxllm.data.hf_tokenizer import HFTokenizer
 from jaxllm.data.token_ids import TokenizerError, checked_ids
 from jaxllm.errors import DataError
@@ -85,8 +87,6 @@ class ScratchBPETokenizer:
     pad_id = 0
 
     def __init__(self, path: str | os.PathLike[str]):
-        from jaxllm.data.bpe import BPEModel
-
         try:
             self._model = BPEModel.load(path)
         except ValueError as e:
@@ -103,8 +103,6 @@ class ScratchBPETokenizer:
 
 def _is_scratch_bpe(path: str | os.PathLike[str]) -> bool:
     """True for a file written by BPEModel.save (its JSON starts with the type field)."""
-    from jaxllm.data.bpe import FILE_TYPE
-
     try:
         with open(path, encoding="utf-8") as f:
             head = f.read(64)
@@ -117,8 +115,6 @@ class SentencePieceTokenizer:
     """A trained sentencepiece model (BPE, unigram or char)."""
 
     def __init__(self, path: str | os.PathLike[str]):
-        import sentencepiece as spm
-
         path = Path(path)
         if not path.is_file():
             raise TokenizerError(
@@ -213,8 +209,6 @@ def train_sentencepiece(
     The documents are written to a temporary training file (sentencepiece reads files
     line by line); the model appears at `out_path` only once training succeeded.
     """
-    import sentencepiece as spm
-
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".tokenizer-", dir=out_path.parent) as tmp:

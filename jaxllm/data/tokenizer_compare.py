@@ -32,6 +32,8 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import sentencepiece as spm
+
 from jaxllm.config import TokenizerConfig
 from jaxllm.data.bpe import NUM_BYTES, train_bpe
 from jaxllm.data.tokenizer import ByteTokenizer, SentencePieceTokenizer, train_sentencepiece
@@ -199,8 +201,6 @@ def _scratch(train: str, held: str, vocab_size: int, out_dir: Path | None) -> Ro
 
 def _sentencepiece_census(path: Path) -> tuple[int, int, int, int]:
     """(byte, special, single-character, multi-character) piece counts of a sentencepiece model."""
-    import sentencepiece as spm
-
     sp = spm.SentencePieceProcessor(model_file=str(path))
     user_defined = set(_sentencepiece_config(NUM_BYTES + 1).special_tokens)  # the processor cannot tell them apart
     counts = [0, 0, 0, 0]

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxllm.config import Config, ModelConfig
+from jaxllm.data.tokenizer import prompt_start
 from jaxllm.model.api import forward, model_config
 
 
@@ -144,8 +145,6 @@ def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], 
     n_space = len(context) - len(context.rstrip(" "))
     if n_space:
         context, continuation = context[:-n_space], context[-n_space:] + continuation
-    from jaxllm.data.tokenizer import prompt_start
-
     if hasattr(tokenizer, "adds_bos"):
         start = prompt_start(tokenizer) or ([] if context else [int(tokenizer.eos_id)])
     else:
