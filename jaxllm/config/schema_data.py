@@ -1,4 +1,8 @@
-"""The tokenizer and data sections: raw text -> tokenizer -> prepared shards -> batches."""
+"""The tokenizer and data sections: raw text -> tokenizer -> prepared shards -> batches.
+
+Every field has a `#:` comment on the lines above it: what it means and its unit
+(`python -m jaxllm.config.docs` turns them into docs/config.md).
+"""
 
 from __future__ import annotations
 
@@ -17,15 +21,22 @@ class TokenizerConfig:
     model's). The rest only matters when training one.
     """
 
+    #: The tokenizer: "byte", a sentencepiece .model file, or a tokenizer.json; `jaxllm tokenizer train` writes here.
     path: str = "byte"
+    #: Algorithm when training one: "bpe" (byte-pair merges), "unigram" (a unigram language model), "char", "word".
     kind: TokenizerKind = "bpe"
+    #: Pieces in a trained tokenizer, special and byte pieces included (model.vocab_size must be at least this).
     vocab_size: int = 8000
-    byte_fallback: bool = True  # unseen characters become byte pieces: nothing is ever out of vocabulary
-    character_coverage: float = 1.0  # share of characters that get their own piece; the rest fall back to bytes
-    input_sentence_size: int = 0  # lines sampled for training; 0 = all
-    max_sentence_length: int = 65536  # longest training line, in bytes; longer lines are skipped
-    # pieces that always stay whole (sentencepiece user-defined symbols): the default chat
-    # template's markers, so `<|user|>` costs one token, never seven
+    #: Unseen characters become byte pieces: nothing is ever out of vocabulary.
+    byte_fallback: bool = True
+    #: Share of characters (by frequency) that get their own piece; the rest fall back to bytes.
+    character_coverage: float = 1.0
+    #: Lines sampled for training, in lines; 0 = all.
+    input_sentence_size: int = 0
+    #: Longest training line, in bytes; longer lines are skipped.
+    max_sentence_length: int = 65536
+    #: Pieces that always stay whole (sentencepiece user-defined symbols): the default chat template's markers,
+    #: so `<|user|>` costs one token, never seven.
     special_tokens: tuple[str, ...] = ("<|system|>", "<|user|>", "<|assistant|>", "<|end|>")
 
 
@@ -33,21 +44,31 @@ class TokenizerConfig:
 class FilterConfig:
     """Document quality filters applied by `jaxllm data prepare` (see jaxllm/data/clean.py)."""
 
+    #: Shortest document kept, in characters.
     min_chars: int = 20
+    #: Longest document kept, in characters.
     max_chars: int = 50_000_000
-    min_alnum_fraction: float = 0.5  # letters+digits over non-whitespace characters
-    max_repeated_line_fraction: float = 0.5  # non-empty lines that repeat an earlier line of the document
+    #: Least share of letters and digits among a document's non-whitespace characters.
+    min_alnum_fraction: float = 0.5
+    #: Most share of a document's non-empty lines that may repeat an earlier line of it.
+    max_repeated_line_fraction: float = 0.5
 
 
 @dataclasses.dataclass(frozen=True)
 class DedupConfig:
     """Exact (normalized-text hash) and near (MinHash + LSH) deduplication."""
 
+    #: Drop documents whose normalized text hashes equal an earlier document's.
     exact: bool = True
+    #: Drop near-duplicates found by MinHash + LSH.
     near: bool = True
-    threshold: float = 0.8  # estimated Jaccard similarity of word shingles at which a document is a near-duplicate
-    num_perm: int = 128  # MinHash signature length
-    bands: int = 16  # LSH bands; num_perm / bands rows each
+    #: Estimated Jaccard similarity of word shingles at which a document is a near-duplicate, in (0, 1].
+    threshold: float = 0.8
+    #: MinHash signature length, in hash functions.
+    num_perm: int = 128
+    #: LSH bands; each holds num_perm / bands signature rows.
+    bands: int = 16
+    #: Words per shingle (the overlapping word n-grams compared).
     shingle_words: int = 5
 
 
@@ -55,21 +76,33 @@ class DedupConfig:
 class DataConfig:
     """Raw text -> prepared shards (`jaxllm data prepare`) -> batches (the grain pipeline)."""
 
-    path: str = "data/prepared"  # the prepared dataset (manifest.json + shards): prepare writes it, train reads it
-    inputs: tuple[str, ...] = ()  # raw text files, globs, or .jsonl files (one JSON object per line)
+    #: The prepared dataset directory (manifest.json + shards): prepare writes it, train reads it.
+    path: str = "data/prepared"
+    #: Raw text files, globs, or .jsonl files (one JSON object per line).
+    inputs: tuple[str, ...] = ()
+    #: The key of each JSONL record that holds its text.
     jsonl_field: str = "text"
-    val_fraction: float = 0.05  # share held out for validation (see data.split)
-    # "document": whole documents, chosen by a seeded hash of their text;
-    # "tail": the last val_fraction of every document (nanoGPT's split, for a one-document corpus).
+    #: Share of the text held out for validation (see data.split), in [0, 1).
+    val_fraction: float = 0.05
+    #: How the validation share is chosen: "document": whole documents, chosen by a seeded hash of their text;
+    #: "tail": the last val_fraction of every document (for a one-document corpus).
     split: Literal["document", "tail"] = "document"
-    # What one document is in a text file: the whole "file", or each "paragraph" (a block
-    # between blank lines; a speech, in a play). Filters and dedup judge one document at a
-    # time, so paragraphs let them see boilerplate and repeats inside files. JSONL: a record.
+    #: What one document is in a text file: the whole "file", or each "paragraph" (a block between blank lines; a
+    #: speech, in a play). Filters and dedup judge one document at a time, so paragraphs let them see boilerplate
+    #: and repeats inside files. JSONL: a record.
     documents: Literal["file", "paragraph"] = "file"
-    shard_tokens: int = 16_777_216  # tokens per shard file
+    #: Tokens per shard file of the prepared dataset.
+    shard_tokens: int = 16_777_216
+    #: Tokens per training row: documents are packed into rows of this length. At most model.max_seq_len (the
+    #: longest context the model supports); shorter trains on shorter contexts.
     seq_len: int = 256
+    #: Seed of the validation split's hash and of the order rows are read in.
     seed: int = 0
-    num_workers: int = 0  # grain worker processes; 0 reads in the main process
-    prefetch: int = 4  # batches read ahead of the train step
+    #: Grain worker processes; 0 reads in the main process.
+    num_workers: int = 0
+    #: Batches read ahead of the train step.
+    prefetch: int = 4
+    #: Document quality filters (see the data.filters keys).
     filters: FilterConfig = FilterConfig()
+    #: Deduplication (see the data.dedup keys).
     dedup: DedupConfig = DedupConfig()

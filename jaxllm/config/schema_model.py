@@ -2,6 +2,9 @@
 
 Why together: these are the sections whose values fix array shapes and shardings; the
 cross-field rules between them live in jaxllm/config/validation.py.
+
+Every field has a `#:` comment on the lines above it: what it means and its unit. Those
+comments are the reference: `python -m jaxllm.config.docs` turns them into docs/config.md.
 """
 
 from __future__ import annotations
@@ -29,10 +32,15 @@ class RopeScalingConfig:
     are kept; the band in between is interpolated smoothly.
     """
 
+    #: "none": plain RoPE; "llama3": scale the low frequencies as Llama 3.1 does (needs model.position=rope).
     kind: RopeScalingKind = "none"
+    #: How many times longer the context gets: low frequencies are divided by it (>= 1).
     factor: float = 8.0
+    #: Wavelengths above original_max_seq_len / low_freq_factor (in tokens) are scaled by 1 / factor.
     low_freq_factor: float = 1.0
+    #: Wavelengths below original_max_seq_len / high_freq_factor (in tokens) are kept as they are.
     high_freq_factor: float = 4.0
+    #: The context length, in tokens, the model was pre-trained with before the extension.
     original_max_seq_len: int = 8192
 
 
@@ -40,35 +48,68 @@ class RopeScalingConfig:
 class ModelConfig:
     """The decoder's architecture: every family is a choice of these fields."""
 
+    #: Rows of the token embedding (and logits per position), in token ids; at least the tokenizer's vocabulary.
     vocab_size: int = 256
+    #: The longest sequence the model can attend over, in tokens: the learned position table's size, the KV
+    #: cache's length in generation, and the cap on data.seq_len (the training row length, which may be shorter).
     max_seq_len: int = 256
+    #: Width of the residual stream (the embedding size), in features.
     d_model: int = 128
+    #: Number of decoder blocks (attention + MLP) in the stack.
     num_layers: int = 2
+    #: Attention (query) heads per layer; must divide d_model.
     num_heads: int = 4
-    num_kv_heads: int | None = None  # None: = num_heads (MHA); 1 is MQA; between is GQA
-    head_dim: int | None = None  # None: d_model // num_heads
-    d_ff: int | None = None  # None: 4 * d_model
+    #: Key/value heads per layer. null: = num_heads (MHA); 1 is MQA; a divisor in between is GQA.
+    num_kv_heads: int | None = None
+    #: Features per attention head. null: d_model // num_heads.
+    head_dim: int | None = None
+    #: Hidden width of the MLP, in features (for swiglu: of each of the gate and up projections). null: 4 * d_model.
+    d_ff: int | None = None
+    #: Normalisation layer: "layernorm" (scale and bias, GPT-2) or "rmsnorm" (scale only, Llama).
     norm: Norm = "layernorm"
+    #: Epsilon added to the variance inside every norm, for numerical stability.
     norm_eps: float = 1e-5
+    #: Where the norms sit: "pre_ln" (before each branch, GPT-2 and Llama) or "post_ln" (after each residual
+    #: add, the original Transformer).
     block: BlockKind = "pre_ln"
-    final_norm: bool = True  # ln_f after the stack (GPT-2 and Llama have it)
+    #: Apply a final norm (ln_f) after the stack, before the output head (GPT-2 and Llama have it).
+    final_norm: bool = True
+    #: Position information: "learned" (an embedding table of max_seq_len rows, GPT-2) or "rope" (rotary
+    #: embeddings applied to queries and keys, Llama).
     position: Position = "learned"
+    #: RoPE base: the wavelength scale of the rotation frequencies (10000 GPT-NeoX, 500000 Llama 3).
     rope_theta: float = 10000.0
+    #: Long-context scaling of the RoPE frequencies (see the rope_scaling keys).
     rope_scaling: RopeScalingConfig = RopeScalingConfig()
+    #: MLP kind: "gelu" (GPT-2, tanh approximation), "relu", or "swiglu" (gated SiLU, Llama).
     mlp: MLPKind = "gelu"
+    #: How attention is computed: "xla" (einsums and a softmax, supports attention_dropout) or "dot_product"
+    #: (jax.nn.dot_product_attention, which can pick a fused flash kernel on GPU; no attention_dropout).
     attention_impl: AttentionImpl = "xla"
+    #: The output head reuses the token embedding's matrix (GPT-2); false: a separate lm_head (most Llamas).
     tie_embeddings: bool = True
-    use_bias: bool = True  # biases on attention and MLP projections
-    dropout: float = 0.0  # on embeddings and on each residual branch (GPT-2 resid/embd)
-    attention_dropout: float = 0.0  # on the attention probabilities
+    #: Biases on the attention and MLP projections (GPT-2 has them, Llama does not).
+    use_bias: bool = True
+    #: Dropout probability on the embeddings and on each residual branch (GPT-2's resid/embd dropout).
+    dropout: float = 0.0
+    #: Dropout probability on the attention probabilities (needs attention_impl=xla).
+    attention_dropout: float = 0.0
+    #: Standard deviation of the normal initialisation of weights and embeddings; residual output projections
+    #: are scaled by 1 / sqrt(2 * num_layers) (GPT-2).
     init_std: float = 0.02
+    #: Activation checkpointing per layer: "none" keeps every activation for the backward pass; "full"
+    #: recomputes the whole layer; "save_dots" keeps matmul outputs; "save_dots_no_batch" keeps only the matmul
+    #: outputs without a batch dimension. More recomputation, less memory.
     remat: Remat = "none"
-    # Unroll every loop over layers (and the pipeline schedule's ticks and the accumulation
-    # microbatches) into straight-line code. Compiles grow with depth; XLA's cost analysis
-    # counts a loop body once, so `jaxllm plan` compiles small unrolled probes to count all.
+    #: Unroll every loop over layers (and the pipeline schedule's ticks and the accumulation microbatches) into
+    #: straight-line code. Compiles grow with depth; XLA's cost analysis counts a loop body once, so `jaxllm
+    #: plan` compiles small unrolled probes to count all.
     scan_unroll: bool = False
-    head: Head = "lm"  # "lm": next-token logits; "scalar": one value per position (reward models)
-    dtype: DType = "float32"  # compute dtype of matmuls and activations
+    #: Output head: "lm" gives next-token logits; "scalar" gives one value per position (reward models, critics).
+    head: Head = "lm"
+    #: Compute dtype of matmuls and activations.
+    dtype: DType = "float32"
+    #: Storage dtype of the parameters (what a checkpoint holds); matmuls cast them to dtype.
     param_dtype: DType = "float32"
 
     def __post_init__(self) -> None:
@@ -84,14 +125,21 @@ class ModelConfig:
 
 @dataclasses.dataclass(frozen=True)
 class MeshConfig:
-    """Device mesh axis sizes; their product is the device count, -1 means "the rest"."""
+    """Device mesh axis sizes; their product is the device count, -1 means "the rest".
 
+    The size fields are the mesh axes (jaxllm.parallel.axes.MESH_AXES), in mesh order.
+    """
+
+    #: Devices along the data-parallel axis (each holds a full copy of the parameters); -1: the rest.
     data: int = -1
+    #: Devices along the FSDP axis: data parallel, with parameters and optimizer moments split along d_model.
     fsdp: int = 1
+    #: Devices along the tensor-parallel axis: heads, MLP hidden units and vocabulary are split over it.
     tensor: int = 1
+    #: Pipeline stages: the layers are split into this many consecutive groups (see the pipeline section).
     pipeline: int = 1
-    # Changes to the logical-axis rules table (jaxllm/parallel/rules.py), each
-    # "logical=axis" or "logical=axis1+axis2" or "logical=" (replicated), e.g. ["embed=", "mlp=tensor"].
+    #: Changes to the logical-axis rules table (jaxllm/parallel/axes.py), each "logical=axis",
+    #: "logical=axis1+axis2" or "logical=" (replicated), e.g. ["embed=", "mlp=tensor"].
     rules: tuple[str, ...] = ()
 
 
@@ -99,4 +147,6 @@ class MeshConfig:
 class PipelineConfig:
     """The pipeline schedule used when mesh.pipeline > 1 (jaxllm/model/pipelined.py)."""
 
-    repeats: int = 1  # 1: GPipe; R > 1: circular, each stage holds R non-adjacent layer chunks
+    #: Layer chunks per stage: 1 is GPipe; R > 1 is the circular schedule, each stage holding R non-adjacent
+    #: chunks (a smaller bubble, more transfers).
+    repeats: int = 1

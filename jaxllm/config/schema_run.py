@@ -1,4 +1,8 @@
-"""The optimizer, train, chat, posttrain and ppo sections: how a run learns and what it trains on."""
+"""The optimizer, train, chat, posttrain and ppo sections: how a run learns and what it trains on.
+
+Every field has a `#:` comment on the lines above it: what it means and its unit
+(`python -m jaxllm.config.docs` turns them into docs/config.md).
+"""
 
 from __future__ import annotations
 
@@ -10,35 +14,56 @@ from typing import Literal
 class OptimizerConfig:
     """AdamW with linear warmup and cosine decay to `min_lr_ratio * lr`."""
 
+    #: Peak learning rate, reached at the end of warmup.
     lr: float = 3e-4
+    #: The final learning rate as a share of lr: the cosine ends at min_lr_ratio * lr.
     min_lr_ratio: float = 0.1
+    #: Steps of linear warmup from 0 to lr.
     warmup_steps: int = 100
-    decay_steps: int | None = None  # None: train.steps
+    #: The step at which the cosine reaches min_lr_ratio * lr (warmup included); flat after. null: train.steps.
+    decay_steps: int | None = None
+    #: AdamW's decay rate of the first-moment (gradient mean) estimate.
     beta1: float = 0.9
+    #: AdamW's decay rate of the second-moment (squared gradient) estimate.
     beta2: float = 0.95
+    #: AdamW's epsilon, added to the root of the second moment in the denominator.
     eps: float = 1e-8
+    #: Decoupled weight decay coefficient, applied to matmul kernels only (not embeddings, norms or biases).
     weight_decay: float = 0.1
-    grad_clip: float = 1.0  # global-norm clipping; 0 disables
+    #: Largest global gradient norm: larger gradients are scaled down to it; 0 disables clipping.
+    grad_clip: float = 1.0
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """The training loop."""
 
+    #: Optimizer updates to run (PPO: policy updates).
     steps: int = 1000
-    batch_size: int = 32  # global batch, in sequences
-    microbatches: int = 1  # gradient accumulation: batch_size is split into this many
+    #: Global batch, in sequences (rows of data.seq_len tokens) per optimizer step, over all devices.
+    batch_size: int = 32
+    #: Gradient accumulation: batch_size is split into this many microbatches, run one after another.
+    microbatches: int = 1
+    #: Seed of parameter initialisation, dropout and the post-training record split.
     seed: int = 0
+    #: Log the training loss every this many steps.
     log_every: int = 10
+    #: Evaluate on the validation split every this many steps.
     eval_every: int = 200
-    eval_batches: int = 20  # validation batches per evaluation
+    #: Validation batches per evaluation.
+    eval_batches: int = 20
+    #: Save a checkpoint every this many steps.
     checkpoint_every: int = 500
-    keep_checkpoints: int = 3  # the most recent N are kept...
-    keep_every: int = 0  # ...plus every checkpoint whose step is a multiple of this (0: none)
-    on_nonfinite: Literal["stop", "skip"] = "stop"  # a NaN/inf loss or gradient: stop the run, or skip that update
+    #: The most recent N checkpoints are kept...
+    keep_checkpoints: int = 3
+    #: ...plus every checkpoint whose step is a multiple of this (0: none).
+    keep_every: int = 0
+    #: A NaN/inf loss or gradient: "stop" the run, or "skip" that update.
+    on_nonfinite: Literal["stop", "skip"] = "stop"
+    #: Also write the metrics as TensorBoard event files (in out_dir/tensorboard).
     tensorboard: bool = True
+    #: The run directory: config.yaml, checkpoints, metrics and logs; a run in an existing one resumes.
     out_dir: str = "runs/default"
-
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,28 +80,44 @@ class ChatConfig:
     ends at one of `stop_tokens` (the template's end-of-turn token, e.g. "<|im_end|>") or EOS.
     """
 
+    #: The run is instruction-tuned: `jaxllm chat` and sampling wrap prompts in the template.
     enabled: bool = False
+    #: The text around a system message, with {content} once.
     system: str = "<|system|>\n{content}<|end|>\n"
+    #: The text around a user message, with {content} once.
     user: str = "<|user|>\n{content}<|end|>\n"
+    #: The text around a reply, with {content} once; the text after {content} (its first line) ends a reply.
     assistant: str = "<|assistant|>\n{content}<|end|>\n"
-    default_system: str = ""  # used when a conversation brings no system message
-    template: str = ""  # a Jinja chat template (an imported model's); "" = the role templates above
-    stop_tokens: tuple[str, ...] = ()  # special tokens that end a reply besides EOS (with a Jinja template)
+    #: The system message used when a conversation brings none ("" = none).
+    default_system: str = ""
+    #: A Jinja chat template (an imported model's); "" = the role templates above.
+    template: str = ""
+    #: Special tokens that end a reply besides EOS (with a Jinja template).
+    stop_tokens: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
 class PostTrainConfig:
     """Instruction tuning and preference learning (jaxllm/posttrain/)."""
 
-    data: str = ""  # .json / .jsonl: Alpaca records, chat `messages`, or chosen/rejected pairs
-    init_from: str = ""  # a run directory whose newest weights start the run ("" = random init)
-    val_fraction: float = 0.05  # records held out (seeded by train.seed) for validation
-    packing: bool = True  # several conversations per row (separate segments) instead of one row each
-    beta: float = 0.1  # DPO: strength of the pull away from the reference (lower: further)
-    label_smoothing: float = 0.0  # DPO: assumed share of flipped preference labels (conservative DPO)
-    reference_free: bool = False  # DPO without the reference model's log-probs
-    reward_margin: float = 0.0  # reward model: required gap r_chosen - r_rejected inside the log-sigmoid
-    reward_center: float = 0.0  # reward model: weight of (r_chosen + r_rejected)^2, keeps rewards near 0
+    #: A .json / .jsonl file: Alpaca records, chat `messages`, or chosen/rejected pairs.
+    data: str = ""
+    #: A run directory whose newest weights start the run ("" = random init).
+    init_from: str = ""
+    #: Share of the records held out (seeded by train.seed) for validation, in [0, 1).
+    val_fraction: float = 0.05
+    #: Several conversations per row (separate segments) instead of one row each.
+    packing: bool = True
+    #: DPO: strength of the pull towards the reference policy (lower: the policy may move further from it).
+    beta: float = 0.1
+    #: DPO: assumed share of flipped preference labels (conservative DPO), in [0, 0.5).
+    label_smoothing: float = 0.0
+    #: DPO without the reference model's log-probs.
+    reference_free: bool = False
+    #: Reward model: required gap r_chosen - r_rejected inside the log-sigmoid, in reward units.
+    reward_margin: float = 0.0
+    #: Reward model: weight of (r_chosen + r_rejected)^2 in the loss, which keeps rewards near 0.
+    reward_center: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,22 +127,41 @@ class PPOConfig:
     train.batch_size of them. The policy starts from (and is regularised towards)
     posttrain.init_from; prompts come from posttrain.data."""
 
-    reward_from: str = ""  # the reward model's run directory (jaxllm reward)
-    critic_from: str = ""  # the critic's start: a scalar-head run ("" = the reward model)
-    rollout_batch: int = 64  # prompts sampled per rollout (a multiple of train.batch_size)
-    epochs: int = 4  # passes over each rollout batch
-    max_new_tokens: int = 32  # reply length cap during rollouts and evaluation
-    temperature: float = 1.0  # rollout sampling temperature (it also divides the logits of every log-prob)
-    kl_coef: float = 0.05  # per-token KL penalty to the reference policy (its starting value if adaptive)
-    adaptive_kl: bool = False  # steer kl_coef towards kl_target (Ziegler et al.'s proportional controller)
-    kl_target: float = 6.0  # adaptive KL: target KL per reply (summed over its tokens)
-    kl_horizon: int = 10000  # adaptive KL: the controller's horizon, in replies
-    clip: float = 0.2  # policy ratio clip
-    value_clip: float = 0.2  # critic: how far a value may move from its rollout-time value per update
-    gamma: float = 1.0  # discount
-    lam: float = 0.95  # GAE lambda
-    critic_lr: float = 0.0  # the critic's peak learning rate (0 = optimizer.lr)
-    critic_warmup: int = 0  # rollouts at the start that train only the critic (its values settle first)
-    missing_stop_penalty: float = 0.0  # subtracted from the score of replies cut at max_new_tokens
-    normalize_reward: bool = True  # scores as (score - mean) / std of the starting policy's replies
-    eval_prompts: int = 64  # held-out prompts sampled and scored at each evaluation
+    #: The reward model's run directory (made by `jaxllm reward`).
+    reward_from: str = ""
+    #: The critic's start: a scalar-head run ("" = the reward model).
+    critic_from: str = ""
+    #: Prompts sampled per rollout (a multiple of train.batch_size).
+    rollout_batch: int = 64
+    #: Passes over each rollout batch.
+    epochs: int = 4
+    #: Reply length cap during rollouts and evaluation, in tokens.
+    max_new_tokens: int = 32
+    #: Rollout sampling temperature (it also divides the logits of every log-prob).
+    temperature: float = 1.0
+    #: Per-token KL penalty coefficient to the reference policy (its starting value if adaptive).
+    kl_coef: float = 0.05
+    #: Steer kl_coef towards kl_target (Ziegler et al.'s proportional controller).
+    adaptive_kl: bool = False
+    #: Adaptive KL: target KL per reply, in nats summed over its tokens.
+    kl_target: float = 6.0
+    #: Adaptive KL: the controller's horizon, in replies.
+    kl_horizon: int = 10000
+    #: Policy ratio clip: the ratio new / old probability is clipped to [1 - clip, 1 + clip].
+    clip: float = 0.2
+    #: Critic: how far a value may move from its rollout-time value per update, in reward units.
+    value_clip: float = 0.2
+    #: Discount factor per token of a reply.
+    gamma: float = 1.0
+    #: GAE lambda: the bias/variance trade-off of the advantage estimate.
+    lam: float = 0.95
+    #: The critic's peak learning rate (0 = optimizer.lr).
+    critic_lr: float = 0.0
+    #: Rollouts at the start that train only the critic (its values settle first).
+    critic_warmup: int = 0
+    #: Subtracted from the score of replies cut at max_new_tokens, in reward units.
+    missing_stop_penalty: float = 0.0
+    #: Scores as (score - mean) / std of the starting policy's replies.
+    normalize_reward: bool = True
+    #: Held-out prompts sampled and scored at each evaluation.
+    eval_prompts: int = 64
