@@ -18,14 +18,16 @@ from typing import Any, Literal
 from jaxllm.errors import ConfigError
 
 
-def _type_name(tp: Any) -> str:
+def type_name(tp: Any) -> str:
+    """An annotation as a YAML user reads it ("int | null", "'xla' | 'dot_product'", "list of str"):
+    used in type errors and in docs/config.md."""
     origin = typing.get_origin(tp)
     if origin is Literal:
         return " | ".join(repr(a) for a in typing.get_args(tp))
     if origin in (typing.Union, types.UnionType):
-        return " | ".join(_type_name(a) for a in typing.get_args(tp))
+        return " | ".join(type_name(a) for a in typing.get_args(tp))
     if origin is tuple:
-        return f"list of {_type_name(typing.get_args(tp)[0])}"
+        return f"list of {type_name(typing.get_args(tp)[0])}"
     return "null" if tp is type(None) else getattr(tp, "__name__", str(tp))
 
 
@@ -45,7 +47,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 return _coerce(value, arg, key)
             except ConfigError:
                 pass
-        raise ConfigError(f"{key}={value!r} has the wrong type; expected {_type_name(tp)}")
+        raise ConfigError(f"{key}={value!r} has the wrong type; expected {type_name(tp)}")
     if origin is Literal:
         choices = typing.get_args(tp)
         if value not in choices:
@@ -55,7 +57,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if isinstance(value, str):
             value = [value]
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}={value!r} must be a list of {_type_name(typing.get_args(tp)[0])}")
+            raise ConfigError(f"{key}={value!r} must be a list of {type_name(typing.get_args(tp)[0])}")
         return tuple(_coerce(v, typing.get_args(tp)[0], f"{key}[{i}]") for i, v in enumerate(value))
     if tp is bool:
         if not isinstance(value, bool):
