@@ -26,8 +26,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxllm import cli
-from jaxllm.cli import main
+from jaxllm.cli import describe, main
 from jaxllm.config import Config, ConfigError, apply_overrides, from_dict, load_config, save_config, to_dict
 from jaxllm.model.api import param_shapes
 from jaxllm.train.load import write_run
@@ -270,7 +269,7 @@ def test_an_unexpected_error_is_one_line_naming_its_type(monkeypatch, capfd):
     def broken(args):
         raise RuntimeError("disk on fire\nsecond line")
 
-    monkeypatch.setattr(cli, "_config_show", broken)
+    monkeypatch.setattr(describe, "_config_show", broken)
     code, out, err = run_cli(["config", "show", "shakespeare-char"], capfd)
     assert code == 2
     assert_one_line(err, out, "RuntimeError: disk on fire second line")
@@ -297,7 +296,7 @@ def test_ctrl_c_anywhere_in_main_exits_130_with_one_line(monkeypatch, capfd):
     def interrupted(args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "_model_summary", interrupted)
+    monkeypatch.setattr(describe, "_model_summary", interrupted)
     code, out, err = run_cli(["model", "summary", "shakespeare-char"], capfd)
     assert code == 130
     assert_one_line(err, out, "interrupted")

@@ -1,5 +1,5 @@
-"""Argument parsing for `jaxllm`: a parser whose usage errors are one line, and range checks
-for numeric options.
+"""Argument parsing for `jaxllm`: a parser whose usage errors are one line, range checks
+for numeric options, and the arguments several verb groups share.
 
 Why a custom parser: argparse prints the whole usage synopsis (often several wrapped lines)
 before its error. jaxllm promises one line on stderr for every bad input, so scripts and
@@ -19,7 +19,9 @@ import math
 import re
 from typing import Any
 
-from jaxllm.config import ConfigError
+from jaxllm.config import ConfigError, list_presets
+
+TOKENIZER_HELP = "'byte', a sentencepiece .model, a scratch BPE .json or an HF tokenizer.json"
 
 
 class Parser(argparse.ArgumentParser):
@@ -76,3 +78,9 @@ def positive(kind: type = int, hint: str = "") -> type[argparse.Action]:
 def non_negative(kind: type = int, hint: str = "") -> type[argparse.Action]:
     """Numbers >= 0 (integers by default)."""
     return bounded(kind, 0, hint=hint)
+
+
+def config_args(p: argparse.ArgumentParser) -> None:
+    """CONFIG and its overrides: the positional pair of every verb that starts from a config."""
+    p.add_argument("config", help=f"a YAML path or a preset name ({', '.join(list_presets())})")
+    p.add_argument("overrides", nargs="*", help="section.key=value, e.g. model.num_layers=4")
