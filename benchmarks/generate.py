@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import jaxllm
-from jaxllm.generate import decode_step, generate, prefill
+from jaxllm.generation import decode_step, generate, prefill
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch_generate as tg  # noqa: E402

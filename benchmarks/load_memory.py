@@ -43,7 +43,7 @@ QUICK = {"vocab_size": 512, "hidden_size": 64, "intermediate_size": 128, "num_hi
          "num_attention_heads": 4, "num_key_value_heads": 4}  # fmt: skip
 MB = 1e6
 SAMPLE = ["--prompt", "the quick", "--max-new-tokens", "8", "--temperature", "0"]
-BASELINE = ("import jax, jax.numpy as jnp, jaxllm.cli, jaxllm.interactive, jaxllm.generate, jaxllm.train.load; "
+BASELINE = ("import jax, jax.numpy as jnp, jaxllm.cli, jaxllm.interactive, jaxllm.generation, jaxllm.train.load; "
             "jnp.zeros(8).block_until_ready()")  # fmt: skip
 
 

@@ -8,8 +8,8 @@ The functional API works on (config, params, tokens) and needs no CLI:
     logits = jaxllm.forward(cfg, params, tokens)
     out = jaxllm.generate(cfg, params, [[1, 2, 3]], max_new_tokens=20, temperature=0.8, top_p=0.95)
 
-(`jaxllm.generate` is the function; its module is importable as `jaxllm.generate` too,
-e.g. `from jaxllm.generate import prefill, decode_step`.)
+(`jaxllm.generate` is the function; the generation code lives in the package
+`jaxllm.generation`, e.g. `from jaxllm.generation import prefill, decode_step`.)
 """
 
 from jaxllm.host import quiet_startup_interrupts, skip_absent_tpu, tune_malloc
@@ -19,7 +19,7 @@ tune_malloc()  # before any step allocates: see jaxllm/host.py
 skip_absent_tpu()  # no libtpu banner on hosts without a TPU: see jaxllm/host.py
 
 from jaxllm.config import Config, ConfigError, load_config  # noqa: E402
-from jaxllm.generate import Generation, GenerationError, generate, generate_stream  # noqa: E402
+from jaxllm.generation import Generation, GenerationError, generate, generate_stream  # noqa: E402
 from jaxllm.model import (  # noqa: E402
     count_params,
     cross_entropy,

@@ -17,7 +17,7 @@ from typing import TextIO
 from jaxllm.chat import render, stop_string
 from jaxllm.config import Config
 from jaxllm.data.tokenizer import encode_prompt
-from jaxllm.generate import Generation, GenerationError, generate_stream
+from jaxllm.generation import Generation, GenerationError, generate_stream
 from jaxllm.model.api import model_config
 
 

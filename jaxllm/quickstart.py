@@ -35,7 +35,7 @@ def quickstart(
     from jaxllm.data.prepare import prepare
     from jaxllm.data.ready import train_tokenizer
     from jaxllm.data.tokenizer import load_tokenizer
-    from jaxllm.generate import sample
+    from jaxllm.generation import sample
     from jaxllm.train.trainer import train
 
     start = time.perf_counter()

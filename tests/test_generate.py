@@ -12,9 +12,8 @@ import pytest
 
 import jaxllm
 from jaxllm.config import ModelConfig, RopeScalingConfig
-from jaxllm.generate import (
+from jaxllm.generation import (
     GenerationError,
-    _generate_jit,
     bucket,
     decode_step,
     generate,
@@ -22,6 +21,8 @@ from jaxllm.generate import (
     left_pad,
     prefill,
 )
+from jaxllm.generation import loop as generation_loop
+from jaxllm.generation.steps import _generate_jit
 
 GPT2 = ModelConfig(vocab_size=61, max_seq_len=32, d_model=32, num_layers=2, num_heads=4)
 LLAMA = ModelConfig(
@@ -124,9 +125,7 @@ def test_the_loop_exits_as_soon_as_every_row_has_stopped(params):
         static_steps.append(int(result[1]))
         return result
 
-    import sys
-
-    g = sys.modules["jaxllm.generate"]  # the module (jaxllm.generate is the function)
+    g = generation_loop  # the module whose round loop calls _generate_jit
     g._generate_jit, saved = spy, g._generate_jit
     try:
         generate(GPT2, p, [[5, 6, 7]], 25, temperature=0.0, stop_tokens=[free[1]], overflow="stop")
@@ -170,11 +169,7 @@ def test_sharded_generation_equals_single_device(params):
     assert sharded == single
 
     # and the cache really is split: batch over data x fsdp, KV heads over tensor
-    import sys
-
-    from jaxllm import generate as _  # noqa: F401  (the module is in sys.modules)
-
-    g = sys.modules["jaxllm.generate"]
+    g = generation_loop
     setup = g._setup(cfg, RAGGED[:3], 6, {}, (), (), None, mesh, "slide")
     rnd = g._prepare_round(setup, RAGGED[:3], [False] * 3, 6)
     with jax.set_mesh(mesh):

@@ -15,7 +15,7 @@ import pytest  # noqa: E402
 from jaxllm.cli import main  # noqa: E402
 from jaxllm.data.tokenizer import ByteTokenizer  # noqa: E402
 from jaxllm.evaluate import evaluate_mc, perplexity, read_mc  # noqa: E402
-from jaxllm.generate import generate  # noqa: E402
+from jaxllm.generation import generate  # noqa: E402
 from jaxllm.model.api import init_params  # noqa: E402
 from jaxllm.train.load import write_run  # noqa: E402
 from tests.test_evaluate import tiny_config  # noqa: E402

@@ -77,7 +77,7 @@ def test_whitening_and_the_adaptive_kl_controller():
 
 
 def test_rollout_rows_mark_each_sampled_token_as_one_action():
-    from jaxllm.generate import Generation
+    from jaxllm.generation import Generation
     from jaxllm.posttrain.ppo_loop import build_rollout
 
     gen = Generation(tokens=[[7, 8], [9, 9, 9]], finish_reasons=["stop", "length"], stops=[[5, 6], []])
@@ -96,7 +96,7 @@ def test_training_log_probs_are_those_the_sampler_drew_from():
     import jax
 
     import jaxllm
-    from jaxllm.generate import decode_step, generate, left_pad, prefill
+    from jaxllm.generation import decode_step, generate, left_pad, prefill
     from jaxllm.posttrain.ppo import token_logprobs
     from jaxllm.posttrain.ppo_loop import build_rollout
 

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import pytest
 
 import jaxllm
-from jaxllm.generate import GenerationError
+from jaxllm.generation import GenerationError
 from jaxllm.posttrain.reward import bradley_terry_loss
 from tests.data_paths import SHARED_DATA
 

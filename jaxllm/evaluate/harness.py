@@ -28,7 +28,7 @@ from jaxllm.config import ConfigError
 from jaxllm.evaluate.multiple_choice import choice_logprobs
 from jaxllm.evaluate.perplexity import document_logprobs
 from jaxllm.evaluate.scoring import document_start
-from jaxllm.generate import generate
+from jaxllm.generation import generate
 
 
 def _int_or(value, default: int) -> int:

@@ -276,7 +276,7 @@ def _pad_rows(prompts: list[list[int]], multiple: int) -> tuple[list[list[int]],
 
 
 def _sample(models: _Models, params, prompts: list[list[int]], seed: int, mesh) -> Rollout:
-    from jaxllm.generate import generate
+    from jaxllm.generation import generate
 
     cfg = models.cfg
     gen = generate(cfg, params, prompts, cfg.ppo.max_new_tokens, temperature=cfg.ppo.temperature, seed=seed,

@@ -46,7 +46,7 @@ def exact_match(
     """Share of records whose greedy reply (up to the template's stop string) equals the
     expected output exactly, overall and per kind."""
     from jaxllm.chat import stop_string
-    from jaxllm.generate import generate
+    from jaxllm.generation import generate
     from jaxllm.posttrain.data import prompt_messages, tokenize_prompt
 
     stop = stop_string(cfg.chat)
@@ -121,7 +121,7 @@ def policy_preference_records(
     such pairs judges the errors PPO will actually meet, where near misses of a fixed
     form leave it blind to the rest (measured: it then preferred some wrong replies)."""
     from jaxllm.chat import stop_string
-    from jaxllm.generate import generate
+    from jaxllm.generation import generate
     from jaxllm.posttrain.data import prompt_messages, tokenize_prompt
 
     stop = stop_string(cfg.chat)
