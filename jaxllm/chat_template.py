@@ -21,8 +21,10 @@ import jinja2
 import jinja2.ext
 import jinja2.sandbox
 
+from jaxllm.errors import JaxllmError
 
-class ChatTemplateError(ValueError):
+
+class ChatTemplateError(JaxllmError, ValueError):
     """A chat template that does not compile or refuses a conversation."""
 
 

@@ -28,8 +28,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxllm.errors import JaxllmError
 
-class GenerationError(ValueError):
+
+class GenerationError(JaxllmError, ValueError):
     """Bad input to generation (prompt, lengths, sampling settings); says what to change."""
 
 

@@ -19,7 +19,8 @@ import math
 import re
 from typing import Any
 
-from jaxllm.config import ConfigError, list_presets
+from jaxllm.config import list_presets
+from jaxllm.errors import ConfigError
 
 TOKENIZER_HELP = "'byte', a sentencepiece .model, a scratch BPE .json or an HF tokenizer.json"
 

@@ -9,8 +9,7 @@ import sys
 from collections.abc import Callable
 
 from jaxllm.cli.args import non_negative, positive
-from jaxllm.config import ConfigError
-from jaxllm.errors import DataError
+from jaxllm.errors import ConfigError, DataError
 
 
 def _progress(label: str, unit: str) -> Callable[[int, int], None]:

@@ -3,10 +3,11 @@ unless asked for.
 
 Why one line: a user who gave a bad value needs the value and the fix, not forty frames
 of library internals; a script or a log grep needs one line to match. Bad inputs raise
-jaxllm's own error types, whose messages are written for the user and are printed as
-they are. Anything else is a bug or an environment problem (a full disk, a lost device):
-its line names the exception type, so it can still be searched for, and says how to get
-the traceback (`jaxllm --debug ...` or JAXLLM_DEBUG=1) for a bug report.
+a subclass of `JaxllmError` (jaxllm/errors.py), whose messages are written for the user
+and are printed as they are: one isinstance check covers them all, so a new error class
+needs no change here. Anything else is a bug or an environment problem (a full disk, a
+lost device): its line names the exception type, so it can still be searched for, and
+says how to get the traceback (`jaxllm --debug ...` or JAXLLM_DEBUG=1) for a bug report.
 
 Exit codes: 2 for every error, 130 (128 + SIGINT, what shells report) for Ctrl-C.
 """
@@ -17,29 +18,16 @@ import os
 import re
 import sys
 
+from jaxllm.errors import JaxllmError
+
 DEBUG_ENV = "JAXLLM_DEBUG"
 INTERRUPTED = 130
-# (module, class) of the errors whose message is written for the user. Looked up only in
-# modules already imported: an exception of a class can only exist once its module is
-# loaded, and reporting must not import (or fail to import) anything heavy.
-KNOWN = (
-    ("jaxllm.config", "ConfigError"),
-    ("jaxllm.errors", "DataError"),  # also ShardError, TokenizerError, ConversionError, MetricsError
-    ("jaxllm.data.fetch", "FetchError"),
-    ("jaxllm.sampling", "GenerationError"),
-    ("jaxllm.train.trainer", "NonFiniteLoss"),
-)
 _LONGEST = 500  # characters of an unexpected error's message (XLA's can run to pages)
 
 
 def debug_requested(flag: bool = False) -> bool:
     """True with `--debug`, or JAXLLM_DEBUG set to anything but empty or 0."""
     return flag or os.environ.get(DEBUG_ENV, "").strip() not in ("", "0")
-
-
-def _known(error: BaseException) -> bool:
-    classes = tuple(getattr(sys.modules[m], name) for m, name in KNOWN if m in sys.modules)
-    return isinstance(error, classes)
 
 
 def one_line(text: str) -> str:
@@ -53,7 +41,7 @@ def report(error: BaseException) -> int:
         print("jaxllm: interrupted (Ctrl-C)", file=sys.stderr)
         return INTERRUPTED
     message = one_line(str(error))
-    if not _known(error):
+    if not isinstance(error, JaxllmError):  # not written for the user: name its type
         kind = type(error).__qualname__
         module = type(error).__module__
         kind = kind if module == "builtins" else f"{module}.{kind}"

@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 
 from jaxllm.cli.args import TOKENIZER_HELP, config_args
-from jaxllm.config import ConfigError, load_config
-from jaxllm.errors import DataError
+from jaxllm.config import load_config
+from jaxllm.errors import ConfigError, DataError
 
 
 def _tokenizer_train(args: argparse.Namespace) -> None:

@@ -7,7 +7,8 @@ import argparse
 from pathlib import Path
 
 from jaxllm.cli.args import TOKENIZER_HELP, config_args, non_negative, positive
-from jaxllm.config import ConfigError, load_config
+from jaxllm.config import load_config
+from jaxllm.errors import ConfigError
 
 
 def _plot(args: argparse.Namespace) -> None:

