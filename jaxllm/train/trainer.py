@@ -25,7 +25,7 @@ import numpy as np
 from jaxllm.config import Config, ConfigError, to_dict
 from jaxllm.data.loader import make_dataset
 from jaxllm.data.ready import check_dataset
-from jaxllm.errors import DataError
+from jaxllm.errors import DataError, JaxllmError
 from jaxllm.model.pipelined import bubble_fraction
 from jaxllm.model.summary import flops_per_token
 from jaxllm.parallel.mesh import make_mesh
@@ -38,7 +38,7 @@ from jaxllm.train.state import abstract_state, init_state, state_shardings
 from jaxllm.train.step import make_eval_step, make_train_step, shard_batch
 
 
-class NonFiniteLoss(RuntimeError):
+class NonFiniteLoss(JaxllmError, RuntimeError):
     """The loss or gradient norm became NaN/inf (train.on_nonfinite=stop)."""
 
 
