@@ -15,10 +15,11 @@ from collections.abc import Callable, Sequence
 from typing import TextIO
 
 from jaxllm.chat import render, stop_string
-from jaxllm.config import Config
+from jaxllm.config import Config, apply_overrides, from_dict, to_dict
 from jaxllm.data.tokenizer import encode_prompt
 from jaxllm.generation import Generation, GenerationError, generate_stream
 from jaxllm.model.api import model_config
+from jaxllm.train.load import load_run, load_run_tokenizer
 
 
 class TextStream:
@@ -100,8 +101,6 @@ def stream_text(
 
 def _load(args) -> tuple[Config, dict, int]:
     """The run's config (with the command's `a.b=c` overrides, e.g. chat.template=...), weights and step."""
-    from jaxllm.config import apply_overrides, from_dict, to_dict
-    from jaxllm.train.load import load_run
 
     cfg, params, step = load_run(args.run_dir)
     overrides = list(getattr(args, "overrides", None) or ())
@@ -124,8 +123,6 @@ def sampling_kwargs(args) -> dict:
 def run_sample(args, out: TextIO | None = None) -> None:
     """`jaxllm sample RUN_DIR --prompt ...`: stream continuations of a prompt."""
     out = out or sys.stdout
-    from jaxllm.train.load import load_run_tokenizer
-
     if args.num_samples < 1:
         raise GenerationError(f"--num-samples={args.num_samples} must be at least 1")
     cfg, params, step = _load(args)
@@ -149,8 +146,6 @@ def run_chat(args, inp: TextIO | None = None, out: TextIO | None = None) -> None
     chat template. /reset clears the history, /exit (or end of input) quits."""
     inp = inp or sys.stdin
     out = out or sys.stdout
-    from jaxllm.train.load import load_run_tokenizer
-
     cfg, params, step = _load(args)
     tokenizer = load_run_tokenizer(cfg)
     chat = cfg.chat

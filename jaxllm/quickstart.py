@@ -14,6 +14,13 @@ from pathlib import Path
 import jax
 
 from jaxllm.config import load_config
+from jaxllm.data.fetch import fetch
+from jaxllm.data.prepare import prepare
+from jaxllm.data.ready import train_tokenizer
+from jaxllm.data.tokenizer import load_tokenizer
+from jaxllm.generation import sample
+from jaxllm.train.load import load_run
+from jaxllm.train.trainer import train
 
 SHARED_GUESSES = ("../shared/data", "shared/data")  # a checkout beside the project's shared corpora
 
@@ -31,13 +38,6 @@ def quickstart(
     from_dir: str | None = None,
     log: Callable[[str], None] = print,
 ) -> Path:
-    from jaxllm.data.fetch import fetch
-    from jaxllm.data.prepare import prepare
-    from jaxllm.data.ready import train_tokenizer
-    from jaxllm.data.tokenizer import load_tokenizer
-    from jaxllm.generation import sample
-    from jaxllm.train.trainer import train
-
     start = time.perf_counter()
     root = Path(out)
     local = Path(from_dir) if from_dir else _local_corpus()
@@ -77,6 +77,4 @@ def quickstart(
 
 
 def _params(run_dir: Path):
-    from jaxllm.train.load import load_run
-
     return load_run(run_dir)[1]

@@ -32,7 +32,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
 ]
 
 MAX_LINES = 400
-# A function-local import must say why on its line or the line before: an optional dependency
+# A function-local import must say why on its line or within the three lines before it (one
+# comment may cover a block of imports): an optional dependency
 # (torch, transformers, lm_eval, ...) or a slow import kept off the CLI's start-up path.
 LOCAL_IMPORT_REASON = ("optional", "slow", "lazy", "start-up", "startup")
 
@@ -140,7 +141,7 @@ def test_function_local_imports_say_why():
         for target, line, is_local in _imports(name, path):
             if not is_local:
                 continue
-            context = " ".join(source[max(0, line - 2) : line + 1]).lower()
+            context = " ".join(source[max(0, line - 4) : line]).lower()
             if not any(word in context for word in LOCAL_IMPORT_REASON):
                 unexplained.append(f"{path.relative_to(PACKAGE.parent)}:{line} imports {target}")
     assert not unexplained, (

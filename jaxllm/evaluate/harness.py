@@ -29,6 +29,7 @@ from jaxllm.evaluate.multiple_choice import choice_logprobs
 from jaxllm.evaluate.perplexity import document_logprobs
 from jaxllm.evaluate.scoring import document_start
 from jaxllm.generation import generate
+from jaxllm.train.load import load_run, load_run_tokenizer
 
 
 def _int_or(value, default: int) -> int:
@@ -53,8 +54,6 @@ class JaxLLM(LM):
         super().__init__()
         if not path:
             raise ValueError("jaxllm needs model_args path=RUN_DIR (a directory written by jaxllm train/sft/convert)")
-        from jaxllm.train.load import load_run, load_run_tokenizer
-
         self.config, self.params, self.step = load_run(path)
         self.tokenizer = load_run_tokenizer(self.config)
         self.path = path
@@ -142,7 +141,7 @@ def check_jaxllm_args(argv: Sequence[str]) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The harness's command line with jaxllm registered (`jaxllm eval harness ...`)."""
-    from lm_eval._cli import HarnessCLI
+    from lm_eval._cli import HarnessCLI  # slow import (the harness's task registry): only this command needs it
     from lm_eval.utils import setup_logging
 
     argv = list(sys.argv[1:] if argv is None else argv)

@@ -43,9 +43,12 @@ matplotlib.use("Agg")  # headless: training machines have no display; must prece
 
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import yaml  # noqa: E402
 from matplotlib.ticker import EngFormatter, FuncFormatter  # noqa: E402
 
+from jaxllm.config import OptimizerConfig  # noqa: E402
 from jaxllm.train.metrics import METRICS_FILE, MetricsError, MissingMetrics, read_metrics  # noqa: E402
+from jaxllm.train.optimizer import lr_schedule  # noqa: E402
 
 PANEL_HEIGHT_IN = 2.6  # inches per panel; the figure is 10 inches wide
 DPI = 120
@@ -197,11 +200,6 @@ def lr_curve(run_dir: Path, records: list[dict[str, Any]]) -> tuple[list[int], l
     the first point. The schedule itself is a pure function of the optimizer config, so it
     is drawn in full, but only if it agrees with every logged value (a run whose steps
     mean something else, or a changed schedule, falls back to the logged points)."""
-    import yaml
-
-    from jaxllm.config import OptimizerConfig
-    from jaxllm.train.optimizer import lr_schedule
-
     steps, logged = _series(records, "train", "lr")
     try:
         section = yaml.safe_load((run_dir / "config.yaml").read_text())["optimizer"]
