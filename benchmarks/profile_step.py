@@ -32,10 +32,13 @@ if "--xla_cpu_enable_xprof_traceme" not in os.environ.get("XLA_FLAGS", ""):  # b
 import jax  # noqa: E402
 
 import jaxllm  # noqa: E402
+from jaxllm.host import tune_malloc  # noqa: E402
 from jaxllm.parallel.mesh import make_mesh  # noqa: E402
 from jaxllm.train.optimizer import make_optimizer  # noqa: E402
 from jaxllm.train.state import init_state  # noqa: E402
 from jaxllm.train.step import make_train_step, shard_batch  # noqa: E402
+
+tune_malloc()  # the step's host memory settings, as the jaxllm command and training loop apply them
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _batches import random_batches  # noqa: E402

@@ -31,10 +31,13 @@ import jaxllm
 from jaxllm.convert import to_torch
 from jaxllm.data.loader import make_dataset
 from jaxllm.data.ready import ensure_data
+from jaxllm.host import tune_malloc
 from jaxllm.parallel.mesh import make_mesh
 from jaxllm.train.optimizer import make_optimizer
 from jaxllm.train.state import init_state
 from jaxllm.train.step import make_eval_step, make_train_step, shard_batch
+
+tune_malloc()  # the step's host memory settings, as the jaxllm command and training loop apply them
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import git_revision, write_section  # noqa: E402

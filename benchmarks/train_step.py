@@ -38,12 +38,15 @@ import torch
 
 import jaxllm
 from jaxllm.convert import to_torch
+from jaxllm.host import tune_malloc
 from jaxllm.model.summary import flops_per_token
 from jaxllm.parallel.mesh import make_mesh
 from jaxllm.train.flops import peak_flops
 from jaxllm.train.optimizer import make_optimizer
 from jaxllm.train.state import init_state
 from jaxllm.train.step import make_train_step, shard_batch
+
+tune_malloc()  # the step's host memory settings, as the jaxllm command and training loop apply them
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _batches import random_batches  # noqa: E402

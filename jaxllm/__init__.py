@@ -12,10 +12,9 @@ The functional API works on (config, params, tokens) and needs no CLI:
 `jaxllm.generation`, e.g. `from jaxllm.generation import prefill, decode_step`.)
 """
 
-from jaxllm.host import quiet_startup_interrupts, skip_absent_tpu, tune_malloc
+from jaxllm.host import quiet_startup_interrupts, skip_absent_tpu
 
 quiet_startup_interrupts()  # the `jaxllm` command: Ctrl-C while jax imports is one line, exit 130
-tune_malloc()  # before any step allocates: see jaxllm/host.py
 skip_absent_tpu()  # no libtpu banner on hosts without a TPU: see jaxllm/host.py
 
 from jaxllm.config import Config, ConfigError, load_config  # noqa: E402

@@ -12,7 +12,10 @@ mmaps anything larger whatever the threshold). If the heap cannot grow, glibc st
 falls back to mmap, so nothing fails for want of it.
 
 The price: the process keeps its peak host memory instead of returning it, as an
-accelerator runtime does with device memory. Applied once when jaxllm is imported;
+accelerator runtime does with device memory. So it is not done on import (a library
+user's process is theirs to configure): the `jaxllm` command applies it before it does
+anything else, and so does the training loop when a run starts (`jaxllm.train.loop`);
+a library user timing their own steps calls `jaxllm.host.tune_malloc()`.
 `JAXLLM_MALLOC_TUNING=0` leaves malloc alone. Only glibc Linux is touched.
 
 Also here: `skip_absent_tpu` (libtpu, pulled in by the [test]/[tpu] extras, prints an

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from jaxllm.cli import convert, data, describe, evaluate, plan, posttrain, sample, tokenizer, training, viz
 from jaxllm.cli.args import Parser
 from jaxllm.cli.report import DEBUG_ENV, debug_requested, report
-from jaxllm.host import enable_compilation_cache, restore_interrupts
+from jaxllm.host import enable_compilation_cache, restore_interrupts, tune_malloc
 
 # A config override (section.key=value), recognisable wherever it sits on the command line.
 OVERRIDE = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)+=")
@@ -44,6 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     the traceback. Usage errors (no verb, an unknown option) exit 2 through SystemExit.
     """
     restore_interrupts()  # from here Ctrl-C is a KeyboardInterrupt, reported below
+    tune_malloc()  # before any step allocates, while no JAX thread exists yet: jaxllm/host.py
     debug = debug_requested()
     try:
         parser = build_parser()
