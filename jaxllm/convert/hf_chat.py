@@ -18,6 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from jaxllm.config import ChatConfig, TokenizerConfig
+from jaxllm.data.hf_tokenizer import HFTokenizer
+from jaxllm.data.tokenizer import load_tokenizer
+from jaxllm.errors import DataError
 
 Log = Callable[[str], None]
 TEMPLATE_FILE = "chat_template.jinja"
@@ -68,10 +71,6 @@ def _stop_tokens(hf_dir: Path, tok: Any, template: str) -> tuple[str, ...]:
 
 def imported_sections(hf_dir: Path, tokenizer_path: str, log: Log) -> tuple[TokenizerConfig, ChatConfig]:
     """The tokenizer and chat sections of an imported run's config.yaml."""
-    from jaxllm.data.hf_tokenizer import HFTokenizer
-    from jaxllm.data.tokenizer import load_tokenizer
-    from jaxllm.errors import DataError
-
     try:
         tok = load_tokenizer(tokenizer_path) if tokenizer_path != "byte" and Path(tokenizer_path).is_file() else None
     except DataError:
