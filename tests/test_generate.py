@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 
 import jaxllm
-from jaxllm.config import ModelConfig, RopeScalingConfig
+from jaxllm.cli import main
+from jaxllm.config import MeshConfig, ModelConfig, RopeScalingConfig
+from jaxllm.data.tokenizer import ByteTokenizer
 from jaxllm.generation import (
     GenerationError,
     bucket,
@@ -23,6 +25,8 @@ from jaxllm.generation import (
 )
 from jaxllm.generation import loop as generation_loop
 from jaxllm.generation.steps import _generate_jit
+from jaxllm.interactive import TextStream, stream_text
+from jaxllm.parallel.mesh import make_mesh
 
 GPT2 = ModelConfig(vocab_size=61, max_seq_len=32, d_model=32, num_layers=2, num_heads=4)
 LLAMA = ModelConfig(
@@ -158,9 +162,6 @@ def test_prompt_lengths_share_compiled_programs(params):
 
 
 def test_sharded_generation_equals_single_device(params):
-    from jaxllm.config import MeshConfig
-    from jaxllm.parallel.mesh import make_mesh
-
     cfg = dataclasses.replace(LLAMA, vocab_size=64)  # the vocabulary splits over tensor=2
     p = jaxllm.init_params(cfg, jax.random.key(3))
     mesh = make_mesh(MeshConfig(data=2, fsdp=2, tensor=2, pipeline=1))
@@ -197,15 +198,10 @@ def test_bad_input_gets_clear_errors(params):
     with pytest.raises(GenerationError, match="2 values for 1 prompts"):
         generate(GPT2, p, [[1]], 4, temperature=[0.5, 0.7])
     assert generate(GPT2, p, [[1]], 0).tokens == [[]]
-    from jaxllm.cli import main
-
     assert main(["sample", "no-such-run", "--num-samples", "0"]) == 2
 
 
 def test_text_streaming_holds_partial_characters_and_cuts_at_stop_strings(params):
-    from jaxllm.data.tokenizer import ByteTokenizer
-    from jaxllm.interactive import TextStream, stream_text
-
     tok = ByteTokenizer()
     stream = TextStream(tok.decode)
     pieces = [stream.push(b) for b in "né!".encode()]

@@ -44,8 +44,11 @@ from jaxllm.convert import (
 )
 from jaxllm.data.hf_tokenizer import HFTokenizer
 from jaxllm.data.tokenizer import TokenizerError, load_tokenizer
+from jaxllm.evaluate import encode_pair, evaluate_mc, perplexity
+from jaxllm.evaluate.multiple_choice import MCExample
 from jaxllm.model.rope import rope_inv_freq
 from jaxllm.train.load import load_run, load_run_tokenizer, write_run
+from tests.data_paths import SHARED_DATA
 
 RTOL = 1e-5
 QUIET = lambda _: None  # noqa: E731
@@ -537,9 +540,6 @@ def test_cli_convert_both_ways(llama, tmp_path, capsys):
 def test_evaluating_an_imported_model_equals_transformers(gpt2):
     """jaxllm's perplexity and multiple-choice scores of an imported GPT-2 are transformers'
     own log-likelihoods of the same token ids."""
-    from jaxllm.evaluate import encode_pair, evaluate_mc, perplexity
-    from jaxllm.evaluate.multiple_choice import MCExample
-
     tok = load_run_tokenizer(gpt2.cfg)
     text = LINES[1]
     ids = [tok.eos_id, *tok.encode(text).tolist()]
@@ -562,8 +562,6 @@ def test_evaluating_an_imported_model_equals_transformers(gpt2):
 
 def test_sft_starts_from_an_imported_model(gpt2, tmp_path, capsys):
     """Instruction tuning takes an imported run as its start, like a native one."""
-    from tests.data_paths import SHARED_DATA
-
     data = SHARED_DATA / "instructions" / "instruction-data.json"
     out = tmp_path / "sft"
     argv = ["sft", str(gpt2.root / "run"), f"posttrain.data={data}", "train.steps=2", "train.batch_size=8",
