@@ -11,38 +11,39 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import jax
+import jax.numpy as jnp
+import numpy as np
 from jax.sharding import Mesh
 
+from jaxllm import host
 from jaxllm.config import Config, load_config, to_dict
+from jaxllm.data.prepare import load_manifest
+from jaxllm.data.tokenizer import load_tokenizer
 from jaxllm.errors import DataError
+from jaxllm.model.api import param_shapes
+from jaxllm.parallel.layout import Layout
 from jaxllm.parallel.mesh import make_mesh
 from jaxllm.train.checkpoint import Checkpointer
 from jaxllm.train.optimizer import make_optimizer
 from jaxllm.train.run_folder import RunFolder, absolute_paths
 
 
-def abstract_params(cfg: Config, mesh: Mesh, dtype: Any = None) -> dict:
-    """ShapeDtypeStructs of the parameters, each with its NamedSharding on `mesh` (the same
-    layout training gives them, from the logical names and mesh.rules), in `dtype` when
-    given (floating leaves only) else the saved model.param_dtype. Built without the
-    optimizer: a reader has no use for the moments' shapes or shardings."""
-    import flax.linen as nn
-    import jax
-    import jax.numpy as jnp
-
-    from jaxllm.model.api import boxed_init_fn
-    from jaxllm.parallel.rules import check_divisible, named_shardings, parse_rules
-
-    boxed = jax.eval_shape(boxed_init_fn(cfg.model), jax.random.key(0))
-    shapes = nn.meta.unbox(boxed)
-    shardings = named_shardings(nn.get_partition_spec(boxed), mesh, parse_rules(cfg.mesh.rules))
-    check_divisible(shapes, shardings)
+def abstract_params(cfg: Config, layout: Layout | Mesh, dtype: Any = None) -> dict:
+    """ShapeDtypeStructs of the parameters, each with its NamedSharding (the same layout
+    training gives them: the run's `layout`, or one built for this read from a bare Mesh,
+    the logical names and mesh.rules), in `dtype` when given (floating leaves only) else the
+    saved model.param_dtype. No optimizer: a reader has no use for the moments' shardings."""
+    if not isinstance(layout, Layout):
+        layout = Layout.build(cfg, layout)
+    elif layout.model != cfg.model:  # the caller's mesh and rules, this run's parameter names
+        layout = layout.for_model(cfg.model)
 
     def leaf(s: jax.ShapeDtypeStruct, sharding: Any) -> jax.ShapeDtypeStruct:
         want = dtype if dtype is not None and jnp.issubdtype(s.dtype, jnp.floating) else s.dtype
         return jax.ShapeDtypeStruct(s.shape, jnp.dtype(want), sharding=sharding)
 
-    return jax.tree.map(leaf, shapes, shardings)
+    return jax.tree.map(leaf, layout.param_shapes, layout.params)
 
 
 _M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter (malloc.h)
@@ -55,8 +56,6 @@ def _freed_memory_returned() -> Iterator[None]:
     step's sake (jaxllm/host.py); here that would turn every read's transient buffers into
     peak memory (measured: `jaxllm sample` on a 982 MB model, 2.5 GB -> see BENCHMARKS.md).
     The host settings are put back afterwards; nothing happens where they are not applied."""
-    from jaxllm import host
-
     if not host.tune_malloc():  # not glibc, or JAXLLM_MALLOC_TUNING=0: malloc is left alone
         yield
         return
@@ -68,9 +67,12 @@ def _freed_memory_returned() -> Iterator[None]:
         host.tune_malloc()
 
 
-def load_run(run_dir: str | os.PathLike[str], step: int | None = None, dtype: Any = None) -> tuple[Config, dict, int]:
+def load_run(
+    run_dir: str | os.PathLike[str], step: int | None = None, dtype: Any = None, layout: Layout | None = None
+) -> tuple[Config, dict, int]:
     """(config, params, step) of a run directory written by `jaxllm train`: the newest
-    readable checkpoint, or the one saved at `step`.
+    readable checkpoint, or the one saved at `step`. `layout`: read straight into another
+    run's mesh and rules (post-training's start runs); default: the run's own.
 
     Only the parameters are read, never the optimizer state (twice their size under
     AdamW): peak memory is about the weights' own size. They land sharded on the run's
@@ -83,7 +85,7 @@ def load_run(run_dir: str | os.PathLike[str], step: int | None = None, dtype: An
     cfg = load_config(run_dir / "config.yaml")
     # The folder given is the run, wherever it was trained or moved to since.
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, out_dir=str(run_dir.absolute())))
-    abstract = abstract_params(cfg, make_mesh(cfg.mesh), dtype)
+    abstract = abstract_params(cfg, layout if layout is not None else make_mesh(cfg.mesh), dtype)
     checkpoints = Checkpointer(run_dir / "checkpoints")
     try:
         if step is not None and step not in checkpoints.steps():
@@ -102,9 +104,6 @@ def load_run(run_dir: str | os.PathLike[str], step: int | None = None, dtype: An
 def load_run_tokenizer(cfg: Config):
     """The tokenizer a run was trained with: the one its dataset manifest records
     (falling back to tokenizer.path when the data directory is gone)."""
-    from jaxllm.data.prepare import load_manifest
-    from jaxllm.data.tokenizer import load_tokenizer
-
     try:
         path = load_manifest(cfg.data.path)["tokenizer"]["path"]
     except (DataError, OSError, KeyError):
@@ -119,19 +118,12 @@ def write_run(cfg: Config, params: dict, run_dir: str | os.PathLike[str], step: 
     This is how weights made outside a training run (imported ones, or a test's
     random ones) become a run like any other.
     """
-    import jax
-    import numpy as np
-
-    from jaxllm.model.api import param_shapes
-    from jaxllm.train.state import state_shardings
-
     run_dir = Path(run_dir)
     ckpt_dir = run_dir / "checkpoints"
     if ckpt_dir.is_dir() and any(ckpt_dir.iterdir()):
         raise DataError(f"{run_dir} already holds checkpoints; give a new or empty run directory")
-    mesh = make_mesh(cfg.mesh)
     tx = make_optimizer(cfg.optimizer)
-    shardings = state_shardings(cfg, mesh, tx)
+    shardings = Layout.build(cfg, make_mesh(cfg.mesh), tx).state
     dtype = jax.numpy.dtype(cfg.model.param_dtype)
     params = jax.tree.map(lambda a: np.asarray(a, dtype), params)
     got = jax.tree.map(lambda a: tuple(a.shape), params)

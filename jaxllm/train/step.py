@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
@@ -20,10 +19,10 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxllm.config import Config
 from jaxllm.model.api import cross_entropy
 from jaxllm.model.decoder import Decoder
+from jaxllm.parallel.layout import Layout
 from jaxllm.parallel.mesh import BATCH_AXES, batch_sharding
-from jaxllm.parallel.rules import flax_rules, parse_rules
 from jaxllm.train.optimizer import lr_schedule
-from jaxllm.train.state import State, replicated, state_shardings
+from jaxllm.train.state import State, as_layout
 
 Batch = dict[str, jax.Array]
 
@@ -62,21 +61,23 @@ def pipeline_spec(cfg: Config, mesh: Mesh) -> tuple[int, int, int] | None:
 
 
 def make_train_step(
-    cfg: Config, mesh: Mesh, tx: optax.GradientTransformation, loss_fn: Callable | None = None
+    cfg: Config, layout: Layout | Mesh, tx: optax.GradientTransformation, loss_fn: Callable | None = None
 ) -> Callable[[State, Batch], Any]:
-    """Compiled `step(state, batch) -> (state, metrics)`; `state` is donated.
+    """Compiled `step(state, batch) -> (state, metrics)`; `state` is donated. The run's
+    `layout` gives the state's and batch's shardings and the activation rules.
 
     `loss_fn(cfg, params, batch, rng, pipeline) -> (loss_sum, count[, aux_sums])` replaces
     the next-token loss (e.g. DPO's pairwise loss: one count per pair). Every aux entry is
     a sum too; metrics report aux / count, exact under accumulation like the loss."""
     loss_fn = loss_fn or _loss_sum
+    layout = as_layout(cfg, layout, tx)
+    mesh = layout.mesh
     M = cfg.train.microbatches
     pipeline = pipeline_spec(cfg, mesh)
     if pipeline is not None:
         M = 1  # the microbatches flow through the pipeline schedule instead of the accumulation scan
     dropout = cfg.model.dropout > 0 or cfg.model.attention_dropout > 0
     schedule = lr_schedule(cfg.optimizer)
-    rules = flax_rules(parse_rules(cfg.mesh.rules))
 
     def step(state: State, batch: Batch):
         params = state["params"]
@@ -140,14 +141,13 @@ def make_train_step(
         return new_state, metrics
 
     def traced(state: State, batch: Batch):
-        with nn.logical_axis_rules(rules):  # activations' logical names -> mesh axes
+        with layout.activations():  # activations' logical names -> mesh axes
             return step(state, batch)
 
-    shardings = state_shardings(cfg, mesh, tx)
     jitted = jax.jit(
         traced,
-        in_shardings=(shardings, batch_sharding(mesh)),
-        out_shardings=(shardings, replicated(mesh)),
+        in_shardings=(layout.state, layout.batch),
+        out_shardings=(layout.state, layout.replicated),
         donate_argnums=0,
     )
 
@@ -160,20 +160,19 @@ def make_train_step(
 
 
 def make_eval_step(
-    cfg: Config, mesh: Mesh, tx: optax.GradientTransformation, loss_fn: Callable | None = None
+    cfg: Config, layout: Layout | Mesh, tx: optax.GradientTransformation | None = None, loss_fn: Callable | None = None
 ) -> Callable[[Any, Batch], Any]:
     """Compiled `eval(params, batch) -> (loss_sum, count)` (deterministic, no dropout)."""
     loss_fn = loss_fn or _loss_sum
-    rules = flax_rules(parse_rules(cfg.mesh.rules))
-    param_shardings = state_shardings(cfg, mesh, tx)["params"]
-
+    layout = as_layout(cfg, layout, None)
+    mesh = layout.mesh
     pipeline = pipeline_spec(cfg, mesh)
 
     def evaluate(params, batch: Batch):
-        with nn.logical_axis_rules(rules):
+        with layout.activations():
             return loss_fn(cfg, params, batch, None, pipeline)[:2]
 
-    jitted = jax.jit(evaluate, in_shardings=(param_shardings, batch_sharding(mesh)), out_shardings=replicated(mesh))
+    jitted = jax.jit(evaluate, in_shardings=(layout.params, layout.batch), out_shardings=layout.replicated)
 
     def run(params, batch: Batch):
         with jax.set_mesh(mesh):
@@ -182,7 +181,7 @@ def make_eval_step(
     return run
 
 
-def shard_batch(batch: dict, mesh: Mesh) -> Batch:
+def shard_batch(batch: dict, where: Layout | Mesh) -> Batch:
     """Place a host batch (this process's rows) as global arrays split over the batch axes."""
-    sharding: NamedSharding = batch_sharding(mesh)
+    sharding: NamedSharding = where.batch if isinstance(where, Layout) else batch_sharding(where)
     return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
