@@ -30,6 +30,13 @@ import jax
 import numpy as np
 
 from jaxllm.config import Config, ConfigError
+from jaxllm.model.summary import flops_per_token
+from jaxllm.parallel.layout import Layout
+from jaxllm.parallel.mesh import batch_sharding, make_mesh
+from jaxllm.train.optimizer import make_optimizer
+from jaxllm.train.state import abstract_state
+from jaxllm.train.step import make_train_step
+from jaxllm.train.task import check_batch
 
 GiB = 2**30
 
@@ -89,7 +96,7 @@ def _tpu_topology(name: str, slices: int) -> Topology:
     # topology and compiling for it touch no chip, so planners may run side by side.
     os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     try:
-        from jax.experimental import topologies
+        from jax.experimental import topologies  # slow import (the TPU topology machinery), planning only
 
         desc = topologies.get_topology_desc(
             platform="tpu",
@@ -205,8 +212,6 @@ class Plan:
 
 def abstract_batch(cfg: Config, mesh) -> dict[str, jax.ShapeDtypeStruct]:
     """The shapes of one global batch, sharded as the trainer places it."""
-    from jaxllm.parallel.mesh import batch_sharding
-
     shape = (cfg.train.batch_size, cfg.data.seq_len)
     sharding = batch_sharding(mesh)
     keys = ("inputs", "targets", "segment_ids", "positions", "target_mask")
@@ -215,17 +220,12 @@ def abstract_batch(cfg: Config, mesh) -> dict[str, jax.ShapeDtypeStruct]:
 
 def compile_train_step(cfg: Config, devices: list):
     """(mesh, compiled step) of `cfg` over `devices`, ahead of time: nothing is allocated."""
-    from jaxllm.parallel.mesh import make_mesh
-    from jaxllm.train.optimizer import make_optimizer
-    from jaxllm.train.state import abstract_state, state_shardings
-    from jaxllm.train.step import make_train_step
-    from jaxllm.train.trainer import check_batch
-
     mesh = make_mesh(cfg.mesh, devices)
     check_batch(cfg, mesh)
     tx = make_optimizer(cfg.optimizer)
-    state = abstract_state(cfg, tx, state_shardings(cfg, mesh, tx))
-    step = make_train_step(cfg, mesh, tx)
+    layout = Layout.build(cfg, mesh, tx)  # one layout for the abstract state and the step
+    state = abstract_state(cfg, tx, layout.state)
+    step = make_train_step(cfg, layout, tx)
     with jax.set_mesh(mesh):
         return mesh, step.jitted.lower(state, abstract_batch(cfg, mesh)).compile()
 
@@ -239,13 +239,9 @@ def _cost(compiled) -> dict:
 
 def _argument_bytes(cfg: Config, devices: list):
     """(mesh, bytes of the step's inputs on one device), from the shardings alone."""
-    from jaxllm.parallel.mesh import make_mesh
-    from jaxllm.train.optimizer import make_optimizer
-    from jaxllm.train.state import abstract_state, state_shardings
-
     mesh = make_mesh(cfg.mesh, devices)
     tx = make_optimizer(cfg.optimizer)
-    leaves = jax.tree.leaves((abstract_state(cfg, tx, state_shardings(cfg, mesh, tx)), abstract_batch(cfg, mesh)))
+    leaves = jax.tree.leaves((abstract_state(cfg, tx, Layout.build(cfg, mesh, tx).state), abstract_batch(cfg, mesh)))
     return mesh, sum(math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize for x in leaves)
 
 
@@ -295,8 +291,6 @@ def plan(cfg: Config, topology: Topology, hbm_bytes: float | None = None) -> Pla
 
     Memory comes from the real (scanned) step; FLOPs and the time estimate from the
     unrolled probes of `compiler_estimates`."""
-    from jaxllm.model.summary import flops_per_token
-
     if hbm_bytes is not None and not 0 < hbm_bytes < math.inf:  # before minutes of compiling, not after
         raise ConfigError(f"hbm_bytes={hbm_bytes} must be a positive, finite memory size per device")
     try:

@@ -3,6 +3,7 @@ checkpoints across meshes and past corruption, non-finite losses."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -218,6 +219,33 @@ def test_metrics_tensorboard_and_eval_are_written(data_dir, tmp_path):
     scalars = read_tensorboard_scalars(run / "tensorboard")
     assert [s for s, _ in scalars["val/loss"]] == [2, 4]
     assert (run / "config.yaml").exists() and jaxllm.load_config(run / "config.yaml").train.steps == 4
+
+
+def test_a_run_builds_its_layout_once(data_dir, tmp_path, monkeypatch):
+    """The rules parse and the state's shardings (an abstract init of model and optimizer)
+    happen once per run: train, eval, init and restore all take the run's Layout."""
+    import sys
+
+    from jaxllm.parallel.layout import Layout
+
+    cfg = config(data_dir, tmp_path / "run", "train.steps=2", "train.eval_every=1", "train.checkpoint_every=1")
+    counts = {"build": 0, "derive": 0, "parse_rules": 0}  # counted from here: loading the config parses it too
+    build, derive = Layout.build.__func__, Layout._derive.__func__
+
+    def counted(name, fn):
+        def wrapper(*args, **kwargs):
+            counts[name] += 1
+            return fn(*args, **kwargs)
+
+        return wrapper
+
+    monkeypatch.setattr(Layout, "build", classmethod(counted("build", build)))
+    monkeypatch.setattr(Layout, "_derive", classmethod(counted("derive", derive)))
+    for module in [m for name, m in sys.modules.items() if name.startswith("jaxllm") and hasattr(m, "parse_rules")]:
+        monkeypatch.setattr(module, "parse_rules", counted("parse_rules", module.parse_rules))
+    train(cfg, **QUIET)  # a fresh run: init, train steps, eval steps, checkpoints
+    train(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=3)), **QUIET)  # resumed: restore too
+    assert counts == {"build": 2, "derive": 2, "parse_rules": 2}, f"one layout per run, not {counts}"
 
 
 def test_resume_across_pipeline_degrees_gives_the_same_next_step(data_dir, tmp_path):

@@ -21,9 +21,10 @@ jaxllm picks gloo (the one that ships with jaxlib).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 from jaxllm.config import ConfigError
 
@@ -96,7 +97,7 @@ def initialize(cluster: Cluster, timeout_s: int = 300) -> Cluster:
     """Join the multi-process runtime (a no-op for one process). Call before any JAX work."""
     if not cluster.multi:
         return cluster
-    import jax
+    import jax  # slow import: detect() and the CLI parse flags without it
 
     # Only the CPU backend reads this; on GPU/TPU hosts it changes nothing.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
@@ -114,14 +115,34 @@ def initialize(cluster: Cluster, timeout_s: int = 300) -> Cluster:
 
 def is_primary() -> bool:
     """True in the process that writes logs, metrics and config files (process 0)."""
-    import jax
+    import jax  # slow import: detect() and the CLI parse flags without it
 
     return jax.process_index() == 0
 
 
 def shutdown() -> None:
     """Leave the runtime cleanly (every process, also after a failure), if it was joined."""
-    import jax
+    import jax  # slow import: detect() and the CLI parse flags without it
 
     if jax.process_count() > 1:
         jax.distributed.shutdown()
+
+
+@contextlib.contextmanager
+def joined(cluster: Cluster | None = None) -> Iterator[Cluster]:
+    """This process's part of a (possibly) multi-process run, for a library entry point
+    (`jaxllm.posttrain`'s sft, dpo, reward, ppo): join the run `cluster` (default: what
+    the environment says, `detect()`) unless this process joined one already (the CLI's
+    `--coordinator` flags, or the caller), and leave it at the end only if joined here.
+    Enter it before any JAX work: a JAX backend started alone cannot join afterwards."""
+    import jax  # slow import, kept off the CLI's start-up path like the rest of this module
+
+    if jax.distributed.is_initialized():
+        yield Cluster("explicit", None, jax.process_count(), jax.process_index())
+        return
+    cluster = initialize(cluster or detect())
+    try:
+        yield cluster
+    finally:
+        if cluster.multi:
+            shutdown()

@@ -12,6 +12,7 @@ import math
 from collections.abc import Sequence
 
 import jax
+from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from jaxllm.config import ConfigError, MeshConfig
@@ -48,8 +49,6 @@ def make_mesh(cfg: MeshConfig, devices: Sequence[jax.Device] | None = None) -> M
         # A TPU torus assigns each mesh axis a product of whole physical axes; an axis that
         # needs part of one (pipeline 2 on a 4x4x4 slice) is placed by splitting physical
         # axes instead: still correct, with some links shared by two mesh axes.
-        from jax.experimental import mesh_utils
-
         grid = mesh_utils.create_device_mesh(shape, devices, allow_split_physical_axes=True)
         return Mesh(grid, AXES, axis_types=(AxisType.Auto,) * len(AXES))
 

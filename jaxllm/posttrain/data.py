@@ -23,8 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from jaxllm.chat import render_spans
+from jaxllm.chat import generation_prompt, render, render_spans
 from jaxllm.config import ChatConfig
+from jaxllm.data.tokenizer import encode_prompt, prompt_start
 from jaxllm.errors import DataError
 
 Messages = list[dict[str, str]]
@@ -130,8 +131,6 @@ def tokenize_conversation(tokenizer, chat: ChatConfig, messages: Sequence[Mappin
     first the ids the tokenizer puts before a prompt (BOS when its rules add one, see
     encode_prompt). A Jinja template writes its own BOS, so nothing is added before it,
     as transformers' apply_chat_template does."""
-    from jaxllm.data.tokenizer import prompt_start
-
     ids: list[int] = [] if chat.template else prompt_start(tokenizer)
     weights: list[float] = [0.0] * len(ids)
     for text, is_response in render_spans(chat, messages, tokenizer):
@@ -143,9 +142,6 @@ def tokenize_conversation(tokenizer, chat: ChatConfig, messages: Sequence[Mappin
 
 def tokenize_prompt(tokenizer, chat: ChatConfig, messages: Sequence[Mapping[str, str]]) -> list[int]:
     """The ids that ask for the next reply: the conversation plus the assistant's opening."""
-    from jaxllm.chat import generation_prompt, render
-    from jaxllm.data.tokenizer import encode_prompt
-
     if chat.template:
         return encode_prompt(tokenizer, render(chat, messages, True, tokenizer), special_tokens=False)
     ex = tokenize_conversation(tokenizer, chat, messages)

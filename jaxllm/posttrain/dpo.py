@@ -26,7 +26,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxllm.config import Config, ConfigError
-from jaxllm.posttrain.pairs import PairTask, mean_metrics, pair_batches, pair_rows, train_and_measure
+from jaxllm.model.api import init_params
+from jaxllm.model.decoder import Decoder
+from jaxllm.parallel.layout import Layout
+from jaxllm.posttrain.data import load_records, split_records
+from jaxllm.posttrain.pairs import PairTask, batch_function, mean_metrics, pair_batches, pair_rows, train_and_measure
+from jaxllm.posttrain.sft import run_tokenizer, start_params
 from jaxllm.train.trainer import TrainResult
 
 
@@ -67,8 +72,6 @@ def dpo_loss(
 
 def policy_logprobs(cfg, params, batch) -> tuple[jax.Array, jax.Array]:
     """(log π(chosen), log π(rejected)), (B,) each: one forward over both halves."""
-    from jaxllm.model.decoder import Decoder
-
     inputs = jnp.concatenate([batch["chosen_inputs"], batch["rejected_inputs"]])
     targets = jnp.concatenate([batch["chosen_targets"], batch["rejected_targets"]])
     mask = jnp.concatenate([batch["chosen_mask"], batch["rejected_mask"]])
@@ -93,20 +96,21 @@ def make_loss_fn(beta: float, label_smoothing: float, reference_free: bool):
     return loss_fn
 
 
-def with_reference(cfg, params, batches: list) -> list:
-    """Each batch plus the reference log-probs of its replies (the starting weights')."""
-    logprobs = jax.jit(policy_logprobs, static_argnums=0)
+def with_reference(cfg, params, batches: list, layout: Layout | None = None) -> list:
+    """Each batch plus the reference log-probs of its replies (the starting weights'),
+    computed in the run's `layout` when given (every process gets every row's)."""
+    logprobs = batch_function(lambda p, b: policy_logprobs(cfg, p, b), layout)
     out = []
     for b in batches:
-        chosen, rejected = logprobs(cfg, params, {k: jnp.asarray(v) for k, v in b.items()})
+        chosen, rejected = logprobs(params, b)
         out.append({**b, "ref_chosen": np.asarray(chosen), "ref_rejected": np.asarray(rejected)})
     return out
 
 
-def preference_metrics(cfg, params, batches: list) -> dict[str, float]:
+def preference_metrics(cfg, params, batches: list, layout: Layout | None = None) -> dict[str, float]:
     """Mean DPO loss, preference accuracy and reward margin over `batches` (held-out pairs)."""
     pt = cfg.posttrain
-    return mean_metrics(make_loss_fn(pt.beta, pt.label_smoothing, pt.reference_free), cfg, params, batches)
+    return mean_metrics(make_loss_fn(pt.beta, pt.label_smoothing, pt.reference_free), cfg, params, batches, layout)
 
 
 class DPOTask(PairTask):
@@ -114,10 +118,7 @@ class DPOTask(PairTask):
 
     name = "dpo"
 
-    def __init__(self, cfg: Config, log: Callable[[str], None] = print):
-        from jaxllm.posttrain.data import load_records, split_records
-        from jaxllm.posttrain.sft import run_tokenizer, start_params
-
+    def __init__(self, cfg: Config, layout: Layout, log: Callable[[str], None] = print):
         pt = cfg.posttrain
         if not pt.data:
             raise ConfigError("posttrain.data is empty; give a preference file with chosen/rejected replies")
@@ -135,15 +136,14 @@ class DPOTask(PairTask):
                 for recs in (train_recs, val_recs)]  # fmt: skip
         self.start = None
         if pt.init_from:
-            self.start, step = start_params(cfg)
+            self.start, step = start_params(cfg, layout)
             log(f"dpo: reference and start: {pt.init_from} (step {step})")
             ref_params = self.start
         else:
-            from jaxllm.model.api import init_params
-
             ref_params = init_params(cfg, jax.random.key(cfg.train.seed))  # unused by the reference-free loss
-        self.train_batches = with_reference(cfg, ref_params, pair_batches(rows[0], B, T))
-        self.val = with_reference(cfg, ref_params, pair_batches(rows[1], B, T)) if rows[1] else []
+            ref_params = layout.put(jax.device_get(ref_params), layout.params)
+        self.train_batches = with_reference(cfg, ref_params, pair_batches(rows[0], B, T), layout)
+        self.val = with_reference(cfg, ref_params, pair_batches(rows[1], B, T), layout) if rows[1] else []
         self.loss_fn = make_loss_fn(pt.beta, pt.label_smoothing, pt.reference_free)
         log(f"dpo: {len(rows[0])} train / {len(rows[1])} val pairs from {pt.data}; beta {pt.beta}, label smoothing "
             f"{pt.label_smoothing}{', reference-free' if pt.reference_free else ''}")  # fmt: skip
@@ -155,4 +155,5 @@ def dpo(
     """Train `cfg` with DPO on posttrain.data; returns the run and held-out preference
     metrics before and after ({"before": {...}, "after": {...}})."""
     label = "dpo held-out: accuracy"
-    return train_and_measure(cfg, DPOTask(cfg, log), preference_metrics, label, log, stop_after, reset)
+    make_task = lambda layout, log: DPOTask(cfg, layout, log)  # noqa: E731
+    return train_and_measure(cfg, make_task, preference_metrics, label, log, stop_after, reset)

@@ -10,14 +10,19 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxllm.config import Config
+from jaxllm.parallel import distributed
+from jaxllm.parallel.layout import Layout
+from jaxllm.parallel.mesh import make_mesh
+from jaxllm.posttrain.batches import example_pairs
+from jaxllm.posttrain.data import to_preference, tokenize_conversation
+from jaxllm.train.load import load_run
+from jaxllm.train.loop import quiet, writer_for
+from jaxllm.train.optimizer import make_optimizer
 from jaxllm.train.trainer import Task, TrainResult, train
 
 
 def pair_rows(tokenizer, chat, record, where: str, seq_len: int):
     """(chosen (inputs, targets, weights), rejected (...)) of one preference record."""
-    from jaxllm.posttrain.batches import example_pairs
-    from jaxllm.posttrain.data import to_preference, tokenize_conversation
-
     prompt, chosen, rejected = to_preference(record, where)
     out = []
     for reply in (chosen, rejected):
@@ -87,52 +92,82 @@ class PairTask(Task):
     def val_batches(self, cfg: Config):
         return self.val
 
-    def initial_params(self, cfg: Config, mesh, shardings):
+    def initial_params(self, cfg: Config, layout: Layout):
         return self.start
 
 
-def mean_metrics(loss_fn: Callable, cfg: Config, params, batches: list) -> dict[str, float]:
+def batch_function(fn: Callable, layout: Layout | None) -> Callable:
+    """`fn(params, batch)` jitted, called with a host batch, answering host arrays. With the
+    run's `layout` the batch (whole in every process) is split over the batch axes, the
+    activations follow the run's rules and every process gets the whole answer, so the
+    same code serves one process or many; without, one process's plain jit."""
+    if layout is None:
+        plain = jax.jit(fn)
+        return lambda params, batch: jax.device_get(plain(params, {k: jnp.asarray(v) for k, v in batch.items()}))
+
+    def traced(params, batch):
+        with layout.activations():
+            return fn(params, batch)
+
+    jitted = jax.jit(traced, out_shardings=layout.replicated)
+
+    def call(params, batch):
+        with jax.set_mesh(layout.mesh):
+            return jax.device_get(jitted(params, layout.put(batch)))
+
+    return call
+
+
+def mean_metrics(loss_fn: Callable, cfg: Config, params, batches: list, layout: Layout | None = None) -> dict:
     """Mean loss and mean of every metric of `loss_fn` over `batches`, pair-weighted."""
-    fn = jax.jit(loss_fn, static_argnums=(0, 4))
+    fn = batch_function(lambda p, b: loss_fn(cfg, p, b, None, None), layout)
     total: dict[str, float] = {}
     n = 0.0
     for b in batches:
-        s, c, aux = fn(cfg, params, {k: jnp.asarray(v) for k, v in b.items()}, None, None)
+        s, c, aux = fn(params, b)
         n += float(c)
         for k, v in {"loss": s, **aux}.items():
             total[k] = total.get(k, 0.0) + float(v)
     return {k: v / max(n, 1.0) for k, v in total.items()}
 
 
+def run_layout(cfg: Config) -> Layout:
+    """The Layout of a post-training run, built at its entry point: before the task reads
+    its start run (straight into the run's shardings) and measures the held-out pairs."""
+    return Layout.build(cfg, make_mesh(cfg.mesh), make_optimizer(cfg.optimizer))
+
+
 def train_and_measure(
     cfg: Config,
-    task: PairTask,
+    make_task: Callable[[Layout, Callable[[str], None]], PairTask],
     metrics: Callable,
     label: str,
     log: Callable[[str], None],
     stop_after: int | None,
     reset: bool = False,
 ) -> tuple[TrainResult, dict]:
-    """Train on a pair task and measure `metrics(cfg, params, batches)` on its held-out
-    pairs before (when it starts from a run) and after; the "after" figures also go to
-    metrics.jsonl as split `val_preference`. Returns (run, {"before": ..., "after": ...})."""
-    from jaxllm.train.load import load_run
-    from jaxllm.train.metrics import MetricsWriter
-
-    before = metrics(cfg, task.start, task.val) if task.val and task.start is not None else None
-    result = train(cfg, log, stop_after, task=task, reset=reset)
-    report: dict = {"before": before}
-    if task.val:
-        _, params, _ = load_run(result.run_dir)
-        report["after"] = after = metrics(cfg, params, task.val)
-        writer = MetricsWriter(result.run_dir, tensorboard=False)
-        if before:  # the starting point of the held-out curve (`jaxllm plot` draws both)
-            writer.write(0, "val_preference", before)
-        writer.write(result.step, "val_preference", after)
-        writer.close()
-        if before:
-            log(f"{label}: {before['accuracy']:.1%} -> {after['accuracy']:.1%}, "
-                f"margin {before['margin']:.4f} -> {after['margin']:.4f}")  # fmt: skip
-        else:
-            log(f"{label}: {after['accuracy']:.1%}, margin {after['margin']:.4f}")
+    """Train on a pair task and measure `metrics(cfg, params, batches, layout)` on its
+    held-out pairs before (when it starts from a run) and after; the "after" figures also go
+    to metrics.jsonl as split `val_preference`. Returns (run, {"before": ..., "after": ...}).
+    Joins the multi-process run the environment describes (jaxllm/parallel/distributed.py)."""
+    with distributed.joined():
+        log = log if jax.process_index() == 0 else quiet  # one voice per run
+        layout = run_layout(cfg)
+        task = make_task(layout, log)
+        before = metrics(cfg, task.start, task.val, layout) if task.val and task.start is not None else None
+        result = train(cfg, log, stop_after, task=task, reset=reset, layout=layout)
+        report: dict = {"before": before}
+        if task.val:
+            _, params, _ = load_run(result.run_dir, layout=layout)
+            report["after"] = after = metrics(cfg, params, task.val, layout)
+            writer = writer_for(result.run_dir, tensorboard=False)
+            if before:  # the starting point of the held-out curve (`jaxllm plot` draws both)
+                writer.write(0, "val_preference", before)
+            writer.write(result.step, "val_preference", after)
+            writer.close()
+            if before:
+                log(f"{label}: {before['accuracy']:.1%} -> {after['accuracy']:.1%}, "
+                    f"margin {before['margin']:.4f} -> {after['margin']:.4f}")  # fmt: skip
+            else:
+                log(f"{label}: {after['accuracy']:.1%}, margin {after['margin']:.4f}")
     return result, report

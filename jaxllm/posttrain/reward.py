@@ -25,7 +25,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxllm.config import Config, ConfigError
+from jaxllm.model.api import init_params
+from jaxllm.model.decoder import Decoder
+from jaxllm.parallel.layout import Layout
+from jaxllm.posttrain.data import load_records, split_records
 from jaxllm.posttrain.pairs import PairTask, mean_metrics, pair_batches, pair_rows, train_and_measure
+from jaxllm.posttrain.sft import run_tokenizer
+from jaxllm.train.load import load_run
 from jaxllm.train.trainer import TrainResult
 
 
@@ -45,8 +51,6 @@ def bradley_terry_loss(
 
 def last_token_rewards(cfg: Config, params, inputs: jax.Array, last: jax.Array) -> jax.Array:
     """(B,) the scalar head's value at position last[b] of each row (its last real token)."""
-    from jaxllm.model.decoder import Decoder
-
     values = Decoder(cfg.model).apply({"params": params}, inputs)  # (B, T): causal, so padding after is unseen
     return jnp.take_along_axis(values, last[:, None], axis=-1)[:, 0]
 
@@ -74,24 +78,23 @@ def with_last_index(batches: list) -> list:
                      for side in ("chosen", "rejected")}} for b in batches]  # fmt: skip
 
 
-def accuracy_metrics(cfg: Config, params, batches: list) -> dict[str, float]:
+def accuracy_metrics(cfg: Config, params, batches: list, layout: Layout | None = None) -> dict[str, float]:
     """Mean loss, pairwise accuracy and reward margin over held-out pair batches."""
     pt = cfg.posttrain
-    return mean_metrics(make_loss_fn(pt.reward_margin, pt.reward_center), cfg, params, batches)
+    return mean_metrics(make_loss_fn(pt.reward_margin, pt.reward_center), cfg, params, batches, layout)
 
 
-def backbone_params(cfg: Config, log: Callable[[str], None]):
-    """The start run's weights with the LM head swapped for a zero score vector."""
-    from jaxllm.model.api import init_params
-    from jaxllm.train.load import load_run
-
-    src_cfg, params, step = load_run(cfg.posttrain.init_from)
+def backbone_params(cfg: Config, log: Callable[[str], None], layout: Layout | None = None):
+    """The start run's weights with the LM head swapped for a zero score vector (read
+    straight into the run's `layout` when given)."""
+    src_cfg, params, step = load_run(cfg.posttrain.init_from, layout=layout)
     lm_model = dataclasses.replace(cfg.model, head="lm")
     if src_cfg.model != lm_model and src_cfg.model != cfg.model:
         raise ConfigError(f"posttrain.init_from={cfg.posttrain.init_from!r} has a different backbone than model.*")
     fresh = init_params(cfg, jax.random.key(cfg.train.seed))
     params = {k: v for k, v in params.items() if k != "lm_head"}
-    params["score"] = params.get("score", fresh["score"])
+    score = fresh["score"] if layout is None else layout.put(np.asarray(fresh["score"]), layout.params["score"])
+    params["score"] = params.get("score", score)
     log(f"reward: backbone from {cfg.posttrain.init_from} (step {step}); score head starts at zero")
     return params
 
@@ -101,10 +104,7 @@ class RewardTask(PairTask):
 
     name = "reward"
 
-    def __init__(self, cfg: Config, log: Callable[[str], None] = print):
-        from jaxllm.posttrain.data import load_records, split_records
-        from jaxllm.posttrain.sft import run_tokenizer
-
+    def __init__(self, cfg: Config, layout: Layout, log: Callable[[str], None] = print):
         pt = cfg.posttrain
         if cfg.model.head != "scalar":
             raise ConfigError("a reward model needs model.head=scalar (jaxllm reward sets it)")
@@ -118,7 +118,7 @@ class RewardTask(PairTask):
                 for recs in (train_recs, val_recs)]  # fmt: skip
         self.train_batches = with_last_index(pair_batches(rows[0], B, T))
         self.val = with_last_index(pair_batches(rows[1], B, T)) if rows[1] else []
-        self.start = backbone_params(cfg, log) if pt.init_from else None
+        self.start = backbone_params(cfg, log, layout) if pt.init_from else None
         self.loss_fn = make_loss_fn(pt.reward_margin, pt.reward_center)
         log(f"reward: {len(rows[0])} train / {len(rows[1])} val pairs from {pt.data}")
 
@@ -129,4 +129,5 @@ def reward(
     """Train a reward model; returns the run and held-out metrics before and after."""
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, head="scalar"))
     label = "reward held-out: pairwise accuracy"
-    return train_and_measure(cfg, RewardTask(cfg, log), accuracy_metrics, label, log, stop_after, reset)
+    make_task = lambda layout, log: RewardTask(cfg, layout, log)  # noqa: E731
+    return train_and_measure(cfg, make_task, accuracy_metrics, label, log, stop_after, reset)

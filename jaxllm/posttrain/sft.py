@@ -19,25 +19,25 @@ from pathlib import Path
 
 from jaxllm.config import Config, ConfigError, apply_overrides, from_dict, load_config, to_dict
 from jaxllm.errors import DataError
+from jaxllm.parallel import distributed
+from jaxllm.parallel.layout import Layout
 from jaxllm.posttrain.batches import SFTBatches, eval_batches
 from jaxllm.posttrain.data import Example, load_records, split_records, to_messages, tokenize_conversation
+from jaxllm.train.load import load_run, load_run_tokenizer
 from jaxllm.train.trainer import Task, TrainResult, train
 
 
 def run_tokenizer(cfg: Config):
     """The tokenizer of the run being tuned (its start run's, when there is one)."""
-    from jaxllm.train.load import load_run_tokenizer
-
     if cfg.posttrain.init_from:
         return load_run_tokenizer(load_config(Path(cfg.posttrain.init_from) / "config.yaml"))
     return load_run_tokenizer(cfg)
 
 
-def start_params(cfg: Config):
-    """The newest parameters of posttrain.init_from, after checking the architectures match."""
-    from jaxllm.train.load import load_run
-
-    src_cfg, params, step = load_run(cfg.posttrain.init_from)
+def start_params(cfg: Config, layout: Layout | None = None):
+    """The newest parameters of posttrain.init_from, after checking the architectures match;
+    read straight into the run's `layout` when given."""
+    src_cfg, params, step = load_run(cfg.posttrain.init_from, layout=layout)
     if src_cfg.model != cfg.model:
         diff = [f.name for f in dataclasses.fields(cfg.model)
                 if getattr(cfg.model, f.name) != getattr(src_cfg.model, f.name)]  # fmt: skip
@@ -91,11 +91,11 @@ class SFTTask(Task):
     def val_batches(self, cfg: Config):
         return eval_batches(self.val_examples, cfg.train.batch_size, cfg.data.seq_len)
 
-    def initial_params(self, cfg: Config, mesh, shardings):
+    def initial_params(self, cfg: Config, layout: Layout):
         if not cfg.posttrain.init_from:
             self.log("sft: no posttrain.init_from: starting from random weights")
             return None
-        params, step = start_params(cfg)
+        params, step = start_params(cfg, layout)
         self.log(f"sft: starting from {cfg.posttrain.init_from} (step {step})")
         return params
 
@@ -122,6 +122,8 @@ def sft(
     cfg: Config, log: Callable[[str], None] = print, stop_after: int | None = None, reset: bool = False
 ) -> TrainResult:
     """Instruction-tune: train `cfg` on posttrain.data with the loss on replies only
-    (`reset`: archive what train.out_dir holds first, as `jaxllm sft --reset`)."""
+    (`reset`: archive what train.out_dir holds first, as `jaxllm sft --reset`). Joins the
+    multi-process run the environment describes (jaxllm/parallel/distributed.py)."""
     cfg = dataclasses.replace(cfg, chat=dataclasses.replace(cfg.chat, enabled=True))
-    return train(cfg, log, stop_after, task=SFTTask(cfg, log), reset=reset)
+    with distributed.joined():
+        return train(cfg, log, stop_after, task=SFTTask(cfg, log), reset=reset)

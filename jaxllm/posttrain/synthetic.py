@@ -12,7 +12,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from jaxllm.chat import stop_string
 from jaxllm.config import Config
+from jaxllm.generation import generate
+from jaxllm.posttrain.data import prompt_messages, tokenize_prompt
 
 KINDS = ("reverse", "add", "upper")
 _LETTERS = "abcdefghijklmnopqrstuvwxyz"
@@ -45,10 +48,6 @@ def exact_match(
 ) -> dict[str, float]:
     """Share of records whose greedy reply (up to the template's stop string) equals the
     expected output exactly, overall and per kind."""
-    from jaxllm.chat import stop_string
-    from jaxllm.generation import generate
-    from jaxllm.posttrain.data import prompt_messages, tokenize_prompt
-
     stop = stop_string(cfg.chat)
     hits: dict[str, list[bool]] = {}
     for i in range(0, len(records), batch):
@@ -120,10 +119,6 @@ def policy_preference_records(
     are skipped. This is how people label a policy's samples: a reward model trained on
     such pairs judges the errors PPO will actually meet, where near misses of a fixed
     form leave it blind to the rest (measured: it then preferred some wrong replies)."""
-    from jaxllm.chat import stop_string
-    from jaxllm.generation import generate
-    from jaxllm.posttrain.data import prompt_messages, tokenize_prompt
-
     stop = stop_string(cfg.chat)
     out = []
     for i in range(0, len(records), batch):

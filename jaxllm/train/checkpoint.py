@@ -35,6 +35,7 @@ from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 from jaxllm.config import ConfigError
 from jaxllm.errors import DataError
@@ -208,8 +209,6 @@ class Checkpointer:
         if jax.process_index() == 0:
             os.replace(self.directory / str(step), target)
         if jax.process_count() > 1:
-            from jax.experimental import multihost_utils
-
             multihost_utils.sync_global_devices(f"jaxllm quarantine {step}")
         self.manager.reload()
         return target

@@ -242,7 +242,7 @@ def read_tensorboard_scalars(path_to_event_dir: str | Path) -> dict[str, list[tu
     the order they were created; as in `read_metrics`, when a step repeats for a tag (a resumed
     run) the last value wins. Values are float32 as TensorBoard stores them.
     """
-    from tensorboardX.proto import event_pb2
+    from tensorboardX.proto import event_pb2  # slow import (protobuf), only for reading events back
 
     path = Path(path_to_event_dir)
     files = [path] if path.is_file() else sorted(path.glob("events.out.tfevents.*"))
