@@ -82,6 +82,13 @@ def launch(args: list[str], processes: int = 2, devices_each: int = 4) -> list[s
     return outputs
 
 
+def own_lines(output: str) -> list[str]:
+    """A process's output less gloo's connection chatter ("[Gloo] Rank 1 is connected to 1 peer
+    ranks. ..."), which its threads write concurrently, so one message may be split over two lines."""
+    gloo = ("[Gloo]", "peer ranks. Expected number of connected peer ranks")
+    return [line for line in output.splitlines() if line.strip() and not any(g in line for g in gloo)]
+
+
 def test_two_processes_train_checkpoint_and_resume_like_one(data_dir, tmp_path):
     single = train(jaxllm.load_config("shakespeare-char", overrides(data_dir, tmp_path / "single", 4)),
                    log=lambda _: None)  # fmt: skip  # one process, the 8 devices of tests/conftest.py
@@ -89,7 +96,7 @@ def test_two_processes_train_checkpoint_and_resume_like_one(data_dir, tmp_path):
     run = tmp_path / "multi"
     first = launch(overrides(data_dir, run, 2))  # steps 1-2, then a collective checkpoint at step 2
     assert "8 devices" in first[0] and "step 2/2" in first[0]
-    own = [line for line in first[1].splitlines() if line.strip() and not line.startswith("[Gloo]")]  # gloo's chatter
+    own = own_lines(first[1])
     assert own == [], f"process 1 must leave the talking to process 0, printed:\n{own[:20]}"
     second = launch(overrides(data_dir, run, 4))  # resumes from step 2 in both processes
     assert f"resumed from {run / 'checkpoints'}/2 (step 2)" in second[0]
@@ -179,3 +186,84 @@ def test_instruction_tuning_on_two_processes_equals_one(tmp_path):
     assert set(one) == set(two) and ("val", 3) in one
     for key, loss in one.items():
         assert two[key] == pytest.approx(loss, rel=1e-5), key
+
+
+PREFS = "instructions/instruction-data-with-preference.json"
+INSTRUCTIONS = "instructions/instruction-data.json"
+
+
+@pytest.fixture(scope="module")
+def posttrain_start(tmp_path_factory):
+    """An SFT run and a reward model trained from it, in one process: where DPO and PPO start."""
+    from jaxllm.cli import main
+    from tests.data_paths import SHARED_DATA
+
+    root = tmp_path_factory.mktemp("posttrain")
+    small = ["model.num_layers=1", "model.d_model=32", "model.num_heads=2", "model.dropout=0.0", "data.seq_len=128",
+             "train.batch_size=8", "train.steps=2", "train.eval_every=100", "train.tensorboard=false",
+             f"posttrain.data={SHARED_DATA / PREFS}", "posttrain.val_fraction=0.02",
+             f"data.path={root}/none"]  # fmt: skip
+    assert main(["sft", "shakespeare-char", *small, f"train.out_dir={root}/sft"]) == 0
+    reward = ["train.steps=4", "optimizer.lr=1e-3", "optimizer.warmup_steps=0"]  # scores that tell replies apart
+    assert main(["reward", f"{root}/sft", *reward, f"train.out_dir={root}/rm"]) == 0
+    return root / "sft", root / "rm"
+
+
+def one_and_two_processes(args: list[str], tmp_path) -> tuple[dict, dict]:
+    """`jaxllm ARGS` in one process (8 devices) and in two loopback processes (4 devices
+    each) joined through the JAXLLM_* environment alone (the library entry point joins,
+    no CLI flag needed): each run's metrics.jsonl rows by (split, step)."""
+    from jaxllm.cli import main
+
+    assert main([*args, f"train.out_dir={tmp_path}/one"]) == 0
+    port = free_port()
+    procs = []
+    for i in range(2):
+        env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu",
+               "JAXLLM_COORDINATOR": f"127.0.0.1:{port}", "JAXLLM_NUM_PROCESSES": "2", "JAXLLM_PROCESS_ID": str(i)}
+        command = [sys.executable, "-m", "jaxllm.cli", *args, f"train.out_dir={tmp_path}/two"]
+        procs.append(subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    try:
+        outs = [p.communicate(timeout=TIMEOUT_S)[0] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert [p.returncode for p in procs] == [0, 0], outs[0][-3000:] + outs[1][-3000:]
+    assert "8 devices" in outs[0] or "'data': 8" in outs[0], outs[0][-2000:]
+    own = own_lines(outs[1])
+    assert own == [], f"process 1 must leave the talking to process 0, printed:\n{own[:20]}"
+    rows = [{(r["split"], r["step"]): r for r in read_metrics(tmp_path / name)} for name in ("one", "two")]
+    return rows[0], rows[1]
+
+
+def test_dpo_on_two_processes_equals_one(posttrain_start, tmp_path):
+    """DPO's pair batches and reference log-probs are built alike in every process, which
+    keeps its own rows: the two-process losses are the one-process losses."""
+    from tests.data_paths import SHARED_DATA
+
+    sft_run, _ = posttrain_start
+    args = ["dpo", str(sft_run), f"posttrain.data={SHARED_DATA / PREFS}", "train.steps=3", "train.log_every=1",
+            "train.eval_every=3", "train.eval_batches=1"]  # fmt: skip
+    one, two = one_and_two_processes(args, tmp_path)
+    assert set(one) == set(two) and {("train", 1), ("train", 3), ("val", 3), ("val_preference", 3)} <= set(one)
+    for key, row in one.items():
+        assert two[key]["loss"] == pytest.approx(row["loss"], rel=1e-5), key
+
+
+def test_ppo_on_two_processes_equals_one(posttrain_start, tmp_path):
+    """Every process samples and scores the whole rollout alike and trains on its own rows
+    of each minibatch: the two-process policy and value losses are the one-process ones."""
+    from tests.data_paths import SHARED_DATA
+
+    sft_run, rm = posttrain_start
+    args = ["ppo", str(sft_run), f"ppo.reward_from={rm}", f"posttrain.data={SHARED_DATA / INSTRUCTIONS}",
+            "posttrain.val_fraction=0.01", "ppo.rollout_batch=16", "ppo.epochs=1", "ppo.max_new_tokens=6",
+            "ppo.eval_prompts=8", "train.steps=4", "train.eval_every=4", "train.checkpoint_every=4"]  # fmt: skip
+    one, two = one_and_two_processes(args, tmp_path)
+    assert set(one) == set(two) and {("train", 2), ("train", 4), ("val", 0), ("val", 4)} <= set(one)
+    for key, row in one.items():
+        for name in ("policy_loss", "value_loss", "reward", "kl"):
+            if name in row:
+                assert two[key][name] == pytest.approx(row[name], rel=1e-5, abs=1e-7), (key, name)

@@ -19,6 +19,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from jaxllm.config import Config, MeshConfig, ModelConfig
@@ -33,6 +34,7 @@ from jaxllm.generation.steps import (
     bucket,
 )
 from jaxllm.model.api import model_config, param_logical_axes
+from jaxllm.parallel.layout import Layout
 from jaxllm.parallel.rules import flax_rules, named_shardings, parse_rules
 from jaxllm.sampling import GenerationError, SamplingParams, sampling_params
 
@@ -115,8 +117,11 @@ def _setup(config, prompts, max_new_tokens, sampling_kw, stop_tokens, stop_seque
     stop_ids, stop_seqs = _stop_arrays(stop_tokens, stop_sequences)
     rules = table = None
     multiple = 1
-    if mesh is not None:
+    if isinstance(mesh, Layout):  # a run's layout (PPO): its rules as parsed once for the run
+        mesh, table = mesh.mesh, mesh.rules
+    elif mesh is not None:
         table = parse_rules((config.mesh if isinstance(config, Config) else MeshConfig()).rules)
+    if mesh is not None:
         rules = flax_rules(table)
         multiple = mesh.shape["data"] * mesh.shape["fsdp"]
     stops = [int(t) for t in stop_tokens]
@@ -220,6 +225,8 @@ def _rounds(config, params, prompts, max_new_tokens, setup: _Setup, seed: int, o
                 out, steps = state.out, state.step
             else:
                 out, steps = _generate_jit(rnd.static, params, rnd.prompts, rnd.start, *args, rng, rnd.done, budget)
+            if not out.is_fully_addressable:  # a multi-process mesh (PPO's rollouts): every process takes all rows
+                out = multihost_utils.process_allgather(out, tiled=True)
             out = np.asarray(out)[: rnd.rows, margin : margin + int(steps)]
             for i in range(n):
                 if not active[i]:
