@@ -1,9 +1,58 @@
-"""Test set-up: 8 virtual CPU devices for every sharding test, set before jax is imported."""
+"""Test set-up: 8 virtual CPU devices for every sharding test, set before jax is imported;
+one persistent compilation cache for the whole session; the shared session fixtures."""
 
 import os
+from pathlib import Path
+
+import pytest
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-# The CLI caches compiles under ~/.cache by default; tests neither write there nor depend on
-# what an earlier run left (tests/test_host.py turns it on in a temp folder to test it).
-os.environ.setdefault("JAXLLM_COMPILATION_CACHE", "off")
+
+from jaxllm.host import enable_compilation_cache  # noqa: E402
+from tests import fixtures  # noqa: E402
+from tests.fixtures import (  # noqa: E402
+    sft_run,
+    shared_sft_run,
+    shared_tiny_run,
+    tiny_config,
+    tiny_dataset,
+    tiny_run,
+)
+
+__all__ = ["shared_sft_run", "shared_tiny_run", "sft_run", "tiny_config", "tiny_dataset", "tiny_run"]
+
+# Where the session's compiled programs go when this is set (e.g. a folder a CI cache keeps
+# between runs); by default a fresh folder of this session, removed with its other temporaries.
+TEST_CACHE_ENV = "JAXLLM_TEST_COMPILATION_CACHE"
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_configure(config):
+    """One folder for the session's shared fixtures (tests/fixtures.py) and one persistent
+    compilation cache: both xdist workers, the CLI commands the tests run in-process, and the
+    `jaxllm`/`python -m jaxllm.cli` subprocesses they start (through JAXLLM_COMPILATION_CACHE,
+    which `cli.main` reads) compile a program once.
+
+    The controller (or the single process of `-n 0`) chooses both: its basetemp, which holds
+    the workers' own; the workers get them from it. Nothing is written under ~/.cache, and
+    nothing an earlier session left is read unless JAXLLM_TEST_COMPILATION_CACHE names a
+    folder (a pytest started by a test, as the guide's chapter 3 does, inherits it and shares
+    the cache). tests/test_host.py still tests the CLI's own choice: it sets the variable per
+    subprocess."""
+    if hasattr(config, "workerinput"):  # an xdist worker: the controller chose
+        fixtures.SESSION_DIR = Path(config.workerinput["jaxllm_session_dir"])
+    else:
+        fixtures.SESSION_DIR = config._tmp_path_factory.getbasetemp()
+        folder = os.environ.get(TEST_CACHE_ENV) or str(fixtures.SESSION_DIR / "xla-cache")
+        os.environ[TEST_CACHE_ENV] = os.environ["JAXLLM_COMPILATION_CACHE"] = folder  # the workers inherit both
+    # No size limit: with one, jax locks the folder and lists every entry on each write. Two
+    # processes writing the same program at once is harmless: jax warns about an entry it
+    # cannot read and compiles instead.
+    enable_compilation_cache()  # in-process compiles too, with thresholds that keep small CPU programs
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node):
+    """xdist (controller side): tell each worker where the session's shared fixtures go."""
+    node.workerinput["jaxllm_session_dir"] = str(fixtures.SESSION_DIR)

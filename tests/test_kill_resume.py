@@ -35,7 +35,7 @@ from jaxllm.train.checkpoint import Checkpointer
 from jaxllm.train.metrics import read_metrics
 from jaxllm.train.optimizer import make_optimizer
 from jaxllm.train.state import abstract_state, state_shardings
-from tests.data_paths import TINY
+from tests.fixtures import TINY_MODEL
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS, EVERY = 30, 3  # checkpoints at 3, 6, ..., 30: the second kill (near step 9) leaves ~1 s of work
@@ -44,28 +44,18 @@ KILL_TRIES = 5  # starts allowed for the mid-write kill (one usually does: a wri
 TMP_NAME = re.compile(r"^(\d+)\.orbax-checkpoint-tmp")
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    """A small byte-level dataset (50k characters: far more than 30 steps x 8 x 32 tokens), prepared once."""
-    root = tmp_path_factory.mktemp("kill_resume")
-    (root / "text.txt").write_text(TINY.read_text(encoding="utf-8")[:50_000])
-    cfg = jaxllm.load_config("shakespeare-char", [f"data.inputs=[{root}/text.txt]", f"data.path={root}/data"])
-    from jaxllm.data.prepare import prepare
-
-    prepare(cfg, log=lambda _: None)
-    return root
+@pytest.fixture
+def corpus(tiny_dataset):
+    """The session's byte-level dataset (text.txt, data/): 150k characters, far more than 30 steps x 8 x 32 tokens."""
+    return tiny_dataset
 
 
 def overrides(corpus: Path, run: Path) -> list[str]:
-    """The tiny run: 2 layers of 32 dims on the byte tokenizer, its text and dataset under `corpus`."""
-    return [
-        "model.vocab_size=256", "model.max_seq_len=32", "model.d_model=32", "model.num_layers=2",
-        "model.num_heads=4", "model.d_ff=64", "model.dropout=0.0", "data.seq_len=32",
-        f"data.inputs=[{corpus}/text.txt]", f"data.path={corpus}/data",
-        f"train.out_dir={run}", "train.batch_size=8", "train.log_every=1", "train.eval_every=1000",
-        "optimizer.warmup_steps=2", "train.tensorboard=false", f"train.steps={STEPS}",
-        f"train.checkpoint_every={EVERY}",
-    ]  # fmt: skip
+    """The tiny run (tests/fixtures.py: 2 layers of 32 dims on the byte tokenizer), its text and dataset under
+    `corpus`, a checkpoint every EVERY steps."""
+    return [*TINY_MODEL, f"data.inputs=[{corpus}/text.txt]", f"data.path={corpus}/data", f"train.out_dir={run}",
+            "train.batch_size=8", "train.log_every=1", "train.eval_every=1000", "optimizer.warmup_steps=2",
+            "train.tensorboard=false", f"train.steps={STEPS}", f"train.checkpoint_every={EVERY}"]  # fmt: skip
 
 
 def checkpoint_dirs(run: Path) -> tuple[set[int], dict[int, Path]]:
@@ -168,12 +158,11 @@ def final_state(run: Path) -> tuple[dict, dict]:
 
 
 def test_sigkill_twice_once_mid_checkpoint_then_resume_is_bit_identical(corpus, tmp_path):
-    # Every child compiles the same programs; a persistent compilation cache shared by the
-    # children of this test turns the later compiles into loads (~8 s less per child). The
-    # device count and platform come from conftest's XLA_FLAGS/JAX_PLATFORMS in os.environ.
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "jax-cache"),
-           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-           "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}  # fmt: skip
+    # Every child compiles the same programs; the session's persistent compilation cache
+    # (JAXLLM_COMPILATION_CACHE, set by tests/conftest.py) turns the later compiles into loads
+    # (~8 s less per child). The device count and platform come from conftest's
+    # XLA_FLAGS/JAX_PLATFORMS in os.environ.
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     straight = Run(corpus, tmp_path / "straight", env, "straight")
     straight.finish()
 

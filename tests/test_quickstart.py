@@ -8,12 +8,16 @@ import yaml
 
 import jaxllm
 from jaxllm.cli import main
+from jaxllm.config import OVERRIDES_ENV
 from jaxllm.quickstart import quickstart
 from jaxllm.train.metrics import read_metrics
 from tests.data_paths import SHARED_DATA
 
 
 def test_quickstart_runs_the_whole_path(tmp_path, capsys, monkeypatch):
+    # Evaluation on 2 batches, not the recipe's 20: at 20 steps with an evaluation every 5
+    # the recipe would spend more on validation batches than on training ones.
+    monkeypatch.setenv(OVERRIDES_ENV, "train.eval_batches=2")
     lines: list[str] = []
     run = quickstart(str(tmp_path / "qs"), steps=20, from_dir=str(SHARED_DATA), log=lines.append)
     text = "\n".join(lines)

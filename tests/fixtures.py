@@ -1,0 +1,158 @@
+"""Session fixtures shared by the test files: one tiny config, one prepared dataset, one
+trained tiny run and one SFT run, each built once per test session, whichever of the
+pytest-xdist workers asks first.
+
+Why: before these, six files trained their own SFT run and a dozen rolled their own tiny
+model, so the suite paid for the same data preparation, training and compiles again and
+again. What is built here sits under the session's shared temporary folder (the parent of
+each worker's basetemp), behind a file lock, so the two workers share one copy; a fixture
+that a test may write into hands it its own copy (`copy_run`), so tests stay independent.
+
+tests/conftest.py imports the fixtures from here; test files import the constants.
+"""
+
+from __future__ import annotations
+
+import shutil
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from filelock import FileLock
+
+from tests.data_paths import SHARED_DATA, TINY
+
+INSTRUCTIONS = SHARED_DATA / "instructions" / "instruction-data.json"
+PREFS = SHARED_DATA / "instructions" / "instruction-data-with-preference.json"
+
+# The tiny model most tests train or load: 2 layers of 32 dims over the 256 byte ids, context 32.
+TINY_MODEL = ["model.vocab_size=256", "model.max_seq_len=32", "model.d_model=32", "model.num_layers=2",
+              "model.num_heads=4", "model.d_ff=64", "model.dropout=0.0", "data.seq_len=32"]  # fmt: skip
+# How a tiny run trains: small batches, a metrics line per step, no evaluation unless asked.
+TINY_TRAIN = ["train.batch_size=8", "train.log_every=1", "train.eval_every=1000", "train.eval_batches=2",
+              "optimizer.warmup_steps=2", "train.tensorboard=false"]  # fmt: skip
+TINY_TEXT_CHARS = 150_000  # far more than any test's steps x batch x tokens
+TINY_RUN_STEPS = 4  # the shared trained run: checkpoints at 2 and 4
+# The SFT run the post-training tests start from: 1 layer of 32 dims on the preference data's
+# chosen replies, 2 steps (what test_dpo.py and test_rlhf.py each trained for themselves).
+SFT_SMALL = ["model.num_layers=1", "model.d_model=32", "model.num_heads=2", "model.dropout=0.0", "data.seq_len=128",
+             "train.batch_size=8", "train.steps=2", "train.eval_every=100", "train.tensorboard=false",
+             f"posttrain.data={PREFS}", "posttrain.val_fraction=0.02"]  # fmt: skip
+QUIET = {"log": lambda _: None}
+
+
+# The folder every worker of this session sees, set by tests/conftest.py: the controller's
+# basetemp (under pytest-xdist, each worker's basetemp is a folder inside it).
+SESSION_DIR: Path | None = None
+
+
+def shared_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """SESSION_DIR, or this process's basetemp when conftest did not set it."""
+    return SESSION_DIR or tmp_path_factory.getbasetemp()
+
+
+def build_once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], None]) -> Path:
+    """`shared_root/shared/name`, made by `build(folder)` once per session across workers.
+
+    The first worker to ask builds it under a file lock; the other waits and reuses it. The
+    folder is built in place (runs and manifests record absolute paths, so it cannot be
+    renamed afterwards); a `.done` marker says it is complete. A build that failed is not
+    retried by the other worker: its tests fail at once with the first traceback."""
+    root = shared_root(tmp_path_factory) / "shared"
+    root.mkdir(exist_ok=True)
+    folder, done, failed = root / name, root / f"{name}.done", root / f"{name}.failed"
+    with FileLock(str(root / f"{name}.lock")):
+        if failed.exists():
+            pytest.fail(f"building the shared {name} failed in another test:\n{failed.read_text()}")
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            try:
+                build(folder)
+            except BaseException:
+                failed.write_text(traceback.format_exc())
+                raise
+            done.write_text("")
+    return folder
+
+
+def copy_run(run: Path, to: Path) -> Path:
+    """A test's own copy of a shared run (its lock file left behind): runs are relocatable."""
+    shutil.copytree(run, to, ignore=shutil.ignore_patterns(".lock"))
+    return to
+
+
+def tiny_overrides(dataset: Path, out: Path | str, *extra: str) -> list[str]:
+    """TINY_MODEL trained as TINY_TRAIN on the shared dataset, into `out`."""
+    return [*TINY_MODEL, f"data.path={dataset / 'data'}", f"data.inputs=[{dataset / 'text.txt'}]",
+            f"train.out_dir={out}", *TINY_TRAIN, *extra]  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def tiny_config():
+    """The tiny model's config (no dataset, no run folder): for tests that init and call the model."""
+    import jaxllm
+
+    return jaxllm.load_config("shakespeare-char", TINY_MODEL)
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory) -> Path:
+    """A folder holding text.txt (the first 150k characters of tiny Shakespeare) and data/,
+    that text prepared at the byte level (last 10% held out) and verified once, so a run's
+    start hashes nothing. Read-only: a test that changes a dataset prepares its own."""
+
+    def build(folder: Path) -> None:
+        import jaxllm
+        from jaxllm.data.prepare import prepare
+        from jaxllm.data.ready import check_dataset
+
+        (folder / "text.txt").write_text(TINY.read_text(encoding="utf-8")[:TINY_TEXT_CHARS], encoding="utf-8")
+        cfg = jaxllm.load_config("shakespeare-char", tiny_overrides(folder, folder / "unused"))
+        prepare(cfg, **QUIET)
+        check_dataset(cfg, **QUIET)
+
+    return build_once(tmp_path_factory, "tiny_dataset", build)
+
+
+@pytest.fixture(scope="session")
+def shared_tiny_run(tmp_path_factory, tiny_dataset) -> Path:
+    """A tiny run trained for TINY_RUN_STEPS steps on the shared dataset (checkpoints at 2 and 4).
+    Read-only: tests use `tiny_run`, their own copy."""
+
+    def build(folder: Path) -> None:
+        import jaxllm
+        from jaxllm.train.trainer import train
+
+        overrides = tiny_overrides(tiny_dataset, folder / "run", f"train.steps={TINY_RUN_STEPS}",
+                                   "train.checkpoint_every=2")  # fmt: skip
+        train(jaxllm.load_config("shakespeare-char", overrides), **QUIET)
+
+    return build_once(tmp_path_factory, "tiny_run", build) / "run"
+
+
+@pytest.fixture
+def tiny_run(shared_tiny_run, tmp_path) -> Path:
+    """This test's own copy of the shared tiny run."""
+    return copy_run(shared_tiny_run, tmp_path / "tiny_run")
+
+
+@pytest.fixture(scope="session")
+def shared_sft_run(tmp_path_factory) -> Path:
+    """`jaxllm sft` of the tiny SFT_SMALL model from random weights: the start (and the
+    reference) of the DPO, reward and PPO tests. Read-only: tests use `sft_run`."""
+
+    def build(folder: Path) -> None:
+        from jaxllm.cli import main
+
+        argv = ["sft", "shakespeare-char", *SFT_SMALL, f"data.path={folder}/none", f"train.out_dir={folder}/run"]
+        assert main(argv) == 0, "the shared SFT run failed"
+
+    return build_once(tmp_path_factory, "sft_run", build) / "run"
+
+
+@pytest.fixture
+def sft_run(shared_sft_run, tmp_path) -> Path:
+    """This test's own copy of the shared SFT run."""
+    return copy_run(shared_sft_run, tmp_path / "sft")
