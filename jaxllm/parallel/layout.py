@@ -122,10 +122,5 @@ class Layout:
 
         return jax.tree.map(place, tree, shardings)
 
-    def fetch(self, tree: Any) -> Any:
-        """Arrays of any sharding back as host numpy arrays, whole, in every process."""
-        gathered = jax.jit(lambda t: t, out_shardings=self.replicated)(tree)
-        return jax.tree.map(np.asarray, jax.device_get(gathered))
-
 
 __all__ = ["Layout"]

@@ -15,7 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh
 
 from jaxllm.config import Config
 from jaxllm.model.api import boxed_init_fn
@@ -66,7 +66,3 @@ def init_state(cfg: Config, layout: Layout | Mesh, tx: optax.GradientTransformat
         return state
     placed = jax.jit(lambda p: jax.tree.map(jnp.copy, p), out_shardings=shardings["params"])(params)
     return {**state, "params": placed, "opt_state": jax.jit(tx.init, out_shardings=shardings["opt_state"])(placed)}
-
-
-def replicated(mesh: Mesh) -> NamedSharding:
-    return NamedSharding(mesh, PartitionSpec())

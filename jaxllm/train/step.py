@@ -60,6 +60,41 @@ def pipeline_spec(cfg: Config, mesh: Mesh) -> tuple[int, int, int] | None:
     return (stages, cfg.pipeline.repeats, cfg.train.microbatches) if stages > 1 else None
 
 
+def _objective(cfg: Config, loss_fn: Callable, pipeline) -> Callable:
+    """`objective(params, batch, rng) -> (loss_sum, (count, aux_sums))`, for value_and_grad."""
+
+    def objective(p, mb, mb_rng):
+        out = loss_fn(cfg, p, mb, mb_rng, pipeline)
+        s, c, aux = out if len(out) == 3 else (*out, {})
+        return s, (c, aux)
+
+    return objective
+
+
+def _accumulate(cfg: Config, objective: Callable, params, micro: Batch, rng: jax.Array | None, M: int):
+    """(gradient sum, loss sum, count, aux sums) over the M microbatches of `micro` ([M, ...]
+    leaves); `rng` None: no dropout. Sums, so dividing once by the count is exact."""
+
+    def accumulate(carry, xs):
+        grad_sum, loss_sum, count, aux_sum = carry
+        mb, i = xs
+        mb_rng = jax.random.fold_in(rng, i) if rng is not None else None
+        (s, (c, aux)), g = jax.value_and_grad(objective, has_aux=True)(params, mb, mb_rng)
+        aux_sum = jax.tree.map(jnp.add, aux_sum, aux)
+        return (jax.tree.map(jnp.add, grad_sum, g), loss_sum + s, count + c, aux_sum), None
+
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    first = jax.tree.map(lambda x: x[0], micro)
+    aux_shape = jax.eval_shape(lambda: objective(params, first, None)[1][1])
+    aux0 = jax.tree.map(lambda a: jnp.zeros(a.shape, jnp.float32), aux_shape)
+    init = (zeros, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32), aux0)
+    if M == 1:
+        # No accumulation: call the body once instead of a length-1 scan, whose while
+        # loop makes XLA copy the carried state in and out (measurable on CPU).
+        return accumulate(init, (first, jnp.int32(0)))[0]
+    return jax.lax.scan(accumulate, init, (micro, jnp.arange(M)), unroll=cfg.model.scan_unroll)[0]
+
+
 def make_train_step(
     cfg: Config, layout: Layout | Mesh, tx: optax.GradientTransformation, loss_fn: Callable | None = None
 ) -> Callable[[State, Batch], Any]:
@@ -86,33 +121,8 @@ def make_train_step(
         # microbatch, so the scan needs no communication and keeps all devices busy.
         micro = jax.tree.map(lambda x: x.reshape(x.shape[0] // M, M, *x.shape[1:]).swapaxes(0, 1), batch)
         micro = jax.lax.with_sharding_constraint(micro, PartitionSpec(None, BATCH_AXES))
-
-        def objective(p, mb, mb_rng):
-            out = loss_fn(cfg, p, mb, mb_rng, pipeline)
-            s, c, aux = out if len(out) == 3 else (*out, {})
-            return s, (c, aux)
-
-        def accumulate(carry, xs):
-            grad_sum, loss_sum, count, aux_sum = carry
-            mb, i = xs
-            mb_rng = jax.random.fold_in(rng, i) if dropout else None
-            (s, (c, aux)), g = jax.value_and_grad(objective, has_aux=True)(params, mb, mb_rng)
-            aux_sum = jax.tree.map(jnp.add, aux_sum, aux)
-            return (jax.tree.map(jnp.add, grad_sum, g), loss_sum + s, count + c, aux_sum), None
-
-        zeros = jax.tree.map(jnp.zeros_like, params)
-        first = jax.tree.map(lambda x: x[0], micro)
-        aux_shape = jax.eval_shape(lambda: objective(params, first, None)[1][1])
-        aux0 = jax.tree.map(lambda a: jnp.zeros(a.shape, jnp.float32), aux_shape)
-        init = (zeros, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32), aux0)
-        if M == 1:
-            # No accumulation: call the body once instead of a length-1 scan, whose while
-            # loop makes XLA copy the carried state in and out (measurable on CPU).
-            (grad_sum, loss_sum, count, aux_sum), _ = accumulate(init, (first, jnp.int32(0)))
-        else:
-            (grad_sum, loss_sum, count, aux_sum), _ = jax.lax.scan(
-                accumulate, init, (micro, jnp.arange(M)), unroll=cfg.model.scan_unroll
-            )
+        objective = _objective(cfg, loss_fn, pipeline)
+        grad_sum, loss_sum, count, aux_sum = _accumulate(cfg, objective, params, micro, rng if dropout else None, M)
         count = jnp.maximum(count, 1.0)
         grads = jax.tree.map(lambda g: g / count, grad_sum)
         loss = loss_sum / count
