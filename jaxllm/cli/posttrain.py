@@ -25,7 +25,8 @@ def _dpo(args: argparse.Namespace) -> int:
     from jaxllm.posttrain.dpo import dpo  # slow import (jax, optax)
     from jaxllm.posttrain.sft import sft_config  # slow import (jax, optax)
 
-    return _exit_code(dpo(sft_config(args.source, args.overrides, suffix="dpo"), reset=args.reset)[0])
+    cfg = sft_config(args.source, args.overrides, suffix="dpo")
+    return joined(args, lambda: _exit_code(dpo(cfg, reset=args.reset)[0]))
 
 
 def _reward(args: argparse.Namespace) -> int:
@@ -33,14 +34,15 @@ def _reward(args: argparse.Namespace) -> int:
     from jaxllm.posttrain.sft import sft_config  # slow import (jax, optax)
 
     cfg = sft_config(args.source, [*args.overrides, "model.head=scalar"], suffix="reward")
-    return _exit_code(reward(cfg, reset=args.reset)[0])
+    return joined(args, lambda: _exit_code(reward(cfg, reset=args.reset)[0]))
 
 
 def _ppo(args: argparse.Namespace) -> int:
     from jaxllm.posttrain.ppo_loop import ppo  # slow import (jax, optax)
     from jaxllm.posttrain.sft import sft_config  # slow import (jax, optax)
 
-    return _exit_code(ppo(sft_config(args.source, args.overrides, suffix="ppo"), reset=args.reset))
+    cfg = sft_config(args.source, args.overrides, suffix="ppo")
+    return joined(args, lambda: _exit_code(ppo(cfg, reset=args.reset)))
 
 
 def register(verbs: argparse._SubParsersAction) -> None:
@@ -67,5 +69,6 @@ def register(verbs: argparse._SubParsersAction) -> None:
         posttrain = verbs.add_parser(verb, help=help_)
         posttrain.add_argument("source", help=source)
         posttrain.add_argument("overrides", nargs="*", help=example)
+        multiprocess_args(posttrain)
         reset_arg(posttrain)
         posttrain.set_defaults(func=func)
