@@ -17,7 +17,7 @@ import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from jaxllm.config import Config, ConfigError, apply_overrides, from_dict, load_config, to_dict
+from jaxllm.config import OVERRIDES_ENV, Config, ConfigError, apply_overrides, from_dict, load_config, to_dict
 from jaxllm.errors import DataError
 from jaxllm.parallel import distributed
 from jaxllm.parallel.layout import Layout
@@ -112,7 +112,8 @@ def sft_config(source: str | os.PathLike[str], overrides: Sequence[str] = (), su
         raw["optimizer"]["decay_steps"] = None
         raw["posttrain"]["init_from"] = str(src)
         raw["train"]["out_dir"] = str(src.parent / f"{src.name}-{suffix}")
-        cfg = from_dict(apply_overrides(raw, overrides))
+        extra = os.environ.get(OVERRIDES_ENV, "").split()  # after the command's, as load_config applies them
+        cfg = from_dict(apply_overrides(raw, [*overrides, *extra]))
     else:
         cfg = load_config(source, overrides)
     return dataclasses.replace(cfg, chat=dataclasses.replace(cfg.chat, enabled=True))
