@@ -13,10 +13,10 @@ import pytest
 
 import jaxllm
 from jaxllm.config import ConfigError, MeshConfig, ModelConfig
+from jaxllm.model import pipelined as pipeline_mod
 from jaxllm.model.api import cross_entropy
 from jaxllm.model.decoder import Decoder
 from jaxllm.model.pipelined import bubble_fraction
-from jaxllm.model import pipelined as pipeline_mod
 from jaxllm.parallel.mesh import make_mesh
 from jaxllm.parallel.rules import flax_rules, named_shardings, parse_rules
 
