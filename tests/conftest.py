@@ -1,12 +1,17 @@
-"""Test set-up: 8 virtual CPU devices for every sharding test, set before jax is imported;
-one persistent compilation cache for the whole session; the shared session fixtures."""
+"""Test set-up: 8 virtual CPU devices for every sharding test and the tests' compile-speed
+flag (tests/fixtures.py says why), both set before jax is imported; one persistent
+compilation cache for the whole session; the shared session fixtures."""
 
 import os
 from pathlib import Path
 
 import pytest
 
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+from tests.fixtures import TEST_XLA_FLAGS  # imports no jax: XLA_FLAGS is set before jax is
+
+os.environ["XLA_FLAGS"] = " ".join(
+    [os.environ.get("XLA_FLAGS", ""), TEST_XLA_FLAGS, "--xla_force_host_platform_device_count=8"]
+).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 from jaxllm.host import enable_compilation_cache  # noqa: E402

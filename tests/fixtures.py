@@ -40,6 +40,15 @@ SFT_SMALL = ["model.num_layers=1", "model.d_model=32", "model.num_heads=2", "mod
              "train.batch_size=8", "train.steps=2", "train.eval_every=100", "train.tensorboard=false",
              f"posttrain.data={PREFS}", "posttrain.val_fraction=0.02"]  # fmt: skip
 QUIET = {"log": lambda _: None}
+# XLA flags of every test process and of every jaxllm process a test starts (tests/conftest.py
+# puts them in XLA_FLAGS, which child processes inherit; tests that set XLA_FLAGS for a child
+# add them). Compiling, not running, is what the tests spend their time on: hundreds of tiny
+# programs, each run a few steps. LLVM's optimisation of the compiled CPU code is more than
+# half of each compile and buys nothing at these sizes (a tiny train step's first call:
+# 29.8 s at the default level, 11.9 s at level 0; losses equal to 1e-6), so tests compile at
+# level 0. It changes how the CPU code is optimised, not what it computes; benchmarks/ and
+# the CLI compile at the default level.
+TEST_XLA_FLAGS = "--xla_backend_optimization_level=0"
 
 
 # The folder every worker of this session sees, set by tests/conftest.py: the controller's

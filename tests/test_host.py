@@ -14,6 +14,7 @@ import pytest
 
 from jaxllm.host import CACHE_ENV, compilation_cache_dir, tpu_attached
 from tests.data_paths import TINY
+from tests.fixtures import TEST_XLA_FLAGS
 
 REPO = Path(__file__).resolve().parents[1]
 # What libtpu prints when it starts on a host without a chip (each line seen before the fix).
@@ -24,9 +25,10 @@ SMALL = ["model.d_model=32", "model.num_heads=2", "model.num_layers=1", "tokeniz
 
 def _env_without_platforms(**extra: str) -> dict[str, str]:
     """The test environment minus conftest's JAX_PLATFORMS=cpu and 8-device XLA_FLAGS: jax
-    then discovers backends as it does for a user, libtpu included."""
+    then discovers backends as it does for a user, libtpu included (the tests' compile-speed
+    flag stays: it changes no backend discovery)."""
     env = {k: v for k, v in os.environ.items() if k not in ("JAX_PLATFORMS", "XLA_FLAGS")}
-    return {**env, **extra}
+    return {**env, "XLA_FLAGS": TEST_XLA_FLAGS, **extra}
 
 
 def _python(code: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:

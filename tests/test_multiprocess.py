@@ -22,6 +22,7 @@ from jaxllm.parallel.distributed import Cluster, detect
 from jaxllm.train.metrics import read_metrics
 from jaxllm.train.trainer import train
 from tests.data_paths import TINY
+from tests.fixtures import TEST_XLA_FLAGS
 
 TIMEOUT_S = 300
 TINY_MODEL = ["model.vocab_size=256", "model.max_seq_len=32", "model.d_model=32", "model.num_layers=2",
@@ -51,10 +52,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def child_env(devices: int) -> dict[str, str]:
+    """The environment of one process of a loopback pair: `devices` CPU devices of its own."""
+    xla_flags = f"{TEST_XLA_FLAGS} --xla_force_host_platform_device_count={devices}"
+    return {**os.environ, "XLA_FLAGS": xla_flags, "JAX_PLATFORMS": "cpu"}
+
+
 def start(args: list[str], processes: int = 2, devices_each: int = 4) -> list[subprocess.Popen]:
     """`jaxllm train ARGS` as `processes` loopback processes."""
     port = free_port()
-    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices_each}", "JAX_PLATFORMS": "cpu"}
+    env = child_env(devices_each)
     return [
         subprocess.Popen(
             [sys.executable, "-m", "jaxllm.cli", "train", "shakespeare-char", *args,
@@ -164,7 +171,7 @@ def test_instruction_tuning_on_two_processes_equals_one(tmp_path):
             "train.log_every=1", f"data.path={tmp_path}/none"]  # fmt: skip
     assert main(["sft", "shakespeare-char", *args, f"train.out_dir={tmp_path}/one"]) == 0
     port = free_port()
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
+    env = child_env(4)
     procs = [
         subprocess.Popen(
             [sys.executable, "-m", "jaxllm.cli", "sft", "shakespeare-char", *args, f"train.out_dir={tmp_path}/two",
@@ -219,8 +226,8 @@ def one_and_two_processes(args: list[str], tmp_path) -> tuple[dict, dict]:
     port = free_port()
     procs = []
     for i in range(2):
-        env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu",
-               "JAXLLM_COORDINATOR": f"127.0.0.1:{port}", "JAXLLM_NUM_PROCESSES": "2", "JAXLLM_PROCESS_ID": str(i)}
+        join = {"JAXLLM_COORDINATOR": f"127.0.0.1:{port}", "JAXLLM_NUM_PROCESSES": "2", "JAXLLM_PROCESS_ID": str(i)}
+        env = {**child_env(4), **join}
         command = [sys.executable, "-m", "jaxllm.cli", *args, f"train.out_dir={tmp_path}/two"]
         procs.append(subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     try:
