@@ -25,9 +25,11 @@ tests/test_guide.py runs the same commands at small sizes on every CI run, with 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -97,25 +99,83 @@ def machine() -> str:
     )
 
 
-def run_chapter(chapter: Path, main: Path, env: dict[str, str], log) -> float:
-    """Run one chapter's commands in `main`, streaming their output to stdout and `log`."""
+def run_chapter(chapter: Path, main: Path, env: dict[str, str], log, one_process: bool = False) -> float:
+    """Run one chapter's commands in `main`, streaming their output to stdout and `log`.
+
+    With `one_process`, the plain `jaxllm ...` lines (no pipe, redirection or variable
+    assignment) run in one Python process for the whole chapter (benchmarks/guide_session.py
+    says why and how); every other line, and every line without it, runs in bash as typed."""
     jaxllm = Path(sys.executable).parent / "jaxllm"
     if jaxllm.exists():  # the jaxllm (and python) of this interpreter, whatever PATH says
         env = {**env, "PATH": f"{jaxllm.parent}{os.pathsep}{env.get('PATH', '')}"}
+    session: subprocess.Popen | None = None
     total = time.perf_counter()
-    for line, expected in commands(chapter):
-        log(f"$ {line}")
-        argv = ["bash", "-c", line]
-        start = time.perf_counter()
-        proc = subprocess.Popen(argv, cwd=main, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        assert proc.stdout is not None
-        for out in proc.stdout:
-            log(out.rstrip("\n"))
-        code = proc.wait()
-        log(f"[{time.perf_counter() - start:.1f} s, exit {code}]\n")
-        if code != expected:
-            raise SystemExit(f"{chapter.name}: `{line}` exited {code}, not {expected}; see the log")
+    try:
+        for line, expected in commands(chapter):
+            log(f"$ {line}")
+            start = time.perf_counter()
+            if one_process and plain_jaxllm(line):
+                session = session or start_session(main, env)
+                code = session_run(session, bash_argv(line, main, env)[1:], log)
+            else:
+                code = shell_run(line, main, env, log)
+            log(f"[{time.perf_counter() - start:.1f} s, exit {code}]\n")
+            if code != expected:
+                raise SystemExit(f"{chapter.name}: `{line}` exited {code}, not {expected}; see the log")
+    finally:
+        if session is not None:
+            session.stdin.close()
+            session.wait()
     return time.perf_counter() - total
+
+
+def shell_run(line: str, main: Path, env: dict[str, str], log) -> int:
+    """`bash -c LINE` in `main`; its exit code."""
+    proc = subprocess.Popen(["bash", "-c", line], cwd=main, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)  # fmt: skip
+    assert proc.stdout is not None
+    for out in proc.stdout:
+        log(out.rstrip("\n"))
+    return proc.wait()
+
+
+def plain_jaxllm(line: str) -> bool:
+    """True for a simple `jaxllm ...` command: no operator, redirection or `VAR=value` prefix."""
+    lexer = shlex.shlex(line, posix=True, punctuation_chars=True)
+    lexer.whitespace_split = True
+    try:
+        tokens = list(lexer)
+    except ValueError:  # unbalanced quotes: let bash say so
+        return False
+    return bool(tokens) and tokens[0] == "jaxllm" and not any(set(t) <= set("();<>|&") for t in tokens)
+
+
+def bash_argv(line: str, main: Path, env: dict[str, str]) -> list[str]:
+    """The argv bash would give the command `line` (quotes, globs and variables expanded)."""
+    out = subprocess.run(["bash", "-c", "printf '%s\\0' " + line], cwd=main, env=env, capture_output=True, check=True)
+    return out.stdout.decode().split("\0")[:-1]
+
+
+def start_session(main: Path, env: dict[str, str]) -> subprocess.Popen:
+    """A benchmarks/guide_session.py process in `main` with `env`."""
+    command = [sys.executable, "-m", "benchmarks.guide_session"]
+    env = {**env, "PYTHONUNBUFFERED": "1", "PYTHONPATH": os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])}
+    return subprocess.Popen(command, cwd=main, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)  # fmt: skip
+
+
+def session_run(session: subprocess.Popen, argv: list[str], log) -> int:
+    """`jaxllm ARGV` in the session; its exit code."""
+    from benchmarks.guide_session import DONE_MARK
+
+    assert session.stdin is not None and session.stdout is not None
+    session.stdin.write(json.dumps(argv) + "\n")
+    session.stdin.flush()
+    for out in session.stdout:
+        if out.startswith(DONE_MARK):
+            return int(out[len(DONE_MARK) :])
+        log(out.rstrip("\n"))
+    raise SystemExit(f"the guide session process died (exit {session.wait()}) running `jaxllm {shlex.join(argv)}`")
 
 
 def main() -> None:

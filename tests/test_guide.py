@@ -70,7 +70,7 @@ def ran_chapter(tmp_path_factory, number: str) -> Path:
         lines: list[str] = []
         start = time.perf_counter()
         try:
-            run_chapter(chapter, main, guide_env(), lines.append)
+            run_chapter(chapter, main, guide_env(), lines.append, one_process=True)
         except SystemExit as e:
             (work / "chapter.log").write_text("\n".join(lines) + "\n")
             hint = f" (its runs from earlier chapters: NEEDS[{number!r}] = {NEEDS.get(number, ())})"
