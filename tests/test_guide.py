@@ -22,10 +22,16 @@ import pytest
 
 from benchmarks.guide import PICTURES, chapters, commands, make_workdir, run_chapter, shown_images
 from tests.data_paths import SHARED_DATA
-from tests.fixtures import build_once
+from tests.fixtures import TEST_XLA_FLAGS, build_once
 
-# Small runs: 20 steps, evaluated on 2 batches (the runs are for the commands, not for their losses).
-SMALL = "train.steps=20 train.eval_every=10 train.log_every=10 train.checkpoint_every=10 train.eval_batches=2"
+# Small runs: 8 steps, evaluated and checkpointed twice on 2 batches (the runs are for the
+# commands, not for their losses); PPO's 8 steps are one rollout.
+SMALL = "train.steps=8 train.eval_every=4 train.log_every=4 train.checkpoint_every=4 train.eval_batches=2"
+# Chapters whose time goes to running programs more than to compiling them (DPO's reference
+# log-probs over 6,000 pairs, PPO's rollouts): they compile at XLA's default optimisation
+# level, not the tests' level 0 (tests/fixtures.py). Measured: chapter 7 took 306 s at the
+# default level and 365 s at level 0, in full suite runs.
+RUN_BOUND = {"07"}
 PNG = b"\x89PNG\r\n\x1a\n"
 # The earlier chapters whose runs a chapter's commands read: runs/quickstart (00), the
 # tokenizers of 01 (02 prepares with runs/tokenizers/sp-4096.model), runs/llama-char (04).
@@ -51,10 +57,11 @@ def test_commands_are_read_with_their_expected_exit_codes(tmp_path):
     assert commands(page) == [("jaxllm a --b c", 0), ("jaxllm plan big", 3), ("echo ok", 0)]
 
 
-def guide_env() -> dict[str, str]:
+def guide_env(number: str) -> dict[str, str]:
     """The reader's machine: one CPU device, not the 8 that tests/conftest.py asks XLA for;
     the session's compilation cache (JAXLLM_COMPILATION_CACHE) is inherited."""
-    xla_flags = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split() if "device_count" not in f)
+    dropped = ["device_count"] + (TEST_XLA_FLAGS.split() if number in RUN_BOUND else [])
+    xla_flags = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split() if not any(d in f for d in dropped))
     return {**os.environ, "JAXLLM_OVERRIDES": SMALL, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": xla_flags}
 
 
@@ -70,7 +77,7 @@ def ran_chapter(tmp_path_factory, number: str) -> Path:
         lines: list[str] = []
         start = time.perf_counter()
         try:
-            run_chapter(chapter, main, guide_env(), lines.append, one_process=True)
+            run_chapter(chapter, main, guide_env(number), lines.append, one_process=True)
         except SystemExit as e:
             (work / "chapter.log").write_text("\n".join(lines) + "\n")
             hint = f" (its runs from earlier chapters: NEEDS[{number!r}] = {NEEDS.get(number, ())})"
