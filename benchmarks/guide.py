@@ -25,6 +25,7 @@ tests/test_guide.py runs the same commands at small sizes on every CI run, with 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -123,8 +124,9 @@ def run_chapter(chapter: Path, main: Path, env: dict[str, str], log, one_process
             if code != expected:
                 raise SystemExit(f"{chapter.name}: `{line}` exited {code}, not {expected}; see the log")
     finally:
-        if session is not None:
-            session.stdin.close()
+        if session is not None:  # end of input ends the session; one that died has nothing to read
+            with contextlib.suppress(BrokenPipeError):
+                session.stdin.close()
             session.wait()
     return time.perf_counter() - total
 

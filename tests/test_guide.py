@@ -20,7 +20,16 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.guide import PICTURES, chapters, commands, make_workdir, run_chapter, shown_images
+from benchmarks.guide import (
+    PICTURES,
+    bash_argv,
+    chapters,
+    commands,
+    make_workdir,
+    plain_jaxllm,
+    run_chapter,
+    shown_images,
+)
 from tests.data_paths import SHARED_DATA
 from tests.fixtures import TEST_XLA_FLAGS, build_once
 
@@ -57,9 +66,23 @@ def test_commands_are_read_with_their_expected_exit_codes(tmp_path):
     assert commands(page) == [("jaxllm a --b c", 0), ("jaxllm plan big", 3), ("echo ok", 0)]
 
 
+def test_plain_jaxllm_lines_get_the_argv_bash_gives_them(tmp_path):
+    """Which lines the one-process runner takes (benchmarks/guide_session.py), and their argv:
+    quotes, globs and variables expanded by bash itself."""
+    assert plain_jaxllm('jaxllm data prepare "data.inputs=[../x/*.txt]" a.b=1')
+    for line in ("HF_DATASETS_OFFLINE=1 jaxllm eval harness", "jaxllm a | tail", "jaxllm a > f", "tail -n 1 f",
+                 "jaxllm a; rm f", "jaxllm 'unclosed"):  # fmt: skip
+        assert not plain_jaxllm(line), line
+    (tmp_path / "a.txt").write_text("")
+    line = """jaxllm sft r 'chat.user="Q: {content}\\n"' "data.inputs=[*.txt]" *.txt $HOME"""
+    assert bash_argv(line, tmp_path, {"HOME": "/h", "PATH": os.environ["PATH"]}) == [
+        "jaxllm", "sft", "r", 'chat.user="Q: {content}\\n"', "data.inputs=[*.txt]", "a.txt", "/h"]  # fmt: skip
+
+
 def guide_env(number: str) -> dict[str, str]:
-    """The reader's machine: one CPU device, not the 8 that tests/conftest.py asks XLA for;
-    the session's compilation cache (JAXLLM_COMPILATION_CACHE) is inherited."""
+    """The reader's machine: one CPU device, not the 8 that tests/conftest.py asks XLA for,
+    and XLA's default optimisation level for the RUN_BOUND chapters; the session's
+    compilation cache (JAXLLM_COMPILATION_CACHE) is inherited."""
     dropped = ["device_count"] + (TEST_XLA_FLAGS.split() if number in RUN_BOUND else [])
     xla_flags = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split() if not any(d in f for d in dropped))
     return {**os.environ, "JAXLLM_OVERRIDES": SMALL, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": xla_flags}
