@@ -13,6 +13,7 @@ import pytest
 import jaxllm
 from jaxllm.cli import main
 from jaxllm.posttrain.dpo import dpo_loss, sequence_logprob
+from jaxllm.posttrain.pairs import BatchCycle
 from jaxllm.train.metrics import read_metrics
 from tests.data_paths import SHARED_DATA
 
@@ -56,18 +57,14 @@ def test_sequence_logprob_counts_reply_tokens_only():
     assert float(sequence_logprob(logits, targets, weights)[0]) == pytest.approx(expected, rel=1e-6)
 
 
-def test_dpo_cli_end_to_end_on_the_shared_preferences(tmp_path, capsys):
-    small = ["model.num_layers=1", "model.d_model=32", "model.num_heads=2", "data.seq_len=128", "train.batch_size=8",
-             "train.steps=2", "train.eval_every=100", "train.tensorboard=false", f"posttrain.data={PREFS}",
-             "posttrain.val_fraction=0.02", f"data.path={tmp_path}/none"]  # fmt: skip
-    sft_run = tmp_path / "sft"
-    assert main(["sft", "shakespeare-char", *small, "model.dropout=0.0", f"train.out_dir={sft_run}"]) == 0
-    capsys.readouterr()
+def test_dpo_cli_end_to_end_on_the_shared_preferences(shared_sft_run, tmp_path, capsys):
+    sft_run = shared_sft_run  # SFT_SMALL (tests/fixtures.py): 1 layer, batch 8, 2 steps on PREFS
     run = tmp_path / "dpo"
     assert main(["dpo", str(sft_run), "train.steps=6", "optimizer.lr=3e-3", "optimizer.warmup_steps=1",
                  "train.log_every=1", f"train.out_dir={run}"]) == 0  # fmt: skip
     out = capsys.readouterr().out
     assert f"reference and start: {sft_run} (step 2)" in out and "dpo held-out: accuracy" in out
+    assert "(6 of " in out and " train batches read by 6 steps)" in out  # the reference of those 6 only
     rows = read_metrics(run)
     train = [r for r in rows if r["split"] == "train"]
     assert len(train) == 6 and all({"accuracy", "margin", "reward_chosen"} <= set(r) for r in train)
@@ -78,3 +75,23 @@ def test_dpo_cli_end_to_end_on_the_shared_preferences(tmp_path, capsys):
     assert main(["dpo", "shakespeare-char", f"posttrain.data={PREFS}", f"train.out_dir={tmp_path}/x"]) == 2
     assert "needs a reference policy" in capsys.readouterr().err
     assert jaxllm.load_config(run / "config.yaml").posttrain.init_from == str(sft_run)
+
+
+@pytest.mark.parametrize("reads", [0, 3, 7, 10, 25])
+def test_read_by_names_the_batches_a_run_of_that_many_steps_reads(reads):
+    """DPO computes reference log-probs only for these: they must be exactly the batches
+    the cycle hands out, over epoch boundaries and across a resume mid-epoch."""
+    n, seed = 7, 3
+    cycle = BatchCycle(list(range(n)), seed)
+    seen = [next(cycle) for _ in range(reads // 2)]
+    resumed = BatchCycle(list(range(n)), seed)  # a resumed run: a new cycle from the saved state
+    resumed.set_state(cycle.get_state())
+    seen += [next(resumed) for _ in range(reads - reads // 2)]
+    assert BatchCycle.read_by(reads, n, seed) == set(seen)
+    if reads < n:  # a batch the run does not read is not prepared; reading it says so
+        unread = min(set(range(n)) - set(seen))
+        batches = [None if i == unread else i for i in range(n)]
+        with pytest.raises(RuntimeError, match=f"batch {unread} .* was not prepared"):
+            cycle = BatchCycle(batches, seed)
+            for _ in range(n):
+                next(cycle)

@@ -11,7 +11,8 @@ The implicit rewards are r_w = β (log π(y_w|x) − log π_ref(y_w|x)) and like
 we report their margin r_w − r_l and the preference accuracy (share with r_w > r_l).
 Reference-free DPO drops the π_ref terms. The reference log-probs are computed once,
 before training, with the starting weights (which are the reference): no second model
-is kept in memory during training.
+is kept in memory during training. Only the batches the run's train.steps read get them
+(BatchCycle.read_by): a run shorter than an epoch does not pay for the rest.
 
 Training runs on the pre-training loop (jaxllm/train/trainer.py) with this loss in
 place of next-token cross-entropy; each pair counts once.
@@ -30,7 +31,15 @@ from jaxllm.model.api import init_params
 from jaxllm.model.decoder import Decoder
 from jaxllm.parallel.layout import Layout
 from jaxllm.posttrain.data import load_records, split_records
-from jaxllm.posttrain.pairs import PairTask, batch_function, mean_metrics, pair_batches, pair_rows, train_and_measure
+from jaxllm.posttrain.pairs import (
+    BatchCycle,
+    PairTask,
+    batch_function,
+    mean_metrics,
+    pair_batches,
+    pair_rows,
+    train_and_measure,
+)
 from jaxllm.posttrain.sft import run_tokenizer, start_params
 from jaxllm.train.trainer import TrainResult
 
@@ -96,12 +105,16 @@ def make_loss_fn(beta: float, label_smoothing: float, reference_free: bool):
     return loss_fn
 
 
-def with_reference(cfg, params, batches: list, layout: Layout | None = None) -> list:
+def with_reference(cfg, params, batches: list, layout: Layout | None = None, only: set[int] | None = None) -> list:
     """Each batch plus the reference log-probs of its replies (the starting weights'),
-    computed in the run's `layout` when given (every process gets every row's)."""
+    computed in the run's `layout` when given (every process gets every row's). With
+    `only`, the batches outside it are None: not read by the run, not computed."""
     logprobs = batch_function(lambda p, b: policy_logprobs(cfg, p, b), layout)
     out = []
-    for b in batches:
+    for i, b in enumerate(batches):
+        if only is not None and i not in only:
+            out.append(None)
+            continue
         chosen, rejected = logprobs(params, b)
         out.append({**b, "ref_chosen": np.asarray(chosen), "ref_rejected": np.asarray(rejected)})
     return out
@@ -142,10 +155,15 @@ class DPOTask(PairTask):
         else:
             ref_params = init_params(cfg, jax.random.key(cfg.train.seed))  # unused by the reference-free loss
             ref_params = layout.put(jax.device_get(ref_params), layout.params)
-        self.train_batches = with_reference(cfg, ref_params, pair_batches(rows[0], B, T), layout)
+        batches = pair_batches(rows[0], B, T)
+        # The reference of the batches the run's steps read, no more: a short run over a big
+        # preference file does not wait for log-probs it never uses (resumes read the same).
+        read = BatchCycle.read_by(cfg.train.steps, len(batches), cfg.train.seed)
+        self.train_batches = with_reference(cfg, ref_params, batches, layout, only=read)
         self.val = with_reference(cfg, ref_params, pair_batches(rows[1], B, T), layout) if rows[1] else []
         self.loss_fn = make_loss_fn(pt.beta, pt.label_smoothing, pt.reference_free)
-        log(f"dpo: {len(rows[0])} train / {len(rows[1])} val pairs from {pt.data}; beta {pt.beta}, label smoothing "
+        log(f"dpo: {len(rows[0])} train / {len(rows[1])} val pairs from {pt.data} ({len(read)} of {len(batches)} "
+            f"train batches read by {cfg.train.steps} steps); beta {pt.beta}, label smoothing "
             f"{pt.label_smoothing}{', reference-free' if pt.reference_free else ''}")  # fmt: skip
 
 

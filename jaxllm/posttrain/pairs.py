@@ -53,7 +53,9 @@ def pair_batches(pairs: list, batch_size: int, seq_len: int) -> list[dict[str, n
 
 
 class BatchCycle:
-    """Endless shuffled pass over fixed batches; its state is (epoch, cursor)."""
+    """Endless shuffled pass over fixed batches; its state is (epoch, cursor).
+
+    A batch given as None was not prepared (see `read_by`): reading it is an error."""
 
     def __init__(self, batches: list, seed: int):
         self.batches, self.seed, self.epoch, self.cursor = batches, seed, 0, 0
@@ -64,15 +66,35 @@ class BatchCycle:
     def __next__(self):
         if self.cursor == len(self.batches):
             self.epoch, self.cursor = self.epoch + 1, 0
-        order = np.random.default_rng((self.seed, self.epoch)).permutation(len(self.batches))
         self.cursor += 1
-        return self.batches[order[self.cursor - 1]]
+        index = _order(len(self.batches), self.seed, self.epoch)[self.cursor - 1]
+        if self.batches[index] is None:
+            raise RuntimeError(f"batch {index} (epoch {self.epoch}, read {self.cursor}) was not prepared: only "
+                               "the batches of the run's train.steps reads are; rebuild the task for more steps")
+        return self.batches[index]
+
+    @staticmethod
+    def read_by(reads: int, num_batches: int, seed: int) -> set[int]:
+        """The indices of the batches that the first `reads` reads of a fresh cycle return:
+        the reads of a run of `reads` steps, resumed or not (a resumed cycle continues the
+        same sequence). Lets a task prepare only those (DPO's reference log-probs)."""
+        out: set[int] = set()
+        for epoch in range(-(-reads // max(num_batches, 1))):
+            out.update(int(i) for i in _order(num_batches, seed, epoch)[: reads - epoch * num_batches])
+            if len(out) == num_batches:
+                break
+        return out
 
     def get_state(self) -> dict:
         return {"epoch": self.epoch, "cursor": self.cursor}
 
     def set_state(self, state: dict) -> None:
         self.epoch, self.cursor = int(state["epoch"]), int(state["cursor"])
+
+
+def _order(num_batches: int, seed: int, epoch: int) -> np.ndarray:
+    """The order in which epoch `epoch` of a BatchCycle reads its batches."""
+    return np.random.default_rng((seed, epoch)).permutation(num_batches)
 
 
 class PairTask(Task):
