@@ -14,18 +14,11 @@ from jaxllm.train.load import load_run
 from jaxllm.train.metrics import read_metrics
 from tests.data_paths import SHARED_DATA
 
-PREFS = SHARED_DATA / "instructions" / "instruction-data-with-preference.json"
 INSTRUCTIONS = SHARED_DATA / "instructions" / "instruction-data.json"
 
 
-def test_reward_then_ppo_cli_from_an_sft_checkpoint(tmp_path, capsys):
-    small = ["model.num_layers=1", "model.d_model=32", "model.num_heads=2", "model.dropout=0.0", "data.seq_len=128",
-             "train.batch_size=8", "train.steps=2", "train.eval_every=100", "train.tensorboard=false",
-             f"posttrain.data={PREFS}", "posttrain.val_fraction=0.02", f"data.path={tmp_path}/none"]  # fmt: skip
-    sft_run = tmp_path / "sft"
-    assert main(["sft", "shakespeare-char", *small, f"train.out_dir={sft_run}"]) == 0
-    capsys.readouterr()
-
+def test_reward_then_ppo_cli_from_an_sft_checkpoint(shared_sft_run, tmp_path, capsys):
+    sft_run = shared_sft_run  # SFT_SMALL (tests/fixtures.py): 1 layer, batch 8, 2 steps on PREFS; read only
     rm = tmp_path / "rm"
     assert main(["reward", str(sft_run), "train.steps=4", "train.log_every=1", f"train.out_dir={rm}"]) == 0
     out = capsys.readouterr().out

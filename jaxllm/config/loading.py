@@ -137,7 +137,7 @@ def load_config(source: str | os.PathLike[str], overrides: Sequence[str] = ()) -
 
     `$JAXLLM_OVERRIDES` (whitespace-separated `a.b.c=value`) is applied after `overrides`:
     it shrinks every command of a script at once without editing it (the guide's test runs
-    the chapters' commands as written with `train.steps=20`).
+    the chapters' commands as written with `train.steps=8`).
     """
     extra = os.environ.get(OVERRIDES_ENV, "").split()
     return from_dict(apply_overrides(_read_yaml(_find_file(str(source), "config"), "config"), [*overrides, *extra]))
