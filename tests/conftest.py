@@ -65,28 +65,29 @@ def pytest_configure_node(node):
 
 # The slowest tests, started first and in this order (test-id prefixes). With `--dist load
 # --maxschedchunk 1` (pyproject.toml) xdist gives each worker two tests to start with (worker
-# A the first two, B the next two) and then the next test in order to whichever worker has
-# fewer than two queued, so longest-first keeps both workers busy to the end instead of
-# leaving one long test alone at the close. The guide's chapters lead in dependency order:
-# chapter 0's runs are read by 4, 6, 7 and 8, chapter 4's by 8, so A takes 00 then 07 and B
-# takes 05 (libtpu's long compile, needing nothing) then 04; 08 comes later, once 04 is about
-# done. Seconds measured in full runs in the comments.
+# A the first two, B the next two), then, each time a worker finishes one, the next test in
+# this order, queued behind the one it is running. Longest first keeps both workers busy to
+# the end instead of leaving one long test alone at the close. The guide's chapters are placed
+# so that none waits for the runs of another (chapter 0's runs are read by 4, 6, 7 and 8, 4's
+# by 8, 1's by 2): A runs 00, 07, then 01 and 02; B runs 05 (libtpu's long compile, needing
+# nothing), 04, then 08. Seconds measured in a clean-clone CI run in the comments.
 SLOWEST_FIRST = [
-    "tests/test_guide.py::test_the_guide_runs_as_written[00-",  # 42
-    "tests/test_guide.py::test_the_guide_runs_as_written[07-",  # 170 alone
-    "tests/test_guide.py::test_the_guide_runs_as_written[05-",  # 244
-    "tests/test_guide.py::test_the_guide_runs_as_written[04-",  # 97 alone
-    "tests/test_multiprocess.py::test_ppo_on_two_processes_equals_one",  # 75
-    "tests/test_quickstart.py::test_quickstart_runs_the_whole_path",  # 73
-    "tests/test_guide.py::test_the_guide_runs_as_written[08-",  # 85 alone
-    "tests/test_multiprocess.py::test_two_processes_train_checkpoint_and_resume_like_one",  # 44
-    "tests/test_kill_resume.py::",  # 43
-    "tests/test_rlhf.py::",  # 40
-    "tests/test_plan.py::test_plans_a_tpu_slice_from_a_cpu_host",  # 40
-    "tests/test_multiprocess.py::test_dpo_on_two_processes_equals_one",  # 39
-    "tests/test_guide.py::test_the_guide_runs_as_written[03-",  # 35
-    "tests/test_guide.py::test_the_guide_runs_as_written[01-",  # 20, before 02, which reads its tokenizer
-    "tests/test_guide.py::test_the_guide_runs_as_written[02-",  # 35
+    "tests/test_guide.py::test_the_guide_runs_as_written[00-",  # 33
+    "tests/test_guide.py::test_the_guide_runs_as_written[07-",  # 171
+    "tests/test_guide.py::test_the_guide_runs_as_written[05-",  # 168
+    "tests/test_guide.py::test_the_guide_runs_as_written[04-",  # 73
+    "tests/test_guide.py::test_the_guide_runs_as_written[01-",  # 20 (A, queued behind 07)
+    "tests/test_guide.py::test_the_guide_runs_as_written[08-",  # 85 alone (B, queued behind 04)
+    "tests/test_guide.py::test_the_guide_runs_as_written[02-",  # 35 (A, after 01)
+    "tests/test_multiprocess.py::test_ppo_on_two_processes_equals_one",  # 71
+    "tests/test_quickstart.py::test_quickstart_runs_the_whole_path",  # 58
+    "tests/test_kill_resume.py::",  # 40
+    "tests/test_multiprocess.py::test_dpo_on_two_processes_equals_one",  # 35
+    "tests/test_multiprocess.py::test_two_processes_train_checkpoint_and_resume_like_one",  # 34
+    "tests/test_multiprocess.py::test_instruction_tuning_on_two_processes_equals_one",  # 33
+    "tests/test_rlhf.py::",  # 24
+    "tests/test_guide.py::test_the_guide_runs_as_written[03-",  # 23
+    "tests/test_multiprocess.py::test_a_signal_to_one_process_stops_both_at_the_same_checkpointed_step",  # 23
 ]
 
 

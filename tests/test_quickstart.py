@@ -15,17 +15,17 @@ from tests.data_paths import SHARED_DATA
 
 
 def test_quickstart_runs_the_whole_path(tmp_path, capsys, monkeypatch):
-    # Evaluation on 2 batches, not the recipe's 20: at 20 steps with an evaluation every 5
+    # Evaluation on 2 batches, not the recipe's 20: at 8 steps with an evaluation every 2
     # the recipe would spend more on validation batches than on training ones.
     monkeypatch.setenv(OVERRIDES_ENV, "train.eval_batches=2")
     lines: list[str] = []
-    run = quickstart(str(tmp_path / "qs"), steps=20, from_dir=str(SHARED_DATA), log=lines.append)
+    run = quickstart(str(tmp_path / "qs"), steps=8, from_dir=str(SHARED_DATA), log=lines.append)
     text = "\n".join(lines)
     for stage in ("1/5 fetch", "2/5 train a character-level tokenizer", "3/5 prepare", "4/5 train", "5/5 sample"):
         assert stage in text
     assert (tmp_path / "qs/corpus/tinyshakespeare.txt").stat().st_size == 1_115_394
     assert (tmp_path / "qs/tokenizer/char.model").exists() and (tmp_path / "qs/data/manifest.json").exists()
-    assert sorted(r["step"] for r in read_metrics(run) if r["split"] == "train") == list(range(5, 21, 5))
+    assert sorted(r["step"] for r in read_metrics(run) if r["split"] == "train") == list(range(2, 9, 2))  # every 8 // 4
     assert "jaxllm plot" in text and str(run) in text
     sample_block = text.split("-" * 60)[1]
     assert len(sample_block.strip()) > 50  # 400 sampled characters, decoded
