@@ -24,6 +24,7 @@ SCRIPTS = {
     "profile_step": "trace the train step and list where its time goes, op by op",
     "guide": "run docs/guide's commands at full size; write its logs and pictures",
     "load_memory": "peak host memory of `jaxllm sample` on an imported model vs its weights' size",
+    "xla_flags": "compile vs run time of real programs under the tests' XLA flags and the defaults",
 }
 SUITE = ["train_step", "compile_memory", "loader", "generate"]  # the performance suite
 

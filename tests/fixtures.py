@@ -45,10 +45,11 @@ QUIET = {"log": lambda _: None}
 # add them). Compiling, not running, is what the tests spend their time on: hundreds of tiny
 # programs, each run a few steps. LLVM's optimisation of the compiled CPU code is more than
 # half of each compile and buys nothing at these sizes, so tests compile at level 0; and at
-# level 0, XLA's older CPU loop emitters compile faster than its fusion emitters. Measured
-# (/usr/bin/time on one process, the shakespeare-char-cpu train step's XLA compile): 6.7 s at
-# the default level, 3.2 s at level 0, 1.4 s at level 0 without the fusion emitters; the
-# train and pipeline tests: 145 s -> 101 s on 2 workers. Neither changes what is computed
+# level 0, XLA's older CPU loop emitters compile faster than its fusion emitters. Measured by
+# `python -m benchmarks xla_flags` (BENCHMARKS.md): the shakespeare-char-cpu train step's
+# compile 4.5 s at the default level, 3.0 s at level 0, 1.4 s at level 0 without the fusion
+# emitters; tests/test_train.py and test_pipeline_parallel.py: 145 s -> 101 s on 2 workers
+# (the last two flag sets). Neither changes what is computed
 # (the equality tests pass unchanged), only how the CPU code is generated; a forward pass
 # runs about 2x slower, so chapters of the guide that run more than they compile use the
 # default level (tests/test_guide.py). benchmarks/ and the CLI compile at the default level.
