@@ -49,10 +49,10 @@ QUIET = {"log": lambda _: None}
 # `python -m benchmarks xla_flags` (BENCHMARKS.md): the shakespeare-char-cpu train step's
 # compile 4.5 s at the default level, 3.0 s at level 0, 1.4 s at level 0 without the fusion
 # emitters; tests/test_train.py and test_pipeline_parallel.py: 145 s -> 101 s on 2 workers
-# (the last two flag sets). Neither changes what is computed
-# (the equality tests pass unchanged), only how the CPU code is generated; a forward pass
-# runs about 2x slower, so chapters of the guide that run more than they compile use the
-# default level (tests/test_guide.py). benchmarks/ and the CLI compile at the default level.
+# (the last two flag sets). Neither changes what is computed (the equality tests pass
+# unchanged), only how the CPU code is generated; a forward pass runs about 2x slower, so
+# chapters of the guide that run more than they compile use the default level
+# (tests/test_guide.py). benchmarks/ and the CLI compile at the default level.
 TEST_XLA_FLAGS = "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
 
 
