@@ -10,7 +10,9 @@ sides, each flag set in a fresh process (XLA reads XLA_FLAGS once, at start):
                        compile once, then the mean of 5 runs
 
     python -m benchmarks xla_flags
-    python -m benchmarks xla_flags --flags "" "--xla_backend_optimization_level=0"
+    python -m benchmarks xla_flags --flags= --flags="--xla_backend_optimization_level=0"
+
+(one --flags=SET per flag set; the `=` keeps argparse from reading the set as its own option)
 """
 
 from __future__ import annotations
@@ -76,18 +78,22 @@ def measure() -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--flags", nargs="*", default=DEFAULT_SETS, help="XLA flag sets to compare (one string each)")
+    parser.add_argument("--flags", action="append", help="an XLA flag set to compare, as --flags=SET; repeat "
+                        "for more (default: XLA's defaults, level 0, level 0 without the fusion emitters)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(measure()))
         return
     print(f"{'XLA_FLAGS':72s} {'train-step compile':>18s} {'forward compile':>15s} {'forward run':>11s}")
-    for flags in args.flags:
+    for flags in args.flags or DEFAULT_SETS:
         env = {**os.environ, "XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu"}
-        out = subprocess.run([sys.executable, "-m", "benchmarks.xla_flags", "--child"], env=env, capture_output=True,
-                             text=True, check=True).stdout  # fmt: skip
-        t = json.loads(out.strip().splitlines()[-1])
+        child = subprocess.run([sys.executable, "-m", "benchmarks.xla_flags", "--child"], env=env,
+                               capture_output=True, text=True)  # fmt: skip
+        if child.returncode != 0:  # e.g. XLA's "Unknown flag in XLA_FLAGS"
+            last = (child.stderr.strip().splitlines() or ["no output"])[-1]
+            sys.exit(f"XLA_FLAGS={flags!r} failed (exit {child.returncode}): {last}; give flags this jax knows")
+        t = json.loads(child.stdout.strip().splitlines()[-1])
         print(f"{flags or '(none: XLA defaults)':72s} {t['train_compile']:17.2f}s {t['forward_compile']:14.2f}s "
               f"{t['forward_run'] * 1e3:9.0f}ms", flush=True)  # fmt: skip
 
