@@ -32,6 +32,24 @@ def _local_corpus() -> Path | None:
     return None
 
 
+def recipe_overrides(root: Path, corpus: Path, steps: int | None, devices: int) -> tuple[list[str], str | None]:
+    """(overrides of the shakespeare-char-cpu recipe, a note for the log or None).
+
+    Everything lives under `root`. A shorter run (`steps`) still logs and evaluates four
+    times, so its plot has a curve; the recipe's batch of 12 is rounded up to a multiple of
+    `devices`, since every device must get equal rows."""
+    overrides = [f"tokenizer.path={root}/tokenizer/char.model", f"data.inputs=[{corpus}]", f"data.path={root}/data",
+                 f"train.out_dir={root}/run"]  # fmt: skip
+    if steps is not None:
+        every = max(steps // 4, 1)
+        overrides += [f"train.steps={steps}", f"train.eval_every={every}", f"train.log_every={every}"]
+    if 12 % devices == 0:
+        return overrides, None
+    batch = -(-12 // devices) * devices
+    note = f"note: {devices} devices; batch 12 rounded up to {batch} so every device gets equal rows"
+    return [*overrides, f"train.batch_size={batch}"], note
+
+
 def quickstart(
     out: str = "runs/quickstart",
     steps: int | None = None,
@@ -43,18 +61,9 @@ def quickstart(
     local = Path(from_dir) if from_dir else _local_corpus()
     log(f"== 1/5 fetch tiny Shakespeare{f' (local copy {local})' if local else ''}")
     corpus = fetch("tinyshakespeare", root / "corpus", from_dir=local, log=log)
-    overrides = [f"tokenizer.path={root}/tokenizer/char.model", f"data.inputs=[{corpus}]", f"data.path={root}/data",
-                 f"train.out_dir={root}/run"]  # fmt: skip
-    if steps is not None:
-        overrides += [
-            f"train.steps={steps}",
-            f"train.eval_every={max(steps // 4, 1)}",
-            f"train.log_every={max(steps // 4, 1)}",
-        ]
-    n = jax.device_count()
-    if 12 % n:  # the recipe's batch of 12 must split over every device
-        overrides.append(f"train.batch_size={-(-12 // n) * n}")
-        log(f"note: {n} devices; batch 12 rounded up to {-(-12 // n) * n} so every device gets equal rows")
+    overrides, note = recipe_overrides(root, corpus, steps, jax.device_count())
+    if note:
+        log(note)
     cfg = load_config("shakespeare-char-cpu", overrides)
     log("== 2/5 train a character-level tokenizer")
     tokenizer = train_tokenizer(cfg, log)

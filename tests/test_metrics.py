@@ -3,6 +3,8 @@
 import json
 import math
 import re
+import subprocess
+import sys
 import warnings
 
 import numpy as np
@@ -48,6 +50,24 @@ def test_round_trip_jsonl_and_tensorboard(tmp_path):
             got = scalars[f"{split}/{name}"]
             assert [s for s, _ in got] == list(steps)
             np.testing.assert_array_equal([v for _, v in got], np.float32([fn(s)[name] for s in steps]))
+
+
+def test_tensorboard_is_written_without_importing_torch(tmp_path):
+    """A fresh process (this one has torch loaded by the parity tests) writes TensorBoard
+    scalars, leaves torch unloaded, and can still import torch afterwards."""
+    script = (
+        "import sys\n"
+        "from jaxllm.train.metrics import MetricsWriter, read_tensorboard_scalars\n"
+        f"with MetricsWriter({str(tmp_path)!r}) as mw:\n"
+        "    mw.write(1, 'train', {'loss': 2.5})\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+        f"assert read_tensorboard_scalars({str(tmp_path / 'tensorboard')!r})['train/loss'] == [(1, 2.5)]\n"
+        "import torch\n"
+        "print(torch.ones(2).sum().item())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip() == "2.0"
 
 
 def test_nonfinite_written_as_null(tmp_path):

@@ -3,32 +3,35 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import yaml
 
 import jaxllm
 from jaxllm.cli import main
-from jaxllm.config import OVERRIDES_ENV
-from jaxllm.quickstart import quickstart
+from jaxllm.quickstart import recipe_overrides
 from jaxllm.train.metrics import read_metrics
-from tests.data_paths import SHARED_DATA
+from tests.fixtures import copy_run
+from tests.guide_runs import ran_chapter
 
 
-def test_quickstart_runs_the_whole_path(tmp_path, capsys, monkeypatch):
-    # Evaluation on 2 batches, not the recipe's 20: at 8 steps with an evaluation every 2
-    # the recipe would spend more on validation batches than on training ones.
-    monkeypatch.setenv(OVERRIDES_ENV, "train.eval_batches=2")
-    lines: list[str] = []
-    run = quickstart(str(tmp_path / "qs"), steps=8, from_dir=str(SHARED_DATA), log=lines.append)
-    text = "\n".join(lines)
+def test_quickstart_runs_the_whole_path(tmp_path_factory, tmp_path, capsys, monkeypatch):
+    """`jaxllm quickstart` as the guide's chapter 0 runs it (tests/guide_runs.py: 8 steps, on
+    one device), read from the chapter's log and folders, then the sample / chat / plot verbs
+    on a copy of its run."""
+    main_dir = ran_chapter(tmp_path_factory, "00")
+    text = (main_dir.parent / "chapter.log").read_text(errors="replace").split("\n$ ")[0]  # the quickstart's lines
     for stage in ("1/5 fetch", "2/5 train a character-level tokenizer", "3/5 prepare", "4/5 train", "5/5 sample"):
         assert stage in text
-    assert (tmp_path / "qs/corpus/tinyshakespeare.txt").stat().st_size == 1_115_394
-    assert (tmp_path / "qs/tokenizer/char.model").exists() and (tmp_path / "qs/data/manifest.json").exists()
-    assert sorted(r["step"] for r in read_metrics(run) if r["split"] == "train") == list(range(2, 9, 2))  # every 8 // 4
-    assert "jaxllm plot" in text and str(run) in text
+    root = main_dir / "runs" / "quickstart"
+    assert (root / "corpus/tinyshakespeare.txt").stat().st_size == 1_115_394
+    assert (root / "tokenizer/char.model").exists() and (root / "data/manifest.json").exists()
+    assert "jaxllm plot" in text and str(root / "run") in text
     sample_block = text.split("-" * 60)[1]
     assert len(sample_block.strip()) > 50  # 400 sampled characters, decoded
+    run = copy_run(root / "run", tmp_path / "run")  # the guide's later chapters read the original
+    # train.log_every=4 from the guide's JAXLLM_OVERRIDES (tests/guide_runs.py SMALL)
+    assert sorted(r["step"] for r in read_metrics(run) if r["split"] == "train") == [4, 8]
 
     # the same run through the CLI verbs
     assert main(["sample", str(run), "--prompt", "ROMEO:", "--max-new-tokens", "30", "--seed", "1"]) == 0
@@ -56,6 +59,17 @@ def test_quickstart_runs_the_whole_path(tmp_path, capsys, monkeypatch):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert main(["sample", str(tmp_path / "nope")]) == 2
     assert "not a run directory" in capsys.readouterr().err
+
+
+def test_a_shorter_quickstart_still_logs_four_times_and_fills_every_device():
+    overrides, note = recipe_overrides(Path("q"), Path("q/corpus/t.txt"), steps=8, devices=8)
+    cfg = jaxllm.load_config("shakespeare-char-cpu", overrides)
+    assert (cfg.train.steps, cfg.train.log_every, cfg.train.eval_every) == (8, 2, 2)  # every 8 // 4
+    assert cfg.train.batch_size == 16 and "rounded up to 16" in note  # 12 does not split over 8 devices
+    assert (cfg.train.out_dir, cfg.data.path) == ("q/run", "q/data")
+    overrides, note = recipe_overrides(Path("q"), Path("t.txt"), steps=None, devices=4)
+    cfg = jaxllm.load_config("shakespeare-char-cpu", overrides)
+    assert note is None and cfg.train.batch_size == 12 and cfg.train.steps == 2000  # the recipe as it is
 
 
 def test_train_without_data_inputs_is_a_clear_error(tmp_path, capsys):

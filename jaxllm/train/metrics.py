@@ -26,6 +26,7 @@ import json
 import math
 import os
 import struct
+import sys
 import time
 import warnings
 from collections.abc import Mapping
@@ -45,6 +46,28 @@ class MetricsError(DataError):
 
 class MissingMetrics(MetricsError, FileNotFoundError):
     """No metrics.jsonl: a FileNotFoundError to library callers, one line (exit 2) to the CLI."""
+
+
+def _summary_writer_class():
+    """tensorboardX's SummaryWriter, imported lazily (only runs that write TensorBoard pay
+    for it) and without torch.
+
+    tensorboardX imports torch whenever it is installed, only so that its add_* calls accept
+    torch tensors; jaxllm passes floats. With torch installed that import costs every run
+    ~3.4 s at start (`python -c "import tensorboardX"`: 4.1 s, against 0.8 s with torch
+    hidden). So, unless torch is already loaded, torch is hidden for this one import: a None
+    entry in sys.modules makes `import torch` raise ImportError, which tensorboardX expects,
+    and the entry is removed afterwards, so a later `import torch` works as usual."""
+    if "tensorboardX" in sys.modules or "torch" in sys.modules:
+        from tensorboardX import SummaryWriter
+    else:
+        sys.modules["torch"] = None  # type: ignore[assignment]
+        try:
+            from tensorboardX import SummaryWriter
+        finally:
+            if "torch" in sys.modules and sys.modules["torch"] is None:
+                del sys.modules["torch"]
+    return SummaryWriter
 
 
 class MetricsWriter:
@@ -79,13 +102,13 @@ class MetricsWriter:
 
         self._tb = None
         if tensorboard:
-            from tensorboardX import SummaryWriter  # lazy: only pay the import when used
+            writer_class = _summary_writer_class()
 
             # tensorboardX names event files by the current *second* and hostname, and opens
             # them with "wb": a second writer on the same dir within one second would
             # silently overwrite the first file. A unique suffix keeps every file.
             suffix = f".{os.getpid()}.{time.time_ns()}"
-            self._tb = SummaryWriter(str(self.run_dir / TENSORBOARD_DIR), filename_suffix=suffix)
+            self._tb = writer_class(str(self.run_dir / TENSORBOARD_DIR), filename_suffix=suffix)
 
     def write(self, step: int, split: str, values: Mapping[str, Any]) -> None:
         """Record `values` (name -> number) for `split` ("train", "val", ...) at `step`.
