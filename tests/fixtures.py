@@ -13,6 +13,8 @@ tests/conftest.py imports the fixtures from here; test files import the constant
 
 from __future__ import annotations
 
+import contextlib
+import io
 import shutil
 import traceback
 from collections.abc import Callable
@@ -39,6 +41,14 @@ TINY_RUN_STEPS = 4  # the shared trained run: checkpoints at 2 and 4
 SFT_SMALL = ["model.num_layers=1", "model.d_model=32", "model.num_heads=2", "model.dropout=0.0", "data.seq_len=128",
              "train.batch_size=8", "train.steps=2", "train.eval_every=100", "train.tensorboard=false",
              f"posttrain.data={PREFS}", "posttrain.val_fraction=0.02"]  # fmt: skip
+# The shared reward model: 4 steps at lr 1e-3 from the shared SFT run, enough for scores
+# that tell replies apart.
+REWARD_SMALL = ["train.steps=4", "train.log_every=1", "optimizer.lr=1e-3", "optimizer.warmup_steps=0"]
+# The shared PPO run (one process, 8 devices; train.steps=8): two rollouts of 16 prompts, each
+# 2 epochs of 2 minibatches = 4 policy updates, evaluated at 0, 4 and 8 on 8 held-out prompts.
+PPO_SMALL = [f"posttrain.data={SHARED_DATA / 'instructions' / 'instruction-data.json'}", "posttrain.val_fraction=0.01",
+             "ppo.rollout_batch=16", "ppo.epochs=2", "ppo.max_new_tokens=6", "ppo.eval_prompts=8",
+             "ppo.adaptive_kl=true", "train.eval_every=4", "train.checkpoint_every=4"]  # fmt: skip
 QUIET = {"log": lambda _: None}
 # XLA flags of every test process and of every jaxllm process a test starts (tests/conftest.py
 # puts them in XLA_FLAGS, which child processes inherit; tests that set XLA_FLAGS for a child
@@ -170,3 +180,40 @@ def shared_sft_run(tmp_path_factory) -> Path:
 def sft_run(shared_sft_run, tmp_path) -> Path:
     """This test's own copy of the shared SFT run."""
     return copy_run(shared_sft_run, tmp_path / "sft")
+
+
+def cli_run(argv: list[str], folder: Path) -> None:
+    """`jaxllm ARGV` in this process, its standard output kept in folder/stdout.txt for the
+    tests that read what the verb said."""
+    from jaxllm.cli import main
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main(argv)
+    (folder / "stdout.txt").write_text(out.getvalue())
+    assert code == 0, f"jaxllm {' '.join(argv[:2])} exited {code}:\n{out.getvalue()[-3000:]}"
+
+
+@pytest.fixture(scope="session")
+def shared_reward_run(tmp_path_factory, shared_sft_run) -> Path:
+    """`jaxllm reward` (REWARD_SMALL) from the shared SFT run: the reward model of the PPO
+    tests; what it printed is in ../stdout.txt. Read-only."""
+
+    def build(folder: Path) -> None:
+        cli_run(["reward", str(shared_sft_run), *REWARD_SMALL, f"train.out_dir={folder}/run"], folder)
+
+    return build_once(tmp_path_factory, "reward_run", build) / "run"
+
+
+@pytest.fixture(scope="session")
+def shared_ppo_run(tmp_path_factory, shared_sft_run, shared_reward_run) -> Path:
+    """`jaxllm ppo` (PPO_SMALL, 8 steps) of the shared SFT run against the shared reward
+    model, in one process on the session's 8 devices; what it printed is in ../stdout.txt.
+    Read-only: a test that resumes it works on a copy."""
+
+    def build(folder: Path) -> None:
+        argv = ["ppo", str(shared_sft_run), f"ppo.reward_from={shared_reward_run}", *PPO_SMALL, "train.steps=8",
+                f"train.out_dir={folder}/run"]  # fmt: skip
+        cli_run(argv, folder)
+
+    return build_once(tmp_path_factory, "ppo_run", build) / "run"

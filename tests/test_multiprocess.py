@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -22,7 +23,7 @@ from jaxllm.parallel.distributed import Cluster, detect
 from jaxllm.train.metrics import read_metrics
 from jaxllm.train.trainer import train
 from tests.data_paths import TINY
-from tests.fixtures import TEST_XLA_FLAGS
+from tests.fixtures import PPO_SMALL, TEST_XLA_FLAGS
 
 TIMEOUT_S = 300
 TINY_MODEL = ["model.vocab_size=256", "model.max_seq_len=32", "model.d_model=32", "model.num_layers=2",
@@ -196,28 +197,18 @@ def test_instruction_tuning_on_two_processes_equals_one(tmp_path):
 
 
 PREFS = "instructions/instruction-data-with-preference.json"
-INSTRUCTIONS = "instructions/instruction-data.json"
 
 
-@pytest.fixture(scope="module")
-def posttrain_start(shared_sft_run, tmp_path_factory):
-    """The shared SFT run (tests/fixtures.py) and a reward model trained from it, in one
-    process: where DPO and PPO start."""
+def one_and_two_processes(args: list[str], tmp_path, one: Path | None = None) -> tuple[dict, dict]:
+    """`jaxllm ARGS` in one process (8 devices; or `one`, a run of ARGS made so already) and
+    in two loopback processes (4 devices each) joined through the JAXLLM_* environment alone
+    (the library entry point joins, no CLI flag needed): each run's metrics.jsonl rows by
+    (split, step)."""
     from jaxllm.cli import main
 
-    root = tmp_path_factory.mktemp("posttrain")
-    reward = ["train.steps=4", "optimizer.lr=1e-3", "optimizer.warmup_steps=0"]  # scores that tell replies apart
-    assert main(["reward", str(shared_sft_run), *reward, f"train.out_dir={root}/rm"]) == 0
-    return shared_sft_run, root / "rm"
-
-
-def one_and_two_processes(args: list[str], tmp_path) -> tuple[dict, dict]:
-    """`jaxllm ARGS` in one process (8 devices) and in two loopback processes (4 devices
-    each) joined through the JAXLLM_* environment alone (the library entry point joins,
-    no CLI flag needed): each run's metrics.jsonl rows by (split, step)."""
-    from jaxllm.cli import main
-
-    assert main([*args, f"train.out_dir={tmp_path}/one"]) == 0
+    if one is None:
+        one = tmp_path / "one"
+        assert main([*args, f"train.out_dir={one}"]) == 0
     port = free_port()
     procs = []
     for i in range(2):
@@ -236,17 +227,16 @@ def one_and_two_processes(args: list[str], tmp_path) -> tuple[dict, dict]:
     assert "8 devices" in outs[0] or "'data': 8" in outs[0], outs[0][-2000:]
     own = own_lines(outs[1])
     assert own == [], f"process 1 must leave the talking to process 0, printed:\n{own[:20]}"
-    rows = [{(r["split"], r["step"]): r for r in read_metrics(tmp_path / name)} for name in ("one", "two")]
+    rows = [{(r["split"], r["step"]): r for r in read_metrics(run)} for run in (one, tmp_path / "two")]
     return rows[0], rows[1]
 
 
-def test_dpo_on_two_processes_equals_one(posttrain_start, tmp_path):
+def test_dpo_on_two_processes_equals_one(shared_sft_run, tmp_path):
     """DPO's pair batches and reference log-probs are built alike in every process, which
     keeps its own rows: the two-process losses are the one-process losses."""
     from tests.data_paths import SHARED_DATA
 
-    sft_run, _ = posttrain_start
-    args = ["dpo", str(sft_run), f"posttrain.data={SHARED_DATA / PREFS}", "train.steps=3", "train.log_every=1",
+    args = ["dpo", str(shared_sft_run), f"posttrain.data={SHARED_DATA / PREFS}", "train.steps=3", "train.log_every=1",
             "train.eval_every=3", "train.eval_batches=1"]  # fmt: skip
     one, two = one_and_two_processes(args, tmp_path)
     assert set(one) == set(two) and {("train", 1), ("train", 3), ("val", 3), ("val_preference", 3)} <= set(one)
@@ -260,17 +250,13 @@ def test_dpo_on_two_processes_equals_one(posttrain_start, tmp_path):
 KL_ABS = 5e-7
 
 
-def test_ppo_on_two_processes_equals_one(posttrain_start, tmp_path):
+def test_ppo_on_two_processes_equals_one(shared_sft_run, shared_reward_run, shared_ppo_run, tmp_path):
     """Every process samples and scores the whole rollout alike and trains on its own rows
-    of each minibatch: the two-process policy and value losses are the one-process ones."""
-    from tests.data_paths import SHARED_DATA
-
-    sft_run, rm = posttrain_start
-    args = ["ppo", str(sft_run), f"ppo.reward_from={rm}", f"posttrain.data={SHARED_DATA / INSTRUCTIONS}",
-            "posttrain.val_fraction=0.01", "ppo.rollout_batch=16", "ppo.epochs=1", "ppo.max_new_tokens=6",
-            "ppo.eval_prompts=8", "train.steps=4", "train.eval_every=4", "train.checkpoint_every=4"]  # fmt: skip
-    one, two = one_and_two_processes(args, tmp_path)
-    assert set(one) == set(two) and {("train", 2), ("train", 4), ("val", 0), ("val", 4)} <= set(one)
+    of each minibatch: the two-process policy and value losses are the one-process ones
+    (the session's one-process PPO run, tests/fixtures.py)."""
+    args = ["ppo", str(shared_sft_run), f"ppo.reward_from={shared_reward_run}", *PPO_SMALL, "train.steps=8"]
+    one, two = one_and_two_processes(args, tmp_path, one=shared_ppo_run)
+    assert set(one) == set(two) and {("train", 4), ("train", 8), ("val", 0), ("val", 4), ("val", 8)} <= set(one)
     for key, row in one.items():
         for name in ("policy_loss", "value_loss", "reward", "kl"):
             if name in row:
