@@ -75,21 +75,21 @@ def pytest_configure_node(node):
 # by 8, 1's by 2): A runs 00, 07, then 01 and 02; B runs 05 (libtpu's long compile, needing
 # nothing), 04, then 08. Seconds measured in a clean-clone CI run in the comments.
 SLOWEST_FIRST = [
-    "tests/test_guide.py::test_the_guide_runs_as_written[00-",  # 33
-    "tests/test_guide.py::test_the_guide_runs_as_written[07-",  # 171
-    "tests/test_guide.py::test_the_guide_runs_as_written[05-",  # 168
-    "tests/test_guide.py::test_the_guide_runs_as_written[04-",  # 73
+    "tests/test_guide.py::test_the_guide_runs_as_written[00-",  # 40
+    "tests/test_guide.py::test_the_guide_runs_as_written[07-",  # 164
+    "tests/test_guide.py::test_the_guide_runs_as_written[05-",  # 215
+    "tests/test_guide.py::test_the_guide_runs_as_written[04-",  # 74
     "tests/test_guide.py::test_the_guide_runs_as_written[01-",  # 20 (A, queued behind 07)
-    "tests/test_guide.py::test_the_guide_runs_as_written[08-",  # 85 alone (B, queued behind 04)
-    "tests/test_guide.py::test_the_guide_runs_as_written[02-",  # 35 (A, after 01)
-    "tests/test_multiprocess.py::test_ppo_on_two_processes_equals_one",  # 71
-    "tests/test_quickstart.py::test_quickstart_runs_the_whole_path",  # 58
-    "tests/test_kill_resume.py::",  # 40
-    "tests/test_multiprocess.py::test_dpo_on_two_processes_equals_one",  # 35
-    "tests/test_multiprocess.py::test_two_processes_train_checkpoint_and_resume_like_one",  # 34
-    "tests/test_multiprocess.py::test_instruction_tuning_on_two_processes_equals_one",  # 33
-    "tests/test_rlhf.py::",  # 24
-    "tests/test_guide.py::test_the_guide_runs_as_written[03-",  # 23
+    "tests/test_guide.py::test_the_guide_runs_as_written[08-",  # 204 (98 alone; B, queued behind 04)
+    "tests/test_guide.py::test_the_guide_runs_as_written[02-",  # 42 (A, after 01)
+    "tests/test_multiprocess.py::test_ppo_on_two_processes_equals_one",  # 65 + 51 building the shared PPO run
+    "tests/test_quickstart.py::test_quickstart_runs_the_whole_path",  # 26 (reads chapter 0's run)
+    "tests/test_kill_resume.py::",  # 49
+    "tests/test_multiprocess.py::test_dpo_on_two_processes_equals_one",  # 38
+    "tests/test_multiprocess.py::test_two_processes_train_checkpoint_and_resume_like_one",  # 55
+    "tests/test_multiprocess.py::test_instruction_tuning_on_two_processes_equals_one",  # 26
+    "tests/test_rlhf.py::",  # 32
+    "tests/test_guide.py::test_the_guide_runs_as_written[03-",  # 37
     "tests/test_multiprocess.py::test_a_signal_to_one_process_stops_both_at_the_same_checkpointed_step",  # 23
 ]
 

@@ -59,11 +59,11 @@ def _summary_writer_class():
     entry in sys.modules makes `import torch` raise ImportError, which tensorboardX expects,
     and the entry is removed afterwards, so a later `import torch` works as usual."""
     if "tensorboardX" in sys.modules or "torch" in sys.modules:
-        from tensorboardX import SummaryWriter
+        from tensorboardX import SummaryWriter  # slow import: only for runs that write TensorBoard
     else:
         sys.modules["torch"] = None  # type: ignore[assignment]
         try:
-            from tensorboardX import SummaryWriter
+            from tensorboardX import SummaryWriter  # slow import, here without torch
         finally:
             if "torch" in sys.modules and sys.modules["torch"] is None:
                 del sys.modules["torch"]
