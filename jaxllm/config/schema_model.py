@@ -105,6 +105,10 @@ class ModelConfig:
     #: straight-line code. Compiles grow with depth; XLA's cost analysis counts a loop body once, so `jaxllm
     #: plan` compiles small unrolled probes to count all.
     scan_unroll: bool = False
+    #: Positions per chunk of the output head and the losses read from it (jaxllm/model/loss.py): training
+    #: holds (batch, loss_chunk, vocab) float32 logits at a time, recomputed in the backward pass, never
+    #: (batch, seq, vocab). A sequence no longer than this takes one plain pass; 0: always one pass.
+    loss_chunk: int = 1024
     #: Output head: "lm" gives next-token logits; "scalar" gives one value per position (reward models, critics).
     head: Head = "lm"
     #: Compute dtype of matmuls and activations.

@@ -60,6 +60,10 @@ class TrainConfig:
     keep_every: int = 0
     #: A NaN/inf loss or gradient: "stop" the run, or "skip" that update.
     on_nonfinite: Literal["stop", "skip"] = "stop"
+    #: Weight of the z-loss, z_loss * log(Z)^2 per token added to the next-token loss (PaLM: 1e-4), which
+    #: keeps the softmax normaliser Z near 1 in long low-precision runs; 0: off. Metrics report the mean
+    #: log(Z)^2 as z_loss.
+    z_loss: float = 0.0
     #: Also write the metrics as TensorBoard event files (in out_dir/tensorboard).
     tensorboard: bool = True
     #: The run directory: config.yaml, checkpoints, metrics and logs; a run in an existing one resumes.

@@ -58,6 +58,7 @@ def validate_model(m: ModelConfig) -> None:
         )
     _need(m.norm_eps > 0, f"model.norm_eps={m.norm_eps} must be positive (1e-5 is usual)")
     _need(m.init_std > 0, f"model.init_std={m.init_std} must be positive (0.02 is usual)")
+    _need(m.loss_chunk >= 0, f"model.loss_chunk={m.loss_chunk} must be >= 0 (positions per chunk; 0: no chunks)")
     for name in ("dropout", "attention_dropout"):
         value = getattr(m, name)
         _need(0.0 <= value < 1.0, f"model.{name}={value} must be in [0, 1)")
@@ -220,6 +221,7 @@ def _check_train(cfg: Config) -> None:
         value = getattr(t, name)
         _need(value > 0, f"train.{name}={value} must be a positive integer")
     _need(t.keep_every >= 0, f"train.keep_every={t.keep_every} must be >= 0 (0 keeps none beyond the last N)")
+    _need(t.z_loss >= 0, f"train.z_loss={t.z_loss} must be >= 0 (1e-4 is usual; 0: off)")
 
 
 def _check_optimizer(cfg: Config) -> None:

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 
 from jaxllm.config import Config, ModelConfig, validate_model
 from jaxllm.model.decoder import Decoder
+from jaxllm.model.loss import next_token_loss
 
 Params = dict
 
@@ -97,10 +98,14 @@ def loss(
 
     target_mask (B, T) selects which targets count (e.g. not padding, not the prompt).
     """
-    logits = forward(
-        config, params, tokens, positions=positions, segment_ids=segment_ids, deterministic=deterministic, rng=rng
-    )
-    return cross_entropy(logits, targets, target_mask)
+    if not deterministic and rng is None:
+        raise ValueError("loss(deterministic=False) applies dropout and needs rng=jax.random.key(...)")
+    m = model_config(config)
+    x, w = Decoder(m).apply(
+        {"params": params}, tokens, positions, segment_ids, deterministic, hidden=True,
+        rngs={"dropout": rng} if rng is not None else {},
+    )  # fmt: skip
+    return next_token_loss(m, x, w, targets, target_mask)[:2]  # the head in chunks of m.loss_chunk positions
 
 
 __all__ = [

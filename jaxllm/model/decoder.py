@@ -25,16 +25,21 @@ class LMHead(nn.Module):
 
     config: ModelConfig
 
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def setup(self) -> None:
         cfg = self.config
-        kernel = self.param(
+        self.kernel = self.param(
             "kernel",
             param_init(nn.initializers.normal(cfg.init_std), ("embed", "vocab")),
             (cfg.d_model, cfg.vocab_size),
             jnp.dtype(cfg.param_dtype),
-        )
-        return logits_matmul(x, kernel.astype(x.dtype))
+        )  # (E, V)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return logits_matmul(x, self.kernel.astype(x.dtype))
+
+
+# Logical names of the logits (B, T, V), wherever the head is applied.
+LOGITS = ("batch", "length", "vocab")
 
 
 def logits_matmul(x: jax.Array, w: jax.Array) -> jax.Array:
@@ -94,7 +99,8 @@ class Decoder(nn.Module):
         deterministic: bool = True,
         cache: KVCache | None = None,
         last_only: bool = False,
-    ) -> jax.Array | tuple[jax.Array, KVCache]:
+        hidden: bool = False,
+    ) -> jax.Array | tuple[jax.Array, jax.Array] | tuple[jax.Array, KVCache]:
         """tokens (B, T) int -> logits (B, T, V) float32.
 
         positions (B, T): each token's position in its document (default 0..T-1);
@@ -105,6 +111,9 @@ class Decoder(nn.Module):
         is (logits, updated cache).
         last_only: logits of the last position only, (B, 1, V): what decoding needs,
         without the (B, T, V) projection of a long prompt.
+        hidden: (final hidden states (B, T, E), LM-head weight (E, V)), both in the compute
+        dtype, instead of logits: for the losses that apply the head a chunk of positions
+        at a time and so never hold (B, T, V) float32 logits (jaxllm/model/loss.py).
         """
         cfg = self.config
         B, T = tokens.shape
@@ -167,8 +176,10 @@ class Decoder(nn.Module):
             values = jnp.einsum("bte,e->bt", x, score.astype(x.dtype), preferred_element_type=jnp.float32)
             return values if cache is None else (values, new_cache)
         if cfg.tie_embeddings:
-            logits = logits_matmul(x, wte.embedding.astype(dtype).T)  # (B, T, V)
+            w = wte.embedding.astype(dtype).T  # (E, V)
         else:
-            logits = LMHead(cfg, name="lm_head")(x)
-        logits = constrain(logits, ("batch", "length", "vocab"))
+            w = LMHead(cfg, name="lm_head").kernel.astype(x.dtype)  # (E, V)
+        if hidden and cache is None:
+            return x, w
+        logits = constrain(logits_matmul(x, w), LOGITS)  # (B, T, V) float32
         return logits if cache is None else (logits, new_cache)

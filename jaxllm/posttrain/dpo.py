@@ -29,6 +29,7 @@ import numpy as np
 from jaxllm.config import Config, ConfigError
 from jaxllm.model.api import init_params
 from jaxllm.model.decoder import Decoder
+from jaxllm.model.loss import target_log_probs
 from jaxllm.parallel.layout import Layout
 from jaxllm.posttrain.data import load_records, split_records
 from jaxllm.posttrain.pairs import (
@@ -84,8 +85,8 @@ def policy_logprobs(cfg, params, batch) -> tuple[jax.Array, jax.Array]:
     inputs = jnp.concatenate([batch["chosen_inputs"], batch["rejected_inputs"]])
     targets = jnp.concatenate([batch["chosen_targets"], batch["rejected_targets"]])
     mask = jnp.concatenate([batch["chosen_mask"], batch["rejected_mask"]])
-    logits = Decoder(cfg.model).apply({"params": params}, inputs)  # right padding: causal, never seen
-    logp = sequence_logprob(logits, targets, mask)
+    x, w = Decoder(cfg.model).apply({"params": params}, inputs, hidden=True)  # right padding: causal, never seen
+    logp = jnp.sum(target_log_probs(cfg.model, x, w, targets) * mask, axis=-1)  # the head in chunks of positions
     B = batch["chosen_inputs"].shape[0]
     return logp[:B], logp[B:]
 

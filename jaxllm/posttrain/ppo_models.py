@@ -21,6 +21,7 @@ from jaxllm.chat import stop_string
 from jaxllm.config import Config, ConfigError, ModelConfig
 from jaxllm.errors import DataError
 from jaxllm.model.decoder import Decoder
+from jaxllm.model.loss import chunked_over_positions
 from jaxllm.parallel.layout import Layout
 from jaxllm.posttrain import ppo as ppo_math
 from jaxllm.posttrain.data import load_records, prompt_messages, split_records, tokenize_prompt
@@ -29,9 +30,14 @@ from jaxllm.train.load import load_run, load_run_tokenizer
 
 
 def token_logprobs(model: ModelConfig, params, seq, temperature: float, vocab_limit: int | None):
-    """(log p of each next token of `seq`, entropy), both (B, W - 1), as the sampler drew them."""
-    logits = Decoder(model).apply({"params": params}, seq[:, :-1])
-    return ppo_math.token_logprobs(logits, seq[:, 1:], temperature, vocab_limit)
+    """(log p of each next token of `seq`, entropy), both (B, W - 1), as the sampler drew them;
+    the head runs in chunks of positions (jaxllm/model/loss.py), never the whole logits."""
+    x, w = Decoder(model).apply({"params": params}, seq[:, :-1], hidden=True)  # (B, W - 1, E), (E, V)
+
+    def per_token(logits, targets):
+        return ppo_math.token_logprobs(logits, targets, temperature, vocab_limit)
+
+    return chunked_over_positions(x, w, seq[:, 1:], per_token, model.loss_chunk)
 
 
 def _no_pipeline(pipeline) -> None:

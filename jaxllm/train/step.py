@@ -17,8 +17,8 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxllm.config import Config
-from jaxllm.model.api import cross_entropy
 from jaxllm.model.decoder import Decoder
+from jaxllm.model.loss import next_token_loss
 from jaxllm.parallel.layout import Layout
 from jaxllm.parallel.mesh import BATCH_AXES, batch_sharding
 from jaxllm.train.optimizer import lr_schedule
@@ -28,20 +28,36 @@ Batch = dict[str, jax.Array]
 
 
 def _loss_sum(
-    cfg: Config, params, batch: Batch, rng: jax.Array | None, pipeline: tuple[int, int, int] | None = None
-) -> tuple[jax.Array, jax.Array]:
-    """(sum of token losses, token count) of one (micro)batch, or of the whole batch when
-    `pipeline` = (stages, repeats, microbatches) runs the microbatches through the schedule."""
+    cfg: Config,
+    params,
+    batch: Batch,
+    rng: jax.Array | None,
+    pipeline: tuple[int, int, int] | None = None,
+    z_loss: float | None = None,
+) -> tuple[jax.Array, jax.Array] | tuple[jax.Array, jax.Array, dict]:
+    """(sum of token losses, token count[, {"z_loss": sum of log(Z)^2}]) of one (micro)batch,
+    or of the whole batch when `pipeline` = (stages, repeats, microbatches) runs the
+    microbatches through the schedule. The head and the loss run in chunks of positions
+    (jaxllm/model/loss.py), so the step never holds (B, T, V) float32 logits. `z_loss`
+    None: cfg.train.z_loss (training); evaluation passes 0, the plain cross-entropy."""
     deterministic = rng is None
-    logits = Decoder(cfg.model, pipeline=pipeline).apply(
+    x, w = Decoder(cfg.model, pipeline=pipeline).apply(
         {"params": params},
         batch["inputs"],
         batch["positions"],
         batch["segment_ids"],
         deterministic,
+        hidden=True,
         rngs={} if deterministic else {"dropout": rng},
-    )
-    return cross_entropy(logits, batch["targets"], batch["target_mask"])
+    )  # (B, T, E), (E, V)
+    z = cfg.train.z_loss if z_loss is None else z_loss
+    loss_sum, count, z_sum = next_token_loss(cfg.model, x, w, batch["targets"], batch["target_mask"], z)
+    return (loss_sum, count, {"z_loss": z_sum}) if z > 0 else (loss_sum, count)
+
+
+def _eval_loss_sum(cfg: Config, params, batch: Batch, rng, pipeline=None) -> tuple[jax.Array, jax.Array]:
+    """The plain next-token cross-entropy (no z-loss): what evaluation reports."""
+    return _loss_sum(cfg, params, batch, rng, pipeline, z_loss=0.0)
 
 
 def _tree_where(cond: jax.Array, a, b):
@@ -173,7 +189,7 @@ def make_eval_step(
     cfg: Config, layout: Layout | Mesh, tx: optax.GradientTransformation | None = None, loss_fn: Callable | None = None
 ) -> Callable[[Any, Batch], Any]:
     """Compiled `eval(params, batch) -> (loss_sum, count)` (deterministic, no dropout)."""
-    loss_fn = loss_fn or _loss_sum
+    loss_fn = loss_fn or _eval_loss_sum
     layout = as_layout(cfg, layout, None)
     mesh = layout.mesh
     pipeline = pipeline_spec(cfg, mesh)
