@@ -47,7 +47,7 @@ def test_page_shows_defaults_and_types():
     rows = {k.key: k for k in docs.keys()}
     assert rows["model.num_kv_heads"].type == "int | null" and rows["model.num_kv_heads"].default is None
     assert rows["data.inputs"].type == "list of str"
-    assert rows["model.attention_impl"].type == "'xla' | 'dot_product'"
+    assert rows["model.attention_impl"].type == "'auto' | 'xla' | 'dot_product' | 'splash'"
     page = docs.PAGE.read_text(encoding="utf-8")
     assert "| `optimizer.lr` | float | `0.0003` |" in page
     assert "| `model.num_kv_heads` | int \\| null | `null` |" in page

@@ -16,7 +16,7 @@ Norm = Literal["layernorm", "rmsnorm"]
 BlockKind = Literal["pre_ln", "post_ln"]
 Position = Literal["learned", "rope"]
 MLPKind = Literal["gelu", "relu", "swiglu"]
-AttentionImpl = Literal["xla", "dot_product"]
+AttentionImpl = Literal["auto", "xla", "dot_product", "splash"]
 Remat = Literal["none", "full", "save_dots", "save_dots_no_batch"]
 DType = Literal["float32", "bfloat16", "float16"]
 RopeScalingKind = Literal["none", "llama3"]
@@ -83,9 +83,13 @@ class ModelConfig:
     rope_scaling: RopeScalingConfig = RopeScalingConfig()
     #: MLP kind: "gelu" (GPT-2, tanh approximation), "relu", or "swiglu" (gated SiLU, Llama).
     mlp: MLPKind = "gelu"
-    #: How attention is computed: "xla" (einsums and a softmax, supports attention_dropout) or "dot_product"
-    #: (jax.nn.dot_product_attention, which can pick a fused flash kernel on GPU; no attention_dropout).
-    attention_impl: AttentionImpl = "xla"
+    #: How attention is computed: "auto" (splash on TPU, else xla), "xla" (einsums and a float32 softmax;
+    #: supports attention_dropout), "splash" (JAX's Pallas flash kernel for TPU, jaxllm/model/splash.py: no
+    #: (T, T) scores kept; in Pallas interpret mode elsewhere, slow) or "dot_product" (jax.nn.dot_product_attention,
+    #: which runs XLA unless told otherwise). Decoding with a KV cache always uses xla.
+    attention_impl: AttentionImpl = "auto"
+    #: The splash kernel's tile edge (query and key blocks); 0: the largest of 512, 256, 128 dividing the length.
+    attention_block: int = 0
     #: The output head reuses the token embedding's matrix (GPT-2); false: a separate lm_head (most Llamas).
     tie_embeddings: bool = True
     #: Biases on the attention and MLP projections (GPT-2 has them, Llama does not).

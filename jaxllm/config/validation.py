@@ -63,10 +63,11 @@ def validate_model(m: ModelConfig) -> None:
         value = getattr(m, name)
         _need(0.0 <= value < 1.0, f"model.{name}={value} must be in [0, 1)")
     _need(
-        not (m.attention_impl == "dot_product" and m.attention_dropout > 0),
-        f"model.attention_dropout={m.attention_dropout} is not supported by model.attention_impl=dot_product; "
+        not (m.attention_impl in ("dot_product", "splash") and m.attention_dropout > 0),
+        f"model.attention_dropout={m.attention_dropout} is not supported by model.attention_impl={m.attention_impl}; "
         "set attention_impl=xla or attention_dropout=0",
     )
+    _need(m.attention_block >= 0, f"model.attention_block={m.attention_block} must be >= 0 (0: chosen per length)")
 
 
 def _check_mesh(cfg: Config) -> None:

@@ -14,6 +14,7 @@ from jaxllm.config import ModelConfig
 from jaxllm.model.layers import constrain, dense
 from jaxllm.model.primitives import MASK_VALUE, attention
 from jaxllm.model.rope import apply_rope, rope_inv_freq
+from jaxllm.model.splash import fits_splash, on_tpu, splash_attention
 
 
 def attention_mask(segment_ids: jax.Array | None, length: int) -> jax.Array:
@@ -105,14 +106,17 @@ class Attention(nn.Module):
                 out = xla_attention(q, k, v, mask)
             return o_proj(constrain(out, ("batch", "length", "heads", "head_dim"))), (k_cache, v_cache)
 
-        if cfg.attention_impl == "dot_product":
-            # jax.nn.dot_product_attention picks cuDNN flash attention on GPU when it can;
-            # without packing we pass is_causal instead of a mask so that path stays open.
+        active = cfg.attention_dropout > 0 and not self.deterministic  # dropout needs the probabilities
+        impl = cfg.attention_impl
+        if impl == "auto":
+            impl = "splash" if on_tpu() and fits_splash(x.shape[1]) and not active else "xla"
+        if impl == "splash" and not self.is_initializing():  # init traces an 8-token row: shapes only
+            out = splash_attention(q, k, v, segment_ids, cfg.attention_block)
+        elif impl == "dot_product":
+            # Without packing, is_causal instead of a mask: the form a fused implementation can take.
             mask = None if segment_ids is None else attention_mask(segment_ids, x.shape[1])[:, None]
             out = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=segment_ids is None)
         else:
-            # Dropout on the probabilities needs them materialised: only then the autodiff path.
-            active = cfg.attention_dropout > 0 and not self.deterministic
             drop = nn.Dropout(cfg.attention_dropout, deterministic=False) if active else None
             out = xla_attention(q, k, v, attention_mask(segment_ids, x.shape[1]), drop)
         return o_proj(constrain(out, ("batch", "length", "heads", "head_dim")))
