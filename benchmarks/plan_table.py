@@ -66,8 +66,9 @@ def main() -> None:
         "`jaxllm plan PRESET --topology T OVERRIDES`: the real train step compiled for libtpu's description of "
         "the slice, on this CPU-only machine. Memory per chip from `memory_analysis()` (arguments + temporaries "
         "+ unaliased outputs); FLOPs and step time from `cost_analysis()` of unrolled 1- and 2-layer probes, "
-        "extrapolated to the full depth; MFU = analytic model FLOPs (6N + attention) / (estimated time x chips x "
-        "peak bf16). Sequence 8192, bf16 compute, remat `save_dots_no_batch` (the presets).",
+        "extrapolated to the full depth, plus (\"with kernels\") the attention kernels' analytic causal FLOPs at "
+        "peak, which `cost_analysis()` does not count; MFU = analytic model FLOPs (6N + attention) / (estimated "
+        "time x chips x peak bf16). Sequence 8192, bf16 compute, remat `save_dots_no_batch` (the presets).",
         "",
         "| model | slice | layout | batch (seqs) | memory / chip | fits | compiler / analytic FLOPs | "
         "est. step | est. MFU | plan time |",
@@ -91,7 +92,8 @@ def main() -> None:
             preset, f"{topo} ({result.devices} x {result.hbm_bytes / GiB:.0f} GiB)", layout,
             str(cfg.train.batch_size), f"{result.total_bytes / GiB:.1f} GiB", fits,
             f"{result.compiler_flops / per_device:.2f}x" if result.compiler_flops else "n/a",
-            f"{result.estimated_seconds:.2f} s" if result.estimated_seconds else "n/a",
+            (f"{result.step_seconds:.2f} s" + (" (with kernels)" if result.kernel_calls else " (compiler)"))
+            if result.step_seconds else "n/a",
             f"{result.mfu:.0%}" if result.mfu is not None else "n/a", f"{took:.0f} s",
         ]  # fmt: skip
         print(" | ".join(row), flush=True)

@@ -125,3 +125,23 @@ def test_an_unknown_option_among_the_overrides_is_an_error():
     an unknown option there is still refused."""
     with pytest.raises(SystemExit):
         main(["plan", "shakespeare-char", "--topology", "cpu:8", "--bogus", *SMALL])
+
+
+def test_kernel_work_is_added_to_the_compiler_estimate_and_said():
+    """Pallas kernels are invisible to cost_analysis(): the plan adds their analytic causal
+    attention FLOPs at the chip's peak, shows both figures, and takes MFU from the sum."""
+    from jaxllm.plan import Plan, kernel_work
+
+    cfg = small("model.remat=full")
+    L, T, H, D, B = 4, 64, 4, 16, 16
+    assert kernel_work(cfg, 8) == L * T * H * D * (6 + 2) * B * T / 8  # forward, backward, remat's forward again
+    assert kernel_work(small(), 8) == L * T * H * D * 6 * B * T / 8
+    fields = dict(topology="v5p-8", device_kind="TPU v5", devices=4, mesh={"fsdp": 4}, argument_bytes=1,
+                  temp_bytes=1, output_bytes=0, hbm_bytes=2**30, compiler_flops=1e9, analytic_flops=4e12,
+                  estimated_seconds=0.5, peak_flops=1e12, tokens_per_step=1024)  # fmt: skip
+    without, with_kernels = Plan(**fields), Plan(**fields, kernel_calls=3, kernel_seconds=0.25)
+    assert without.step_seconds == 0.5 and with_kernels.step_seconds == 0.75
+    assert with_kernels.mfu == pytest.approx(4e12 / (0.75 * 4 * 1e12)) and with_kernels.mfu < without.mfu
+    table = with_kernels.table()
+    assert "500.0 ms (compiler's estimate)" in table and "+ 250.0 ms: 3 attention kernel calls" in table
+    assert "= 750.0 ms" in table and "attention kernel" not in without.table()
