@@ -83,11 +83,12 @@ class ModelConfig:
     rope_scaling: RopeScalingConfig = RopeScalingConfig()
     #: MLP kind: "gelu" (GPT-2, tanh approximation), "relu", or "swiglu" (gated SiLU, Llama).
     mlp: MLPKind = "gelu"
-    #: How attention is computed: "auto" (splash on TPU, else xla), "xla" (einsums and a float32 softmax;
-    #: supports attention_dropout), "splash" (JAX's Pallas flash kernel for TPU, jaxllm/model/splash.py: no
-    #: (T, T) scores kept; in Pallas interpret mode elsewhere, slow) or "dot_product" (jax.nn.dot_product_attention,
-    #: which runs XLA unless told otherwise). Decoding with a KV cache always uses xla.
-    attention_impl: AttentionImpl = "auto"
+    #: How attention is computed: "xla" (einsums and a float32 softmax; supports attention_dropout), "auto"
+    #: (splash on TPU when the length is a multiple of 128, else xla), "splash" (JAX's Pallas flash kernel for
+    #: TPU, jaxllm/model/splash.py: no (T, T) scores kept; in Pallas interpret mode elsewhere, slow) or
+    #: "dot_product" (jax.nn.dot_product_attention, which runs XLA unless told otherwise). Decoding with a KV
+    #: cache always uses xla. (auto becomes the default once the guide's planning chapter is rewritten for it.)
+    attention_impl: AttentionImpl = "xla"
     #: The splash kernel's tile edge (query and key blocks); 0: the largest of 512, 256, 128 dividing the length.
     attention_block: int = 0
     #: The output head reuses the token embedding's matrix (GPT-2); false: a separate lm_head (most Llamas).
@@ -111,8 +112,9 @@ class ModelConfig:
     scan_unroll: bool = False
     #: Positions per chunk of the output head and the losses read from it (jaxllm/model/loss.py): training
     #: holds (batch, loss_chunk, vocab) float32 logits at a time, recomputed in the backward pass, never
-    #: (batch, seq, vocab). A sequence no longer than this takes one plain pass; 0: always one pass.
-    loss_chunk: int = 1024
+    #: (batch, seq, vocab); 1024 suits long sequences and large vocabularies. A sequence no longer than this
+    #: takes one plain pass; 0 (the default for now): always one pass.
+    loss_chunk: int = 0
     #: Output head: "lm" gives next-token logits; "scalar" gives one value per position (reward models, critics).
     head: Head = "lm"
     #: Compute dtype of matmuls and activations.
