@@ -85,6 +85,7 @@ SLOWEST_FIRST = [
     "tests/test_multiprocess.py::test_ppo_on_two_processes_equals_one",  # 65 + 51 building the shared PPO run
     "tests/test_quickstart.py::test_quickstart_runs_the_whole_path",  # 26 (reads chapter 0's run)
     "tests/test_kill_resume.py::",  # 49
+    "tests/test_splash.py::test_the_tpu_step_compiles_ahead_of_time",  # 47 (two libtpu compiles)
     "tests/test_multiprocess.py::test_dpo_on_two_processes_equals_one",  # 38
     "tests/test_multiprocess.py::test_two_processes_train_checkpoint_and_resume_like_one",  # 55
     "tests/test_multiprocess.py::test_instruction_tuning_on_two_processes_equals_one",  # 26
