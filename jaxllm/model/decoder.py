@@ -50,6 +50,12 @@ def logits_matmul(x: jax.Array, w: jax.Array) -> jax.Array:
     return linear(x, w, 1, jnp.float32)
 
 
+def head_logits(x: jax.Array, w: jax.Array) -> jax.Array:
+    """Float32 logits (B, T, V) of hidden states x (B, T, E) through the head w (E, V),
+    constrained to the logits' logical names: the one place the head is applied."""
+    return constrain(logits_matmul(x, w), LOGITS)
+
+
 def block_stack(config: ModelConfig, deterministic: bool, decoding: bool = False) -> nn.Module:
     """The scanned, optionally rematerialised, stack of `num_layers` blocks.
 
@@ -181,5 +187,5 @@ class Decoder(nn.Module):
             w = LMHead(cfg, name="lm_head").kernel.astype(x.dtype)  # (E, V)
         if hidden and cache is None:
             return x, w
-        logits = constrain(logits_matmul(x, w), LOGITS)  # (B, T, V) float32
+        logits = head_logits(x, w)  # (B, T, V) float32
         return logits if cache is None else (logits, new_cache)

@@ -24,15 +24,10 @@ import jax
 import jax.numpy as jnp
 
 from jaxllm.config import ModelConfig
-from jaxllm.model.decoder import LOGITS, logits_matmul
+from jaxllm.model.decoder import head_logits
 from jaxllm.model.layers import constrain
 
 PerToken = Callable[[jax.Array, jax.Array], object]  # (logits (B, C, V) f32, targets (B, C)) -> (B, C) arrays
-
-
-def head_logits(x: jax.Array, w: jax.Array) -> jax.Array:
-    """Float32 logits (B, T, V) of hidden states x (B, T, E) through the head w (E, V)."""
-    return constrain(logits_matmul(x, w), LOGITS)
 
 
 def chunked_over_positions(x: jax.Array, w: jax.Array, targets: jax.Array, per_token: PerToken, chunk: int):
@@ -95,4 +90,4 @@ def target_log_probs(config: ModelConfig, x: jax.Array, w: jax.Array, targets: j
     return -nll
 
 
-__all__ = ["chunked_over_positions", "head_logits", "next_token_loss", "target_log_probs", "token_nll"]
+__all__ = ["chunked_over_positions", "next_token_loss", "target_log_probs", "token_nll"]
