@@ -30,6 +30,7 @@ import jax
 import numpy as np
 
 from jaxllm.config import Config, ConfigError
+from jaxllm.hlo import collectives, kernel_calls
 from jaxllm.model.summary import flops_per_token
 from jaxllm.parallel.layout import Layout
 from jaxllm.parallel.mesh import batch_sharding, make_mesh
@@ -160,6 +161,8 @@ class Plan:
     refused: str | None = None  # the compiler's out-of-memory message, when it would not compile the step
     kernel_calls: int = 0  # Pallas kernels (custom calls) in the compiled step: work cost_analysis cannot see
     kernel_seconds: float | None = None  # their analytic work per device at the chip's peak (see kernel_work)
+    collectives: dict[str, int] = dataclasses.field(default_factory=dict)  # in the compiled step (jaxllm/hlo.py)
+    estimated: bool = True  # False: the time estimate's probes were not compiled (`--memory-only`)
 
     @property
     def total_bytes(self) -> int:
@@ -197,6 +200,9 @@ class Plan:
         ]
         if self.refused:
             rows.append(("compiler", f"refused the step: {self.refused[:200]}"))
+        if self.collectives:
+            rows.append(("collectives", ", ".join(f"{n} {op}" for op, n in sorted(self.collectives.items()))
+                         + " (in the program text; a loop body once)"))
         if self.hbm_bytes is None:
             rows.append(("fits", "unknown (no memory limit for this device; set --hbm-gib)"))
         elif self.fits:
@@ -217,6 +223,8 @@ class Plan:
                                  "calls, analytic causal FLOPs at peak (the compiler counts none of their work)"))
                 rows.append(("", f"= {self.step_seconds * 1e3:,.1f} ms (the estimate used below)"))
             rows.append(("tokens/s", f"{self.tokens_per_step / self.step_seconds:,.0f}"))
+        elif not self.estimated:
+            rows.append(("estimated step time", "not estimated (--memory-only: the probes were not compiled)"))
         elif self.kernel_calls:
             rows.append(("attention kernels", f"{self.kernel_calls} calls; no compiler estimate to add their work to"))
         if self.mfu is not None:
@@ -301,9 +309,6 @@ def compiler_estimates(cfg: Config, devices: list) -> tuple[float | None, float 
     return extrapolate("flops"), extrapolate("optimal_seconds")
 
 
-KERNEL_CALL = 'custom_call_target="tpu_custom_call"'  # how a Pallas TPU kernel appears in compiled HLO
-
-
 def kernel_work(cfg: Config, devices: int) -> float:
     """FLOPs per device per step of the attention kernels, which cost_analysis() does not
     count (the splash kernel supplies no estimate). Causal work only (the kernel skips the
@@ -314,17 +319,19 @@ def kernel_work(cfg: Config, devices: int) -> float:
     return per_token * cfg.train.batch_size * cfg.data.seq_len / devices
 
 
-def plan(cfg: Config, topology: Topology, hbm_bytes: float | None = None) -> Plan:
+def plan(cfg: Config, topology: Topology, hbm_bytes: float | None = None, estimate: bool = True) -> Plan:
     """Compile the train step of `cfg` for `topology` and report memory, FLOPs and speed.
 
     Memory comes from the real (scanned) step; FLOPs and the time estimate from the
-    unrolled probes of `compiler_estimates`."""
+    unrolled probes of `compiler_estimates`, skipped when `estimate` is false (the probes
+    are most of a large model's planning time: minutes each for Llama 8B)."""
     if hbm_bytes is not None and not 0 < hbm_bytes < math.inf:  # before minutes of compiling, not after
         raise ConfigError(f"hbm_bytes={hbm_bytes} must be a positive, finite memory size per device")
     try:
         mesh, compiled = compile_train_step(cfg, topology.devices)
         mem = compiled.memory_analysis()
-        kernels = compiled.as_text().count(KERNEL_CALL)
+        text = compiled.as_text()
+        kernels, moves = kernel_calls(text), collectives(text)
         argument_bytes, temp_bytes = int(mem.argument_size_in_bytes), int(mem.temp_size_in_bytes)
         out_bytes, refused = max(0, mem.output_size_in_bytes - mem.alias_size_in_bytes), None
     except Exception as e:  # the TPU compiler refuses a step that cannot fit in HBM
@@ -332,8 +339,8 @@ def plan(cfg: Config, topology: Topology, hbm_bytes: float | None = None) -> Pla
             raise
         refused = str(e).strip().splitlines()[0]
         mesh, argument_bytes = _argument_bytes(cfg, topology.devices)
-        temp_bytes, out_bytes, kernels = _required_temporaries(refused), 0, 0
-    flops, seconds = compiler_estimates(cfg, topology.devices)
+        temp_bytes, out_bytes, kernels, moves = _required_temporaries(refused), 0, 0, {}
+    flops, seconds = compiler_estimates(cfg, topology.devices) if estimate else (None, None)
     tokens = cfg.train.batch_size * cfg.data.seq_len
     return Plan(
         topology=topology.name,
@@ -353,4 +360,6 @@ def plan(cfg: Config, topology: Topology, hbm_bytes: float | None = None) -> Pla
         kernel_calls=kernels,
         kernel_seconds=kernel_work(cfg, len(topology.devices)) / topology.peak_flops
         if kernels and topology.peak_flops else None,
+        collectives=moves,
+        estimated=estimate,
     )

@@ -3,6 +3,7 @@ reply-only log-probs, and `jaxllm dpo` end to end on the shared preference data.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import jax
@@ -12,7 +13,7 @@ import pytest
 
 import jaxllm
 from jaxllm.cli import main
-from jaxllm.posttrain.dpo import dpo_loss, sequence_logprob
+from jaxllm.posttrain.dpo import dpo_loss, policy_logprobs
 from jaxllm.posttrain.pairs import BatchCycle
 from jaxllm.train.metrics import read_metrics
 from tests.data_paths import SHARED_DATA
@@ -48,13 +49,22 @@ def test_small_beta_gives_log2_and_vanishing_gradients():
         assert grad == pytest.approx(-beta / 2, rel=1e-2)  # d/dpc of -log sigmoid(h) at h ~ 0: -beta * sigmoid(-h)
 
 
-def test_sequence_logprob_counts_reply_tokens_only():
-    logits = jnp.asarray(np.random.default_rng(0).normal(size=(1, 4, 5)), jnp.float32)
-    targets = jnp.array([[1, 2, 3, 4]])
-    weights = jnp.array([[0.0, 0.0, 1.0, 1.0]])
-    logp = jax.nn.log_softmax(logits)[0]
-    expected = float(logp[2, 3] + logp[3, 4])
-    assert float(sequence_logprob(logits, targets, weights)[0]) == pytest.approx(expected, rel=1e-6)
+def test_policy_logprobs_count_reply_tokens_only_in_chunks(tiny_config):
+    """DPO's log pi(y|x) sums log p(target) over the reply tokens only, from the chunked head
+    (model.loss_chunk 4 over 8 positions); checked against log_softmax of the full logits."""
+    cfg = dataclasses.replace(tiny_config, model=dataclasses.replace(tiny_config.model, loss_chunk=4))
+    rng = np.random.default_rng(0)
+    tokens = {k: jnp.asarray(rng.integers(0, 256, (2, 8)), jnp.int32) for k in ("ci", "ct", "ri", "rt")}
+    mask = jnp.asarray([[0, 0, 0, 1, 1, 1, 0, 0], [0, 1, 1, 1, 1, 1, 1, 1]], jnp.float32)
+    batch = {"chosen_inputs": tokens["ci"], "chosen_targets": tokens["ct"], "chosen_mask": mask,
+             "rejected_inputs": tokens["ri"], "rejected_targets": tokens["rt"], "rejected_mask": mask[::-1]}
+    params = jaxllm.init_params(cfg, jax.random.key(0))
+    chosen, rejected = jax.jit(policy_logprobs, static_argnums=0)(cfg, params, batch)
+    for got, inputs, targets, m in ((chosen, "ci", "ct", mask), (rejected, "ri", "rt", mask[::-1])):
+        logp = jax.nn.log_softmax(jax.jit(jaxllm.forward, static_argnums=0)(cfg, params, tokens[inputs]))
+        token = jnp.take_along_axis(logp, tokens[targets][..., None], axis=-1)[..., 0]
+        np.testing.assert_allclose(got, jnp.sum(token * m, axis=-1), rtol=1e-5)
+        assert not np.allclose(got, jnp.sum(token, axis=-1), rtol=1e-3)  # the prompt tokens are left out
 
 
 def test_dpo_cli_end_to_end_on_the_shared_preferences(shared_sft_run, tmp_path, capsys):

@@ -93,7 +93,7 @@ def _loss_and_grads(cfg, p, x, y):
     return jax.jit(jax.value_and_grad(mean_loss))(p)
 
 
-@pytest.mark.parametrize("remat", ["full", "save_dots", "save_dots_no_batch"])
+@pytest.mark.parametrize("remat", ["full", "minimal", "offload", "save_dots", "save_dots_no_batch"])
 def test_remat_policies_give_identical_loss_and_grads(remat, params):
     x, y = rand_tokens((2, 10), seed=4), rand_tokens((2, 10), seed=5)
     loss0, grads0 = _loss_and_grads(LLAMA, params["llama"], x, y)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 
 import jax
 import numpy as np
@@ -145,3 +146,41 @@ def test_kernel_work_is_added_to_the_compiler_estimate_and_said():
     table = with_kernels.table()
     assert "500.0 ms (compiler's estimate)" in table and "+ 250.0 ms: 3 attention kernel calls" in table
     assert "= 750.0 ms" in table and "attention kernel" not in without.table()
+
+
+def test_collectives_are_counted_and_a_gather_through_an_all_reduce_is_named():
+    from jaxllm.hlo import PADDED_GATHER, collectives
+
+    text = """
+  %all-gather.3 = bf16[1,768,2048]{2,1,0} all-gather(%param.10), channel_id=9, dimensions={1}
+  %all-reduce.5 = (bf16[768,32000]{1,0}, f32[768]{0}) all-reduce(%constant_dynamic-update-slice_fusion.2, %p), channel_id=4
+  ROOT %all-reduce.7 = f32[2048,768]{1,0} all-reduce(%fusion.1), channel_id=46, to_apply=%add
+  %all-gather-start = (f32[8]{0}, f32[64]{0}) all-gather-start(%x), dimensions={0}
+  %all-gather-done = f32[64]{0} all-gather-done(%all-gather-start)
+  %reduce-scatter.1 = f32[96,768]{1,0} reduce-scatter(%g), dimensions={0}
+"""
+    assert collectives(text) == {"all-gather": 2, PADDED_GATHER: 1, "all-reduce": 1, "reduce-scatter": 1}
+
+
+def test_fsdp_weights_arrive_by_all_gathers_on_a_tpu_slice():
+    """4-way FSDP on libtpu's v5p-8 (2x2x1 chips): the layer's weight matrices are gathered
+    by all-gathers; only vectors (the norms' scales, latency-bound) go through padded
+    all-reduces. (libtpu gathers everything that way in groups spanning a whole 4x4x4
+    torus; docs/performance.md, "FSDP collectives".)"""
+    from jaxllm.hlo import PADDED_GATHER, collectives
+
+    cfg = small("mesh.data=1", "mesh.fsdp=4", "model.dtype=bfloat16", "model.num_layers=1")
+    text = compile_train_step(cfg, get_topology("v5p-8").devices)[1].as_text()
+    counts = collectives(text)
+    assert counts.get("all-gather", 0) >= 4, counts  # q/k/v/o and the MLP's two matrices, some combined
+    padded = [line for line in text.splitlines() if " all-reduce(" in line and "dynamic-update-slice" in line]
+    assert len(padded) == counts.get(PADDED_GATHER, 0)
+    shapes = [re.findall(r"[a-z]+\d*\[([\d,]*)\]", line.split(" all-reduce(")[0]) for line in padded]
+    assert all("," not in dims for shape in shapes for dims in shape), padded  # 1-D arrays only
+
+
+def test_memory_only_skips_the_probes_and_says_so():
+    result = plan(small("mesh.fsdp=2", "mesh.tensor=2"), get_topology("cpu:8"), estimate=False)
+    assert not result.estimated and result.compiler_flops is None and result.temp_bytes > 0
+    table = result.table()
+    assert "not estimated (--memory-only" in table and "all-reduce" in table and "collectives" in table

@@ -85,10 +85,28 @@ def test_a_segment_boundary_shifted_by_one_token_is_caught():
 def test_block_sizes_divide_the_length_or_the_request_is_refused():
     assert [block_size(t) for t in (8192, 768, 384)] == [512, 256, 128]
     assert block_size(1024, 256) == 256
-    with pytest.raises(ValueError, match="attention_block=384 must be a multiple of 128 that divides"):
+    with pytest.raises(ValueError, match="1024 tokens with model.attention_block=384: it needs a multiple of 128"):
         block_size(1024, 384)
-    with pytest.raises(ValueError, match="multiple of 128, got 200; set data.seq_len"):
+    with pytest.raises(ValueError, match="200 tokens with model.attention_block=0.*set data.seq_len"):
         block_size(200)
+
+
+def test_lengths_the_kernel_cannot_tile_are_refused_when_the_config_loads():
+    """At load time, naming the key and the fix, not as a trace-time error minutes into a run."""
+    import jaxllm
+    from jaxllm.errors import ConfigError
+
+    def load(*overrides):
+        return jaxllm.load_config("shakespeare-char", ["model.max_seq_len=1024", *overrides])
+
+    with pytest.raises(ConfigError, match=r"data.seq_len=200 cannot be tiled .* set data.seq_len=256"):
+        load("model.attention_impl=splash", "data.seq_len=200")
+    with pytest.raises(ConfigError, match="model.attention_block=200 must be a multiple of 128"):
+        load("model.attention_block=200", "data.seq_len=800")
+    with pytest.raises(ConfigError, match="model.attention_block=512 does not divide data.seq_len=768"):
+        load("model.attention_impl=auto", "model.attention_block=512", "data.seq_len=768")
+    assert load("model.attention_impl=auto", "data.seq_len=200").model.attention_impl == "auto"  # xla there
+    assert load("model.attention_impl=splash", "model.attention_block=256", "data.seq_len=768")
 
 
 def test_a_sharded_train_step_with_splash_equals_the_xla_step():
@@ -131,7 +149,8 @@ def test_the_tpu_step_compiles_ahead_of_time_with_the_kernel_and_holds_less():
     XLA attention's (whose backward recomputes the (T, T) probabilities but still holds
     one layer's scores at a time)."""
     import jaxllm
-    from jaxllm.plan import KERNEL_CALL, compile_train_step, get_topology
+    from jaxllm.hlo import kernel_calls
+    from jaxllm.plan import compile_train_step, get_topology
 
     devices = get_topology("v5p-8").devices
     sizes = ["model.vocab_size=512", "model.d_model=128", "model.num_heads=1", "model.d_ff=256", "model.num_layers=1",
@@ -140,7 +159,7 @@ def test_the_tpu_step_compiles_ahead_of_time_with_the_kernel_and_holds_less():
     configs = {impl: jaxllm.load_config("shakespeare-char", [*sizes, f"model.attention_impl={impl}"])
                for impl in ("xla", "auto")}  # fmt: skip
     compiled = {impl: compile_train_step(cfg, devices)[1] for impl, cfg in configs.items()}
-    kernels = {impl: c.as_text().count(KERNEL_CALL) for impl, c in compiled.items()}
+    kernels = {impl: kernel_calls(c.as_text()) for impl, c in compiled.items()}
     assert kernels["xla"] == 0 and kernels["auto"] >= 3, kernels  # forward, dq and dkv kernels
     temps = {impl: c.memory_analysis().temp_size_in_bytes for impl, c in compiled.items()}
     assert temps["auto"] < temps["xla"], temps  # measured: 13.8 MB against 25.7 MB

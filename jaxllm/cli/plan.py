@@ -26,7 +26,8 @@ def _plan(args: argparse.Namespace) -> int:
 
     topology = get_topology(args.topology, args.slices)
     print(f"# planning {args.config} for {topology.name}: compiling the train step ahead of time", file=sys.stderr)
-    result = plan(cfg, topology, hbm_bytes=args.hbm_gib * 2**30 if args.hbm_gib else None)
+    result = plan(cfg, topology, hbm_bytes=args.hbm_gib * 2**30 if args.hbm_gib else None,
+                  estimate=not args.memory_only)
     print(result.table())
     return 0 if result.fits is not False else 3
 
@@ -38,4 +39,6 @@ def register(verbs: argparse._SubParsersAction) -> None:
     pl.add_argument("--topology", required=True, help="cpu:N, v4-N, v5p-N, v5e-N, v6e-N or GEN:AxBxC, e.g. v5p-128")
     pl.add_argument("--slices", action=positive(), default=1, help="TPU slices joined over DCN (multi-slice)")
     pl.add_argument("--hbm-gib", action=positive(float), help="memory per device to check against (default: chip's)")
+    pl.add_argument("--memory-only", action="store_true",
+                    help="memory and fit only: skip the time estimate's probe compiles (most of a large plan's time)")
     pl.set_defaults(func=_plan)

@@ -17,7 +17,7 @@ BlockKind = Literal["pre_ln", "post_ln"]
 Position = Literal["learned", "rope"]
 MLPKind = Literal["gelu", "relu", "swiglu"]
 AttentionImpl = Literal["auto", "xla", "dot_product", "splash"]
-Remat = Literal["none", "full", "save_dots", "save_dots_no_batch"]
+Remat = Literal["none", "full", "minimal", "offload", "save_dots", "save_dots_no_batch"]
 DType = Literal["float32", "bfloat16", "float16"]
 RopeScalingKind = Literal["none", "llama3"]
 Head = Literal["lm", "scalar"]
@@ -83,13 +83,14 @@ class ModelConfig:
     rope_scaling: RopeScalingConfig = RopeScalingConfig()
     #: MLP kind: "gelu" (GPT-2, tanh approximation), "relu", or "swiglu" (gated SiLU, Llama).
     mlp: MLPKind = "gelu"
-    #: How attention is computed: "xla" (einsums and a float32 softmax; supports attention_dropout), "auto"
-    #: (splash on TPU when the length is a multiple of 128, else xla), "splash" (JAX's Pallas flash kernel for
-    #: TPU, jaxllm/model/splash.py: no (T, T) scores kept; in Pallas interpret mode elsewhere, slow) or
-    #: "dot_product" (jax.nn.dot_product_attention, which runs XLA unless told otherwise). Decoding with a KV
-    #: cache always uses xla. (auto becomes the default once the guide's planning chapter is rewritten for it.)
-    attention_impl: AttentionImpl = "xla"
-    #: The splash kernel's tile edge (query and key blocks); 0: the largest of 512, 256, 128 dividing the length.
+    #: How attention is computed: "auto" (the splash kernel when compiling for TPU and the length is a multiple
+    #: of 128, else xla), "xla" (einsums and a float32 softmax; supports attention_dropout), "splash" (JAX's
+    #: Pallas flash kernel for TPU, jaxllm/model/splash.py: no (T, T) scores kept; in Pallas interpret mode
+    #: elsewhere, slow) or "dot_product" (jax.nn.dot_product_attention, which runs XLA unless told otherwise).
+    #: Decoding with a KV cache always uses xla.
+    attention_impl: AttentionImpl = "auto"
+    #: The splash kernel's tile edge (query and key blocks), a multiple of 128 dividing data.seq_len; 0: the
+    #: largest of 512, 256, 128 dividing the length.
     attention_block: int = 0
     #: The output head reuses the token embedding's matrix (GPT-2); false: a separate lm_head (most Llamas).
     tie_embeddings: bool = True
@@ -103,8 +104,11 @@ class ModelConfig:
     #: are scaled by 1 / sqrt(2 * num_layers) (GPT-2).
     init_std: float = 0.02
     #: Activation checkpointing per layer: "none" keeps every activation for the backward pass; "full"
-    #: recomputes the whole layer; "save_dots" keeps matmul outputs; "save_dots_no_batch" keeps only the matmul
-    #: outputs without a batch dimension. More recomputation, less memory.
+    #: recomputes the whole layer; "minimal" keeps the projections' outputs (matmuls without a batch dimension:
+    #: q/k/v/o and the MLP) and recomputes the rest (attention, norms, activations); "offload" keeps the same
+    #: but in host memory, copied out in the forward and back in the backward (TPU/GPU; memory kinds
+    #: device/pinned_host); "save_dots" keeps every matmul output; "save_dots_no_batch" is "minimal" by its
+    #: JAX policy name. More recomputation, less memory.
     remat: Remat = "none"
     #: Unroll every loop over layers (and the pipeline schedule's ticks and the accumulation microbatches) into
     #: straight-line code. Compiles grow with depth; XLA's cost analysis counts a loop body once, so `jaxllm
@@ -112,9 +116,9 @@ class ModelConfig:
     scan_unroll: bool = False
     #: Positions per chunk of the output head and the losses read from it (jaxllm/model/loss.py): training
     #: holds (batch, loss_chunk, vocab) float32 logits at a time, recomputed in the backward pass, never
-    #: (batch, seq, vocab); 1024 suits long sequences and large vocabularies. A sequence no longer than this
-    #: takes one plain pass; 0 (the default for now): always one pass.
-    loss_chunk: int = 0
+    #: (batch, seq, vocab). A sequence no longer than this takes one plain pass (so short-context runs are
+    #: unchanged); 0: always one pass.
+    loss_chunk: int = 1024
     #: Output head: "lm" gives next-token logits; "scalar" gives one value per position (reward models, critics).
     head: Head = "lm"
     #: Compute dtype of matmuls and activations.

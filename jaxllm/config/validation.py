@@ -67,7 +67,11 @@ def validate_model(m: ModelConfig) -> None:
         f"model.attention_dropout={m.attention_dropout} is not supported by model.attention_impl={m.attention_impl}; "
         "set attention_impl=xla or attention_dropout=0",
     )
-    _need(m.attention_block >= 0, f"model.attention_block={m.attention_block} must be >= 0 (0: chosen per length)")
+    _need(
+        m.attention_block >= 0 and m.attention_block % 128 == 0,
+        f"model.attention_block={m.attention_block} must be a multiple of 128 (the kernel's tiles), or 0: "
+        "chosen per length",
+    )
 
 
 def _check_mesh(cfg: Config) -> None:
@@ -156,6 +160,23 @@ def _check_data(cfg: Config) -> None:
         f"data.seq_len={d.seq_len} exceeds model.max_seq_len={m.max_seq_len}; "
         "lower data.seq_len or raise model.max_seq_len",
     )
+
+
+def _check_attention(cfg: Config) -> None:
+    """The splash kernel's tiles against the training length: refused here, not at trace time."""
+    m, T = cfg.model, cfg.data.seq_len
+    if m.attention_impl == "splash" and not m.attention_block:
+        _need(
+            T % 128 == 0,
+            f"data.seq_len={T} cannot be tiled by model.attention_impl=splash (its tiles are multiples of 128); "
+            f"set data.seq_len={-(-T // 128) * 128}, or attention_impl=auto (xla at such lengths)",
+        )
+    if m.attention_impl in ("splash", "auto") and m.attention_block:
+        _need(
+            T % m.attention_block == 0,
+            f"model.attention_block={m.attention_block} does not divide data.seq_len={T}; set attention_block=0 "
+            "(chosen per length) or a multiple of 128 dividing the length",
+        )
 
 
 def _check_chat(cfg: Config) -> None:
@@ -261,6 +282,7 @@ _SECTION_CHECKS = (
     _check_pipeline,
     _check_tokenizer,
     _check_data,
+    _check_attention,
     _check_chat,
     _check_posttrain,
     _check_ppo,

@@ -49,6 +49,14 @@ def param_logical_axes(config: Config | ModelConfig) -> Params:
     return nn.get_partition_spec(boxed)
 
 
+def _apply(m: ModelConfig, params: Params, tokens, positions, segment_ids, deterministic, rng, hidden: bool, verb: str):
+    """The decoder on tokens, with dropout's rng checked once for `forward` and `loss`."""
+    if not deterministic and rng is None:
+        raise ValueError(f"{verb}(deterministic=False) applies dropout and needs rng=jax.random.key(...)")
+    rngs = {"dropout": rng} if rng is not None else {}
+    return Decoder(m).apply({"params": params}, tokens, positions, segment_ids, deterministic, hidden=hidden, rngs=rngs)
+
+
 def forward(
     config: Config | ModelConfig,
     params: Params,
@@ -60,12 +68,7 @@ def forward(
     rng: jax.Array | None = None,
 ) -> jax.Array:
     """Logits (B, T, V) in float32 for tokens (B, T). Dropout needs deterministic=False and rng."""
-    if not deterministic and rng is None:
-        raise ValueError("forward(deterministic=False) applies dropout and needs rng=jax.random.key(...)")
-    rngs = {"dropout": rng} if rng is not None else {}
-    return Decoder(model_config(config)).apply(
-        {"params": params}, tokens, positions, segment_ids, deterministic, rngs=rngs
-    )
+    return _apply(model_config(config), params, tokens, positions, segment_ids, deterministic, rng, False, "forward")
 
 
 def cross_entropy(logits: jax.Array, targets: jax.Array, mask: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
@@ -98,13 +101,8 @@ def loss(
 
     target_mask (B, T) selects which targets count (e.g. not padding, not the prompt).
     """
-    if not deterministic and rng is None:
-        raise ValueError("loss(deterministic=False) applies dropout and needs rng=jax.random.key(...)")
     m = model_config(config)
-    x, w = Decoder(m).apply(
-        {"params": params}, tokens, positions, segment_ids, deterministic, hidden=True,
-        rngs={"dropout": rng} if rng is not None else {},
-    )  # fmt: skip
+    x, w = _apply(m, params, tokens, positions, segment_ids, deterministic, rng, True, "loss")
     return next_token_loss(m, x, w, targets, target_mask)[:2]  # the head in chunks of m.loss_chunk positions
 
 

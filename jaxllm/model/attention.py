@@ -109,7 +109,7 @@ class Attention(nn.Module):
         active = cfg.attention_dropout > 0 and not self.deterministic  # dropout needs the probabilities
         impl = cfg.attention_impl
         if impl == "auto":
-            impl = "splash" if on_tpu() and fits_splash(x.shape[1]) and not active else "xla"
+            impl = "splash" if on_tpu() and fits_splash(x.shape[1], cfg.attention_block) and not active else "xla"
         if impl == "splash" and not self.is_initializing():  # init traces an 8-token row: shapes only
             out = splash_attention(q, k, v, segment_ids, cfg.attention_block)
         elif impl == "dot_product":

@@ -12,8 +12,14 @@ from jaxllm.model.mlp import MLP
 
 # What the backward pass may keep from the forward pass of each block; the rest is
 # recomputed. "full" keeps only the block inputs (most memory saved, ~1/3 more compute).
+# "minimal" keeps the outputs of the matmuls with weights (no batch dimension in the
+# dot_general), so the backward recomputes only attention, norms and activations: what
+# large runs use when memory allows. "offload" keeps the same in host memory (the copies
+# overlap compute on TPU/GPU; saved activations no longer count against HBM).
 REMAT_POLICIES = {
     "full": None,
+    "minimal": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "offload": jax.checkpoint_policies.offload_dot_with_no_batch_dims("device", "pinned_host"),
     "save_dots": jax.checkpoint_policies.dots_saveable,
     "save_dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
 }

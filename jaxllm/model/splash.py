@@ -30,25 +30,29 @@ QKV_NAMES = ("batch", "length", "heads", "head_dim")
 KV_NAMES = ("batch", "length", "kv_heads", "head_dim")
 
 
+def _tile(length: int, requested: int = 0) -> int | None:
+    """The tile edge for `length`, or None when the kernel cannot take that length: the
+    kernel's tiles are multiples of 128 (the TPU's lanes) and must divide the length."""
+    if requested:
+        return requested if requested % 128 == 0 and length % requested == 0 else None
+    return next((b for b in (512, 256, 128) if length % b == 0), None)
+
+
 def block_size(length: int, requested: int = 0) -> int:
     """The tile edge for a sequence of `length`: `requested` if set, else the largest of
     512, 256, 128 that divides the length (512 is splash's usual TPU choice for head_dim
-    64-128). The kernel's tiles are multiples of 128 (the TPU's lanes), so must the length be."""
-    if requested:
-        if requested % 128 or length % requested:
-            raise ValueError(f"model.attention_block={requested} must be a multiple of 128 that divides the "
-                             f"sequence length {length}")  # fmt: skip
-        return requested
-    for b in (512, 256, 128):
-        if length % b == 0:
-            return b
-    raise ValueError(f"splash attention needs a sequence length that is a multiple of 128, got {length}; "
-                     "set data.seq_len to one, or model.attention_impl=xla")  # fmt: skip
+    64-128). Config validation refuses bad lengths first; this names them if one gets here."""
+    tile = _tile(length, requested)
+    if tile is None:
+        raise ValueError(f"splash attention cannot tile a sequence of {length} tokens with model.attention_block="
+                         f"{requested}: it needs a multiple of 128 that divides the length; set data.seq_len to a "
+                         "multiple of 128, or model.attention_impl=xla")  # fmt: skip
+    return tile
 
 
-def fits_splash(length: int) -> bool:
+def fits_splash(length: int, requested: int = 0) -> bool:
     """Whether `attention_impl=auto` can take the splash kernel for this length."""
-    return length % 128 == 0
+    return _tile(length, requested) is not None
 
 
 def _kernel(heads: int, q_len: int, kv_len: int, block: int, interpret: bool):

@@ -45,13 +45,6 @@ from jaxllm.posttrain.sft import run_tokenizer, start_params
 from jaxllm.train.trainer import TrainResult
 
 
-def sequence_logprob(logits: jax.Array, targets: jax.Array, weights: jax.Array) -> jax.Array:
-    """(B,) sum of log p(target) over the positions with weight 1 (the reply tokens)."""
-    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    token = jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
-    return jnp.sum(token * weights, axis=-1)
-
-
 def dpo_loss(
     policy_chosen: jax.Array,
     policy_rejected: jax.Array,
