@@ -1,8 +1,13 @@
 """`jaxllm plan` over the Llama 8B and 70B presets, several layouts and TPU topologies:
 per-chip memory, fit, and the compiler's step-time estimate with the MFU it implies.
 
-    python benchmarks/plan_table.py            # all rows (~15 min on a 2-core CPU)
-    python benchmarks/plan_table.py --only 8b  # rerun the 8B rows, keep the others' last figures
+    python benchmarks/plan_table.py                      # all rows (hours on a 2-core CPU)
+    python benchmarks/plan_table.py --only 8b            # rerun rows matching a regex, keep the others
+    python benchmarks/plan_table.py --only 70b --memory-only  # memory and fit only: no time probes
+
+Each row is written to BENCHMARKS.md as soon as it is planned (the others as the file has
+them then), so an interrupted run keeps what it finished and two runs over disjoint rows
+can go side by side.
 
 Needs libtpu (pip install -e ".[tpu]"); no TPU: the chips are libtpu's descriptions.
 Writes the `plan` section of BENCHMARKS.md; docs/scaling.md quotes it.
@@ -12,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -24,13 +30,18 @@ from _report import write_section  # noqa: E402
 import jaxllm  # noqa: E402
 from jaxllm.plan import GiB, get_topology, plan  # noqa: E402
 
-# (preset, topology, layout name, overrides); seq 8192 as in the presets
+# (preset, topology, layout name, overrides); seq 8192 and remat full as in the presets unless the
+# layout says otherwise
 ROWS = [
     ("llama-8b", "v5p-128", "FSDP 64", ["mesh.data=1", "mesh.fsdp=64", "train.batch_size=64"]),
+    ("llama-8b", "v5p-128", "FSDP 64, remat minimal",
+     ["mesh.data=1", "mesh.fsdp=64", "train.batch_size=64", "model.remat=minimal"]),
     ("llama-8b", "v5p-128", "FSDP 16 x TP 4", ["mesh.data=1", "mesh.fsdp=16", "mesh.tensor=4", "train.batch_size=64"]),
     ("llama-8b", "v5p-128", "FSDP 8 x TP 4 x PP 2",
      ["mesh.data=1", "mesh.fsdp=8", "mesh.tensor=4", "mesh.pipeline=2", "train.batch_size=64",
       "train.microbatches=8"]),
+    ("llama-8b", "v5p-128", "FSDP 64, seq 32768",
+     ["mesh.data=1", "mesh.fsdp=64", "train.batch_size=64", "data.seq_len=32768"]),
     ("llama-8b", "v5e-16", "FSDP 16", ["mesh.data=1", "mesh.fsdp=16", "train.batch_size=16"]),
     ("llama-70b", "v5p-256", "FSDP 128", ["mesh.data=1", "mesh.fsdp=128", "train.batch_size=128"]),
     ("llama-70b", "v5p-256", "FSDP 32 x TP 4", ["mesh.data=1", "mesh.fsdp=32", "mesh.tensor=4",
@@ -40,10 +51,30 @@ ROWS = [
       "train.microbatches=8"]),
     ("llama-70b", "v5e-16", "FSDP 16", ["mesh.data=1", "mesh.fsdp=16", "train.batch_size=16"]),
 ]  # fmt: skip
+HEAD = [
+    "## Ahead-of-time plans for TPU slices (`python benchmarks/plan_table.py`)",
+    "",
+    "`jaxllm plan PRESET --topology T OVERRIDES`: the real train step compiled for libtpu's description of "
+    "the slice, on this CPU-only machine. Memory per chip from `memory_analysis()` (arguments + temporaries "
+    "+ unaliased outputs: exact for that compiler); FLOPs and step time from `cost_analysis()` of unrolled "
+    "1- and 2-layer probes, extrapolated to the full depth (estimates), plus (\"with kernels\") the attention "
+    "kernels' analytic causal FLOPs at peak, which `cost_analysis()` does not count; \"not estimated\": "
+    "planned with `--memory-only`. MFU = analytic model FLOPs (6N + attention) / (estimated time x chips x "
+    "peak bf16). The defaults: sequence 8192, bf16 compute, the splash attention kernel, the loss in chunks "
+    "of 1024 positions, remat `full` (the presets), unless the layout says otherwise.",
+    "",
+    "| model | slice | layout | batch (seqs) | memory / chip | fits | compiler / analytic FLOPs | "
+    "est. step | est. MFU | plan time |",
+    "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+]
 
 
-def _previous_rows() -> dict[tuple[str, str, str], str]:
-    """The rows of the last run, by (preset, topology, layout): kept when not rerun."""
+def _key(preset: str, topo: str, layout: str) -> str:
+    return f"{preset} {topo} {layout}"
+
+
+def _written_rows() -> dict[str, str]:
+    """The rows BENCHMARKS.md holds now, by "preset topology layout"."""
     from _report import BENCHMARKS
 
     text = BENCHMARKS.read_text() if BENCHMARKS.exists() else ""
@@ -51,55 +82,54 @@ def _previous_rows() -> dict[tuple[str, str, str], str]:
     for line in text.splitlines():
         cells = [c.strip() for c in line.strip("|").split("|")]
         if line.startswith("| llama") and len(cells) > 3:
-            rows[(cells[0], cells[1].split(" ")[0], cells[2])] = line
+            rows[_key(cells[0], cells[1].split(" ")[0], cells[2])] = line
     return rows
+
+
+def _write(new: dict[str, str]) -> None:
+    """The section with ROWS' order: this run's rows, else the file's current ones."""
+    rows = {**_written_rows(), **new}
+    lines = [rows[k] for k in (_key(*r[:3]) for r in ROWS) if k in rows]
+    write_section("plan", "\n".join([*HEAD, *lines]))
+
+
+def _row(preset: str, topo: str, layout: str, overrides: list[str], estimate: bool) -> str:
+    t = time.perf_counter()
+    cfg = jaxllm.load_config(preset, overrides)
+    result = plan(cfg, get_topology(topo), estimate=estimate)
+    took = time.perf_counter() - t
+    per_device = result.analytic_flops / result.devices
+    if result.fits:
+        fits = f"yes ({(result.hbm_bytes - result.total_bytes) / GiB:.1f} GiB spare)"
+    else:
+        fits = f"no: short by {(result.total_bytes - result.hbm_bytes) / GiB:.1f} GiB"
+    if result.step_seconds:
+        step = f"{result.step_seconds:.2f} s" + (" (with kernels)" if result.kernel_calls else " (compiler)")
+    else:
+        step = "n/a" if estimate else "not estimated"
+    row = [
+        preset, f"{topo} ({result.devices} x {result.hbm_bytes / GiB:.0f} GiB)", layout,
+        str(cfg.train.batch_size), f"{result.total_bytes / GiB:.1f} GiB", fits,
+        f"{result.compiler_flops / per_device:.2f}x" if result.compiler_flops else "n/a", step,
+        f"{result.mfu:.0%}" if result.mfu is not None else ("n/a" if estimate else "not estimated"), f"{took:.0f} s",
+    ]  # fmt: skip
+    return "| " + " | ".join(row) + " |"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--only", default="", help="rerun only rows whose preset or topology contains this, e.g. 8b")
+    ap.add_argument("--only", default="", help='rerun rows whose "preset topology layout" matches this regex')
+    ap.add_argument("--memory-only", action="store_true", help="skip the time probes (jaxllm plan --memory-only)")
     args = ap.parse_args()
-    done = _previous_rows()
-    lines = [
-        "## Ahead-of-time plans for TPU slices (`python benchmarks/plan_table.py`)",
-        "",
-        "`jaxllm plan PRESET --topology T OVERRIDES`: the real train step compiled for libtpu's description of "
-        "the slice, on this CPU-only machine. Memory per chip from `memory_analysis()` (arguments + temporaries "
-        "+ unaliased outputs); FLOPs and step time from `cost_analysis()` of unrolled 1- and 2-layer probes, "
-        "extrapolated to the full depth, plus (\"with kernels\") the attention kernels' analytic causal FLOPs at "
-        "peak, which `cost_analysis()` does not count; MFU = analytic model FLOPs (6N + attention) / (estimated "
-        "time x chips x peak bf16). Sequence 8192, bf16 compute, remat `save_dots_no_batch` (the presets).",
-        "",
-        "| model | slice | layout | batch (seqs) | memory / chip | fits | compiler / analytic FLOPs | "
-        "est. step | est. MFU | plan time |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
-    ]
+    done: dict[str, str] = {}
     for preset, topo, layout, overrides in ROWS:
-        if args.only and args.only not in preset and args.only not in topo:
-            if (preset, topo, layout) in done:
-                lines.append(done[(preset, topo, layout)])
+        key = _key(preset, topo, layout)
+        if args.only and not re.search(args.only, key):
             continue
-        t = time.perf_counter()
-        cfg = jaxllm.load_config(preset, overrides)
-        result = plan(cfg, get_topology(topo))
-        took = time.perf_counter() - t
-        per_device = result.analytic_flops / result.devices
-        if result.fits:
-            fits = f"yes ({(result.hbm_bytes - result.total_bytes) / GiB:.1f} GiB spare)"
-        else:
-            fits = f"no: short by {(result.total_bytes - result.hbm_bytes) / GiB:.1f} GiB"
-        row = [
-            preset, f"{topo} ({result.devices} x {result.hbm_bytes / GiB:.0f} GiB)", layout,
-            str(cfg.train.batch_size), f"{result.total_bytes / GiB:.1f} GiB", fits,
-            f"{result.compiler_flops / per_device:.2f}x" if result.compiler_flops else "n/a",
-            (f"{result.step_seconds:.2f} s" + (" (with kernels)" if result.kernel_calls else " (compiler)"))
-            if result.step_seconds else "n/a",
-            f"{result.mfu:.0%}" if result.mfu is not None else "n/a", f"{took:.0f} s",
-        ]  # fmt: skip
-        print(" | ".join(row), flush=True)
-        lines.append("| " + " | ".join(row) + " |")
-    write_section("plan", "\n".join(lines))
-    print("wrote the plan section of BENCHMARKS.md")
+        done[key] = _row(preset, topo, layout, overrides, not args.memory_only)
+        print(done[key], flush=True)
+        _write(done)
+    print(f"wrote {len(done)} rows of the plan section of BENCHMARKS.md")
 
 
 if __name__ == "__main__":

@@ -163,6 +163,7 @@ class Plan:
     kernel_seconds: float | None = None  # their analytic work per device at the chip's peak (see kernel_work)
     collectives: dict[str, int] = dataclasses.field(default_factory=dict)  # in the compiled step (jaxllm/hlo.py)
     estimated: bool = True  # False: the time estimate's probes were not compiled (`--memory-only`)
+    host_temp_bytes: int = 0  # per device, in host memory (activations offloaded by model.remat=offload)
 
     @property
     def total_bytes(self) -> int:
@@ -198,6 +199,8 @@ class Plan:
             ("outputs / device", f"{gib(self.output_bytes)} (not aliased to donated inputs)"),
             ("total / device", gib(self.total_bytes)),
         ]
+        if self.host_temp_bytes:
+            rows.append(("host memory / device", f"{gib(self.host_temp_bytes)} (offloaded activations)"))
         if self.refused:
             rows.append(("compiler", f"refused the step: {self.refused[:200]}"))
         if self.collectives:
@@ -333,13 +336,14 @@ def plan(cfg: Config, topology: Topology, hbm_bytes: float | None = None, estima
         text = compiled.as_text()
         kernels, moves = kernel_calls(text), collectives(text)
         argument_bytes, temp_bytes = int(mem.argument_size_in_bytes), int(mem.temp_size_in_bytes)
+        host_bytes = int(getattr(mem, "host_temp_size_in_bytes", 0) or 0)
         out_bytes, refused = max(0, mem.output_size_in_bytes - mem.alias_size_in_bytes), None
     except Exception as e:  # the TPU compiler refuses a step that cannot fit in HBM
         if "RESOURCE_EXHAUSTED" not in str(e):
             raise
         refused = str(e).strip().splitlines()[0]
         mesh, argument_bytes = _argument_bytes(cfg, topology.devices)
-        temp_bytes, out_bytes, kernels, moves = _required_temporaries(refused), 0, 0, {}
+        temp_bytes, out_bytes, kernels, moves, host_bytes = _required_temporaries(refused), 0, 0, {}, 0
     flops, seconds = compiler_estimates(cfg, topology.devices) if estimate else (None, None)
     tokens = cfg.train.batch_size * cfg.data.seq_len
     return Plan(
@@ -362,4 +366,5 @@ def plan(cfg: Config, topology: Topology, hbm_bytes: float | None = None, estima
         if kernels and topology.peak_flops else None,
         collectives=moves,
         estimated=estimate,
+        host_temp_bytes=host_bytes,
     )

@@ -117,3 +117,32 @@ def test_the_compiled_step_no_longer_holds_the_full_logits():
         temps[chunk] = compile_train_step(cfg, jax.devices()[:1])[1].memory_analysis().temp_size_in_bytes
     logits_bytes = 4 * 512 * 8192 * 4
     assert temps[128] < temps[0] - logits_bytes, temps
+
+
+def test_the_defaults_leave_a_short_context_cpu_step_unchanged():
+    """attention_impl=auto and loss_chunk=1024 (the defaults) lower the CPU train step at
+    1024 tokens to exactly the program of attention_impl=xla and loss_chunk=0: auto is
+    XLA attention off TPU, and a sequence within one chunk takes the plain head. So the
+    CPU benchmarks (`python -m benchmarks train_step`, sequences up to 1024) run the same
+    program as before the defaults changed."""
+    from jaxllm.parallel.layout import Layout
+    from jaxllm.parallel.mesh import make_mesh
+    from jaxllm.plan import abstract_batch
+    from jaxllm.train.optimizer import make_optimizer
+    from jaxllm.train.state import abstract_state
+    from jaxllm.train.step import make_train_step
+
+    sizes = ["model.vocab_size=512", "model.max_seq_len=1024", "data.seq_len=1024", "model.d_model=64",
+             "model.num_layers=2", "model.num_heads=2", "model.d_ff=128", "train.batch_size=2"]  # fmt: skip
+    texts = []
+    for extra in ([], ["model.attention_impl=xla", "model.loss_chunk=0"]):
+        cfg = jaxllm.load_config("shakespeare-char", [*sizes, *extra])
+        mesh = make_mesh(cfg.mesh, jax.devices()[:1])
+        tx = make_optimizer(cfg.optimizer)
+        layout = Layout.build(cfg, mesh, tx)
+        step = make_train_step(cfg, layout, tx)
+        with jax.set_mesh(mesh):
+            texts.append(step.jitted.lower(abstract_state(cfg, tx, layout.state), abstract_batch(cfg, mesh)).as_text())
+    assert texts[0] == texts[1]
+    cfg = jaxllm.load_config("shakespeare-char", [*sizes])
+    assert cfg.model.attention_impl == "auto" and cfg.model.loss_chunk == 1024  # the defaults this is about

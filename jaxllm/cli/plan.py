@@ -22,6 +22,10 @@ def _plan(args: argparse.Namespace) -> int:
             jax.config.update("jax_num_cpu_devices", max(int(args.topology[4:]), 1))
     except RuntimeError:
         pass
+    # Programs compiled for a described topology cannot be loaded back from jax's persistent
+    # cache (reading one warns "PjRtCompiler must be constructed with a Client" and compiles
+    # again): writing them only fills the cache, so planning leaves it off.
+    jax.config.update("jax_enable_compilation_cache", False)
     from jaxllm.plan import get_topology, plan  # slow import (jax); after the platform is set
 
     topology = get_topology(args.topology, args.slices)

@@ -110,9 +110,9 @@ class ModelConfig:
     #: device/pinned_host); "save_dots" keeps every matmul output; "save_dots_no_batch" is "minimal" by its
     #: JAX policy name. More recomputation, less memory.
     remat: Remat = "none"
-    #: Unroll every loop over layers (and the pipeline schedule's ticks and the accumulation microbatches) into
-    #: straight-line code. Compiles grow with depth; XLA's cost analysis counts a loop body once, so `jaxllm
-    #: plan` compiles small unrolled probes to count all.
+    #: Unroll every loop over layers (and the pipeline schedule's ticks, the accumulation microbatches and the
+    #: loss's chunks) into straight-line code. Compiles grow with depth; XLA's cost analysis counts a loop body
+    #: once, so `jaxllm plan` compiles small unrolled probes to count all.
     scan_unroll: bool = False
     #: Positions per chunk of the output head and the losses read from it (jaxllm/model/loss.py): training
     #: holds (batch, loss_chunk, vocab) float32 logits at a time, recomputed in the backward pass, never

@@ -30,10 +30,14 @@ from jaxllm.model.layers import constrain
 PerToken = Callable[[jax.Array, jax.Array], object]  # (logits (B, C, V) f32, targets (B, C)) -> (B, C) arrays
 
 
-def chunked_over_positions(x: jax.Array, w: jax.Array, targets: jax.Array, per_token: PerToken, chunk: int):
+def chunked_over_positions(
+    x: jax.Array, w: jax.Array, targets: jax.Array, per_token: PerToken, chunk: int, unroll: bool = False
+):
     """`per_token(logits, targets)` for every position, computed `chunk` positions at a
     time: x (B, T, E) hidden states, w (E, V) the head, targets (B, T) ints; returns the
-    per-token pytree with (B, T) leaves. chunk <= 0 or >= T: one plain pass."""
+    per-token pytree with (B, T) leaves. chunk <= 0 or >= T: one plain pass. `unroll`
+    (model.scan_unroll) writes the chunks out as straight-line code: XLA's cost analysis
+    counts a loop body once, and `jaxllm plan`'s probes must count every chunk's head."""
     B, T, E = x.shape
     if chunk <= 0 or T <= chunk:
         return per_token(head_logits(x, w), targets)
@@ -54,7 +58,7 @@ def chunked_over_positions(x: jax.Array, w: jax.Array, targets: jax.Array, per_t
     def one_chunk(xc: jax.Array, tc: jax.Array):
         return per_token(head_logits(xc, w), tc)
 
-    _, out = jax.lax.scan(lambda carry, a: (carry, one_chunk(*a)), None, (xs, ts))  # leaves (n, B, C)
+    _, out = jax.lax.scan(lambda carry, a: (carry, one_chunk(*a)), None, (xs, ts), unroll=n if unroll else 1)
     return jax.tree.map(lambda o: o.swapaxes(0, 1).reshape(B, n * chunk)[:, :T], out)
 
 
@@ -78,7 +82,7 @@ def next_token_loss(
     `config.loss_chunk` positions. The loss sum includes `z_loss` * log(Z)^2 per token
     (PaLM's auxiliary loss, which keeps the softmax normaliser near 1); the third value
     reports log(Z)^2 alone, so the cross-entropy is the sum minus z_loss times it."""
-    nll, log_z = chunked_over_positions(x, w, targets, token_nll, config.loss_chunk)
+    nll, log_z = chunked_over_positions(x, w, targets, token_nll, config.loss_chunk, config.scan_unroll)
     weight = jnp.ones_like(nll) if mask is None else mask.astype(jnp.float32)
     z_sum = jnp.sum(jnp.square(log_z) * weight)
     return jnp.sum(nll * weight) + z_loss * z_sum, jnp.sum(weight), z_sum
@@ -86,7 +90,7 @@ def next_token_loss(
 
 def target_log_probs(config: ModelConfig, x: jax.Array, w: jax.Array, targets: jax.Array) -> jax.Array:
     """log p(target) per position (B, T), float32, in chunks of `config.loss_chunk` positions."""
-    nll, _ = chunked_over_positions(x, w, targets, token_nll, config.loss_chunk)
+    nll, _ = chunked_over_positions(x, w, targets, token_nll, config.loss_chunk, config.scan_unroll)
     return -nll
 
 
