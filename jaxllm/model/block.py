@@ -7,7 +7,7 @@ import jax
 
 from jaxllm.config import ModelConfig
 from jaxllm.model.attention import Attention
-from jaxllm.model.layers import BATCH_LENGTH_EMBED, constrain, norm
+from jaxllm.model.layers import BATCH_LENGTH_EMBED, RESIDUAL, constrain, norm
 from jaxllm.model.mlp import MLP
 
 # What the backward pass may keep from the forward pass of each block; the rest is
@@ -67,4 +67,4 @@ class Block(nn.Module):
         else:
             x = ln_1(x + drop(attend(x)))
             x = ln_2(x + drop(mlp(x)))
-        return constrain(x, BATCH_LENGTH_EMBED), new_kv
+        return constrain(x, BATCH_LENGTH_EMBED if kv is not None else RESIDUAL), new_kv  # decoding: T is 1

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from jaxllm.config import ModelConfig
 from jaxllm.model.block import REMAT_POLICIES, Block
 from jaxllm.model.kv_cache import KVCache, cache_mask, cache_positions
-from jaxllm.model.layers import BATCH_LENGTH_EMBED, constrain, norm, param_init
+from jaxllm.model.layers import BATCH_LENGTH_EMBED, RESIDUAL, constrain, norm, param_init
 from jaxllm.model.pipelined import PipelinedBlocks
 from jaxllm.model.primitives import linear
 
@@ -151,7 +151,7 @@ class Decoder(nn.Module):
             )
             x = x + wpe(positions)
         x = nn.Dropout(cfg.dropout, deterministic=deterministic)(x)
-        x = constrain(x, BATCH_LENGTH_EMBED)
+        x = constrain(x, BATCH_LENGTH_EMBED if cache is not None else RESIDUAL)
 
         new_cache = None
         if cache is not None:

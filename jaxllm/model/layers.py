@@ -19,6 +19,12 @@ from jaxllm.model.primitives import layer_norm, linear, rms_norm
 # Logical names. Parameters: embed, heads, kv_heads, head_dim, mlp, vocab, layers.
 # Activations: batch, length, embed, heads, kv_heads, head_dim, mlp, vocab.
 BATCH_LENGTH_EMBED = ("batch", "length", "embed")
+# The residual stream between blocks: its length is "sequence", which the rules split over
+# `tensor` (Megatron sequence parallelism). Inside a block the projections gather it back
+# (an all-gather instead of nothing) and the output projections reduce-scatter into it (in
+# place of tensor parallelism's all-reduce: the same bytes), and what remat keeps per layer
+# and what the norms compute shrink by the tensor-parallel degree.
+RESIDUAL = ("batch", "sequence", "embed")
 
 
 def param_init(init: nn.initializers.Initializer, names: Sequence[str | None]) -> nn.initializers.Initializer:

@@ -18,8 +18,11 @@ default below:
 | vocab    | tensor         | embedding rows and the logits' vocabulary split over `tensor` |
 | layers   | pipeline       | the scanned [L, ...] axis: with S stages each device stores L/S layers |
 | stage    | pipeline       | the pipeline schedule's stage axis (jaxllm/model/pipelined.py) |
+| sequence | tensor         | Megatron sequence parallelism: the residual stream's length |
 | length, head_dim | (replicated) | |
 
+`sequence` names the length of the residual stream between blocks only (what remat keeps,
+what the norms read), so tensor parallelism splits it too; attention's `length` stays whole.
 `mesh.rules` in the config changes entries ("embed=" replicates parameters: plain DP).
 How the table is applied to arrays: jaxllm/parallel/rules.py.
 """
@@ -33,13 +36,16 @@ from jaxllm.errors import ConfigError
 # (logical name, the mesh axes it is split over, or None: replicated), applied in order.
 Rules = tuple[tuple[str, tuple[str, ...] | None], ...]
 
-LOGICAL_AXES = ("batch", "length", "embed", "heads", "kv_heads", "head_dim", "mlp", "vocab", "layers", "stage")
+LOGICAL_AXES = (
+    "batch", "length", "sequence", "embed", "heads", "kv_heads", "head_dim", "mlp", "vocab", "layers", "stage",
+)  # fmt: skip
 # The device mesh's axes, in mesh order; MeshConfig has one size field for each, in this order.
 MESH_AXES = ("data", "fsdp", "tensor", "pipeline")
 
 DEFAULT_RULES: Rules = (
     ("batch", ("data", "fsdp")),
     ("length", None),
+    ("sequence", ("tensor",)),
     ("embed", ("fsdp",)),
     ("heads", ("tensor",)),
     ("kv_heads", ("tensor",)),
