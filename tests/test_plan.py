@@ -190,3 +190,18 @@ def test_memory_only_skips_the_probes_and_says_so():
     assert not result.estimated and result.compiler_flops is None and result.temp_bytes > 0
     table = result.table()
     assert "not estimated (--memory-only" in table and "all-reduce" in table and "collectives" in table
+
+
+def test_sequence_parallelism_shrinks_what_remat_keeps_under_tensor_parallelism():
+    """The residual stream between blocks is split along its length over `tensor` (the
+    `sequence` rule): with full remat each layer's kept input is a quarter per device at
+    tensor 4. Turning the rule off (`mesh.rules=[sequence=]`) holds them whole."""
+    sizes = ["model.max_seq_len=512", "data.seq_len=512", "model.d_model=256", "train.batch_size=8", "mesh.data=2",
+             "mesh.tensor=4", "model.remat=full"]  # fmt: skip
+    temps = {}
+    for rules in ((), ("mesh.rules=[sequence=]",)):
+        cfg = small(*sizes, *rules)
+        temps[rules] = compile_train_step(cfg, jax.devices()[:8])[1].memory_analysis().temp_size_in_bytes
+    m = cfg.model
+    kept = m.num_layers * (cfg.train.batch_size // 2) * cfg.data.seq_len * m.d_model * 4  # float32 block inputs
+    assert temps[()] <= temps[("mesh.rules=[sequence=]",)] - 0.75 * kept, temps
