@@ -59,9 +59,12 @@ HEAD = [
     "+ unaliased outputs: exact for that compiler); FLOPs and step time from `cost_analysis()` of unrolled "
     "1- and 2-layer probes, extrapolated to the full depth (estimates), plus (\"with kernels\") the attention "
     "kernels' analytic causal FLOPs at peak, which `cost_analysis()` does not count; \"not estimated\": "
-    "planned with `--memory-only`. MFU = analytic model FLOPs (6N + attention) / (estimated time x chips x "
-    "peak bf16). The defaults: sequence 8192, bf16 compute, the splash attention kernel, the loss in chunks "
-    "of 1024 positions, remat `full` (the presets), unless the layout says otherwise.",
+    "planned with `--memory-only`. MFU = analytic model FLOPs (6N + 12 L T H D per token, PaLM's count, "
+    "whose attention term is the whole T x T product) / (estimated time x chips x peak bf16); in brackets, "
+    "the same counting only the causal half of attention, the work the kernels do. The defaults: sequence "
+    "8192, bf16 compute, the splash attention kernel, the loss in chunks of 1024 positions, remat `full` (the "
+    "presets), unless the layout says otherwise. Plan time: wall time "
+    "on the 2-core machine, which may have been shared with other plans.",
     "",
     "| model | slice | layout | batch (seqs) | memory / chip | fits | compiler / analytic FLOPs | "
     "est. step | est. MFU | plan time |",
@@ -111,7 +114,8 @@ def _row(preset: str, topo: str, layout: str, overrides: list[str], estimate: bo
         preset, f"{topo} ({result.devices} x {result.hbm_bytes / GiB:.0f} GiB)", layout,
         str(cfg.train.batch_size), f"{result.total_bytes / GiB:.1f} GiB", fits,
         f"{result.compiler_flops / per_device:.2f}x" if result.compiler_flops else "n/a", step,
-        f"{result.mfu:.0%}" if result.mfu is not None else ("n/a" if estimate else "not estimated"), f"{took:.0f} s",
+        f"{result.mfu:.0%} ({result.causal_mfu:.0%})" if result.mfu is not None
+        else ("n/a" if estimate else "not estimated"), f"{took:.0f} s",
     ]  # fmt: skip
     return "| " + " | ".join(row) + " |"
 

@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "jaxllm"
 
 # Lowest first. Within a layer, modules may import each other (the cycle test still applies).
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("base", ("jaxllm.errors", "jaxllm.host", "jaxllm.parallel.axes")),
+    ("base", ("jaxllm.errors", "jaxllm.host", "jaxllm.hlo", "jaxllm.parallel.axes")),
     ("config", ("jaxllm.config",)),
     ("model", ("jaxllm.model",)),
     ("parallel", ("jaxllm.parallel",)),

@@ -152,6 +152,8 @@ def test_kernel_work_is_added_to_the_compiler_estimate_and_said():
     table = with_kernels.table()
     assert "500.0 ms (compiler's estimate)" in table and "+ 250.0 ms: 3 attention kernel calls" in table
     assert "= 750.0 ms" in table and "attention kernel" not in without.table()
+    causal = Plan(**fields, causal_attention_flops=1e12)  # a quarter of the analytic count is masked attention
+    assert causal.causal_mfu == pytest.approx(0.75 * causal.mfu) and "(150.0% counting causal" in causal.table()
 
 
 def test_collectives_are_counted_and_a_gather_through_an_all_reduce_is_named():
