@@ -31,7 +31,7 @@ import numpy as np
 
 from jaxllm.config import Config, ConfigError
 from jaxllm.hlo import collectives, kernel_calls
-from jaxllm.model.summary import flops_breakdown, flops_per_token
+from jaxllm.model.summary import flops_breakdown
 from jaxllm.parallel.layout import Layout
 from jaxllm.parallel.mesh import batch_sharding, make_mesh
 from jaxllm.train.optimizer import make_optimizer
@@ -356,6 +356,7 @@ def plan(cfg: Config, topology: Topology, hbm_bytes: float | None = None, estima
         temp_bytes, out_bytes, kernels, moves, host_bytes = _required_temporaries(refused), 0, 0, {}, 0
     flops, seconds = compiler_estimates(cfg, topology.devices) if estimate else (None, None)
     tokens = cfg.train.batch_size * cfg.data.seq_len
+    per_token = flops_breakdown(cfg, cfg.data.seq_len)  # 6N by matrix, and attention (PaLM's count)
     return Plan(
         topology=topology.name,
         device_kind=topology.device_kind,
@@ -367,8 +368,8 @@ def plan(cfg: Config, topology: Topology, hbm_bytes: float | None = None, estima
         refused=refused,
         hbm_bytes=hbm_bytes if hbm_bytes is not None else topology.hbm_bytes,
         compiler_flops=flops,
-        analytic_flops=flops_per_token(cfg, cfg.data.seq_len) * tokens,
-        causal_attention_flops=flops_breakdown(cfg, cfg.data.seq_len)["attention_scores"] / 2 * tokens,
+        analytic_flops=sum(per_token.values()) * tokens,
+        causal_attention_flops=per_token["attention_scores"] / 2 * tokens,
         estimated_seconds=seconds,
         peak_flops=topology.peak_flops,
         tokens_per_step=tokens,
