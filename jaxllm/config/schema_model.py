@@ -148,6 +148,9 @@ class MeshConfig:
     data: int = -1
     #: Devices along the FSDP axis: data parallel, with parameters and optimizer moments split along d_model.
     fsdp: int = 1
+    #: Devices along the context-parallel axis: each holds 1/context of every sequence (long context); attention
+    #: reads the other shards' keys and values (model.context_attention). They also share the parameters as FSDP does.
+    context: int = 1
     #: Devices along the tensor-parallel axis: heads, MLP hidden units and vocabulary are split over it.
     tensor: int = 1
     #: Pipeline stages: the layers are split into this many consecutive groups (see the pipeline section).

@@ -11,18 +11,23 @@ default below:
 | logical  | mesh axes      | effect |
 | -------- | -------------- | ------ |
 | batch    | data, fsdp     | the batch is split over every data-parallel device (DP and FSDP) |
-| embed    | fsdp           | FSDP / ZeRO-3: parameters and their AdamW moments are split along d_model |
+| embed    | fsdp, context  | FSDP / ZeRO-3: parameters and their AdamW moments are split along d_model |
 | heads    | tensor         | Megatron: attention heads split over `tensor` |
 | kv_heads | tensor         | ... and their K/V heads |
 | mlp      | tensor         | Megatron: the MLP hidden dimension split over `tensor` |
 | vocab    | tensor         | embedding rows and the logits' vocabulary split over `tensor` |
 | layers   | pipeline       | the scanned [L, ...] axis: with S stages each device stores L/S layers |
 | stage    | pipeline       | the pipeline schedule's stage axis (jaxllm/model/pipelined.py) |
-| sequence | tensor         | Megatron sequence parallelism: the residual stream's length |
-| length, head_dim | (replicated) | |
+| length   | context        | context parallelism: activations split along the sequence (long context) |
+| sequence | context, tensor| ... and the residual stream's length, also over `tensor` (Megatron sequence parallelism) |
+| head_dim | (replicated)   | |
 
 `sequence` names the length of the residual stream between blocks only (what remat keeps,
-what the norms read), so tensor parallelism splits it too; attention's `length` stays whole.
+what the norms read), so tensor parallelism splits it too; `length` (attention's queries,
+keys and values, the MLP's hidden units, the logits) is split over `context` only, and
+attention then reads the keys of the other shards (jaxllm/model/context.py). Context
+devices also hold a share of the parameters (`embed -> fsdp, context`): they see the same
+rows, so like FSDP devices they store 1/n of each weight and gather it per layer.
 `mesh.rules` in the config changes entries ("embed=" replicates parameters: plain DP).
 How the table is applied to arrays: jaxllm/parallel/rules.py.
 """
@@ -40,13 +45,13 @@ LOGICAL_AXES = (
     "batch", "length", "sequence", "embed", "heads", "kv_heads", "head_dim", "mlp", "vocab", "layers", "stage",
 )  # fmt: skip
 # The device mesh's axes, in mesh order; MeshConfig has one size field for each, in this order.
-MESH_AXES = ("data", "fsdp", "tensor", "pipeline")
+MESH_AXES = ("data", "fsdp", "context", "tensor", "pipeline")
 
 DEFAULT_RULES: Rules = (
     ("batch", ("data", "fsdp")),
-    ("length", None),
-    ("sequence", ("tensor",)),
-    ("embed", ("fsdp",)),
+    ("length", ("context",)),
+    ("sequence", ("context", "tensor")),
+    ("embed", ("fsdp", "context")),
     ("heads", ("tensor",)),
     ("kv_heads", ("tensor",)),
     ("head_dim", None),
