@@ -66,6 +66,16 @@ class TrainConfig:
     z_loss: float = 0.0
     #: Also write the metrics as TensorBoard event files (in out_dir/tensorboard).
     tensorboard: bool = True
+    #: Also log the metrics to Weights & Biases, into this W&B project ("" = off). Process 0 logs, as
+    #: "<split>/<name>" at the run's step; the W&B run folder is out_dir/wandb. Needs `pip install 'jaxllm[wandb]'`.
+    wandb: str = ""
+    #: W&B mode: "online" streams to the server, "offline" writes only out_dir/wandb (upload later with
+    #: `wandb sync`); "" = the WANDB_MODE environment variable, else online.
+    wandb_mode: Literal["", "online", "offline"] = ""
+    #: W&B entity (user or team) that owns the project ("" = the logged-in user's default).
+    wandb_entity: str = ""
+    #: W&B run name ("" = the run folder's name). A resumed run continues the same W&B run.
+    wandb_name: str = ""
     #: The run directory: config.yaml, checkpoints, metrics and logs; a run in an existing one resumes.
     out_dir: str = "runs/default"
 

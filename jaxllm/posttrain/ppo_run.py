@@ -60,7 +60,7 @@ class PPORun:
         self.critic_step = make_train_step(self.ccfg, self.clayout, self.ctx, critic_loss_fn(p.value_clip))
         last_step = min(t.steps, stop_after) if stop_after is not None else t.steps
         self.loop = HostLoop(self.step0, last_step)
-        self.writer = writer_for(folder.path, t.tensorboard)
+        self.writer = writer_for(folder.path, t.tensorboard, cfg, self.log)  # + W&B when train.wandb is set
         self.result = TrainResult(folder.path, self.step0, {}, {})
         self.saved_at: int | None = None
         self.gae = jax.jit(ppo_math.gae, static_argnums=(3, 4))

@@ -33,7 +33,9 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from jaxllm import host
+from jaxllm.config import Config, to_dict
 from jaxllm.train.metrics import MetricsWriter
+from jaxllm.train.wandb_sink import WandbSink
 
 
 def start_run() -> None:
@@ -89,9 +91,18 @@ class NoMetrics:
         pass
 
 
-def writer_for(run_dir: Path, tensorboard: bool) -> MetricsWriter | NoMetrics:
-    """Process 0 writes metrics.jsonl (and TensorBoard events); the others write nothing."""
-    return MetricsWriter(run_dir, tensorboard=tensorboard) if jax.process_index() == 0 else NoMetrics()
+def writer_for(
+    run_dir: Path, tensorboard: bool, cfg: Config | None = None, log: Callable[[str], None] = quiet
+) -> MetricsWriter | NoMetrics:
+    """Process 0 writes metrics.jsonl (and TensorBoard events, and W&B when `cfg.train.wandb`
+    names a project; `log` says where that W&B run lives); the others write nothing."""
+    if jax.process_index() != 0:
+        return NoMetrics()
+    sinks = []
+    if cfg is not None and cfg.train.wandb:
+        sinks.append(WandbSink(run_dir, cfg.train, to_dict(cfg)))
+        log(sinks[-1].describe())
+    return MetricsWriter(run_dir, tensorboard=tensorboard, sinks=sinks)
 
 
 def format_time(seconds: float) -> str:

@@ -29,9 +29,9 @@ import struct
 import sys
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from jaxllm.errors import DataError
 
@@ -70,6 +70,14 @@ def _summary_writer_class():
     return SummaryWriter
 
 
+class Sink(Protocol):
+    """Another place a run's numbers go (jaxllm/train/wandb_sink.py): gets each write's floats."""
+
+    def write(self, step: int, split: str, values: Mapping[str, float]) -> None: ...
+
+    def close(self) -> None: ...
+
+
 class MetricsWriter:
     """Appends metrics of one run to RUN_DIR/metrics.jsonl and (optionally) TensorBoard.
 
@@ -78,11 +86,13 @@ class MetricsWriter:
             mw.write(step, "train", {"loss": 3.2, "lr": 3e-4})
 
     Only the process that owns the run (process 0 in multi-host training) should create one;
-    two writers on the same file would interleave lines.
+    two writers on the same file would interleave lines. `sinks` (e.g. a WandbSink) get every
+    write's values after the file and TensorBoard, and are closed with the writer.
     """
 
-    def __init__(self, run_dir: str | Path, *, tensorboard: bool = True) -> None:
+    def __init__(self, run_dir: str | Path, *, tensorboard: bool = True, sinks: Sequence[Sink] = ()) -> None:
         self.run_dir = Path(run_dir)
+        self._sinks = list(sinks)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.run_dir / METRICS_FILE
         # If the previous run died mid-line, the file ends without a newline; start our first
@@ -133,6 +143,8 @@ class MetricsWriter:
                 # TensorBoard handles NaN itself (it shows a gap), so it gets the raw value.
                 self._tb.add_scalar(f"{split}/{name}", v, global_step=int(step), walltime=now)
             self._tb.flush()
+        for sink in self._sinks:
+            sink.write(int(step), split, floats)
 
     def flush(self) -> None:
         """Push everything buffered to disk (write() already does; this is for callers' peace of mind)."""
@@ -143,13 +155,16 @@ class MetricsWriter:
             self._tb.flush()
 
     def close(self) -> None:
-        """Flush and close both sinks. Safe to call twice."""
+        """Flush and close every sink. Safe to call twice."""
         if not self._file.closed:
             self.flush()
             self._file.close()
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+        sinks, self._sinks = self._sinks, []
+        for sink in sinks:
+            sink.close()
 
     def __enter__(self) -> MetricsWriter:
         return self

@@ -26,12 +26,14 @@ from jaxllm.parallel.layout import Layout
 from jaxllm.parallel.mesh import make_mesh
 from jaxllm.train.checkpoint import Checkpointer, config_changes
 from jaxllm.train.flops import peak_flops
+from jaxllm.train.goodput import GOODPUT_SPLIT, Goodput
 from jaxllm.train.loop import Hook, HostLoop, format_time, quiet, start_run, writer_for
 from jaxllm.train.optimizer import make_optimizer
 from jaxllm.train.run_folder import RunFolder, absolute_paths
 from jaxllm.train.state import abstract_state, init_state
 from jaxllm.train.step import make_eval_step, make_train_step, shard_batch
 from jaxllm.train.task import Task, TrainResult, check_batch, check_vocab, evaluate, process_rows
+from jaxllm.train.wandb_sink import import_wandb
 
 
 class NonFiniteLoss(JaxllmError, RuntimeError):
@@ -55,19 +57,22 @@ def train(
     (`jaxllm train --reset`). See train/run_folder.py for what the folder guarantees.
     `layout`: the run's Layout when its entry point built it already (post-training
     builds it before its task reads the start run); else built here, once."""
+    goodput = Goodput()  # the run's wall clock starts here: what comes before the first step is start-up
     start_run()
+    if cfg.train.wandb:
+        import_wandb()  # in every process, before the run folder is touched: a missing library stops all at once
     task = task or Task()
     cfg = absolute_paths(cfg)
     primary = jax.process_index() == 0  # process 0 alone writes logs, metrics and config; orbax saves collectively
     with RunFolder(cfg.train.out_dir, primary, log if primary else quiet) as folder:
         if reset:
             folder.reset()
-        return _train(cfg, folder, log if primary else quiet, stop_after, task, layout)
+        return _train(cfg, folder, log if primary else quiet, stop_after, task, layout, goodput)
 
 
 def _train(
     cfg: Config, folder: RunFolder, log: Callable[[str], None], stop_after: int | None, task: Task,
-    layout: Layout | None,
+    layout: Layout | None, goodput: Goodput,
 ) -> TrainResult:  # fmt: skip
     t = cfg.train
     has_val = task.has_val(cfg)
@@ -99,7 +104,7 @@ def _train(
     if mesh.shape["pipeline"] > 1:
         S, R, M = mesh.shape["pipeline"], cfg.pipeline.repeats, t.microbatches
         log(f"pipeline: {S} stages x {R} repeats, {M} microbatches: bubble {bubble_fraction(S, M, R):.1%}")
-    run = _Run(cfg, task, layout, tx, state, data_iter, ckpt, folder, log, step0, stop_after, has_val)
+    run = _Run(cfg, task, layout, tx, state, data_iter, ckpt, folder, log, step0, stop_after, has_val, goodput)
     return run.go()
 
 
@@ -109,7 +114,7 @@ class _Run:
 
     def __init__(self, cfg: Config, task: Task, layout: Layout, tx, state, data_iter, ckpt: Checkpointer,
                  folder: RunFolder, log: Callable[[str], None], step0: int, stop_after: int | None,
-                 has_val: bool):  # fmt: skip
+                 has_val: bool, goodput: Goodput):  # fmt: skip
         t = cfg.train
         self.cfg, self.task, self.layout, self.state, self.data_iter = cfg, task, layout, state, data_iter
         self.ckpt, self.folder, self.log, self.has_val = ckpt, folder, log, has_val
@@ -118,7 +123,8 @@ class _Run:
         self.flops_token = flops_per_token(cfg, cfg.data.seq_len)
         peak = peak_flops(jax.devices()[0])
         self.peak_total = peak * layout.mesh.devices.size if peak else None
-        self.writer = writer_for(folder.path, t.tensorboard)
+        self.writer = writer_for(folder.path, t.tensorboard, cfg, log)
+        self.goodput = goodput
         self.result = TrainResult(folder.path, step0, {}, {})
         last_step = min(t.steps, stop_after) if stop_after is not None else t.steps
         self.loop = HostLoop(step0, last_step, record=self.record)
@@ -128,8 +134,13 @@ class _Run:
     def go(self) -> TrainResult:
         t, loop = self.cfg.train, self.loop
         hooks = [Hook(t.eval_every, self.evaluate), Hook(t.checkpoint_every, self.save)]
+        gp = self.goodput
+        gp.add("startup", time.perf_counter() - gp.start)
         try:
             self.result.interrupted = loop.run(self.advance, hooks, self.stop)
+            with gp.timed("checkpoint"):
+                self.ckpt.wait()  # the last saves' writes: the run is not done before they are
+            self.writer.write(loop.step, GOODPUT_SPLIT, gp.values())  # the run's totals (replaces the last step's)
         finally:
             self.ckpt.wait()
             self.writer.close()
@@ -146,15 +157,21 @@ class _Run:
         return self.result
 
     def advance(self, step: int) -> tuple[int, Any]:
-        host = next(self.data_iter)
-        batch = shard_batch(process_rows(host) if self.task.global_batches else host, self.layout)
-        self.state, metrics = self.train_step(self.state, batch)
+        with self.goodput.timed("data_wait"):
+            host = next(self.data_iter)
+            batch = shard_batch(process_rows(host) if self.task.global_batches else host, self.layout)
+        before, t0 = _programs(self.train_step), time.perf_counter()
+        self.state, metrics = self.train_step(self.state, batch)  # returns once dispatched (or compiled)
+        after = _programs(self.train_step)
+        compiled = after > before if before is not None else step == self.loop.first_step
+        self.goodput.add("compile" if compiled else "step", time.perf_counter() - t0)
         return step + 1, metrics
 
     def record(self, step: int, metrics: Any) -> None:
         """Host side of a finished step: fetch its metrics (one step late), check, log."""
         t = self.cfg.train
-        m = jax.device_get(metrics)
+        with self.goodput.timed("step"):
+            m = jax.device_get(metrics)  # waits for the step to finish on the device
         loss, tokens = float(m["loss"]), float(m["tokens"]) * self.task.tokens_per_count
         self.window_tokens += tokens
         self.window_steps += 1
@@ -179,6 +196,7 @@ class _Run:
         if self.peak_total:
             values["mfu"] = tok_s * self.flops_token / self.peak_total
         self.writer.write(step, "train", values)
+        self.writer.write(step, GOODPUT_SPLIT, self.goodput.values())
         self.result.tokens_per_s = tok_s
         bar, eta = self.loop.progress(step)
         mfu = f" | MFU {values['mfu']:.1%}" if "mfu" in values else ""
@@ -191,6 +209,7 @@ class _Run:
         eval_start = time.perf_counter()
         val = evaluate(self.cfg, self.eval_step, self.state["params"], self.layout, self.has_val,
                        self.task.val_batches(self.cfg), self.task.global_batches)  # fmt: skip
+        self.goodput.add("eval", time.perf_counter() - eval_start)
         self.window_start += time.perf_counter() - eval_start  # throughput counts training time only
         if val is not None:
             self.result.val_losses[step] = val
@@ -198,13 +217,22 @@ class _Run:
             self.log(f"step {step}: val loss {val:.4f} (perplexity {math.exp(min(val, 50.0)):.2f})")
 
     def save(self, step: int, force: bool = False) -> None:
-        self.ckpt.save(step, self.state, self.data_iter.get_state(), to_dict(self.cfg), force=force)
+        with self.goodput.timed("checkpoint"):  # the blocking part: orbax copies the state, then writes behind
+            self.ckpt.save(step, self.state, self.data_iter.get_state(), to_dict(self.cfg), force=force)
         self.saved_at = step
 
     def stop(self, step: int, received: int) -> None:
         if self.saved_at != step:  # a signal on a checkpoint step: that checkpoint is the one
             self.save(step, force=True)
         self.log(f"received signal {received} at step {step}: checkpoint saved, stopping")
+
+
+def _programs(train_step: Callable) -> int | None:
+    """How many programs the jitted train step holds, so a call that adds one is a (re)compile.
+    jax's `_cache_size` is private, hence guarded: None without it (then the run's first call
+    alone counts as a compile)."""
+    size = getattr(getattr(train_step, "jitted", None), "_cache_size", None)
+    return size() if callable(size) else None
 
 
 def train_main(cfg: Config, reset: bool = False) -> int:
