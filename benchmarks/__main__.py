@@ -25,6 +25,7 @@ SCRIPTS = {
     "guide": "run docs/guide's commands at full size; write its logs and pictures",
     "load_memory": "peak host memory of `jaxllm sample` on an imported model vs its weights' size",
     "xla_flags": "compile vs run time of real programs under the tests' XLA flags and the defaults",
+    "checkpoint_stall": "how long an async orbax checkpoint save blocks the train step loop (goodput records)",
 }
 SUITE = ["train_step", "compile_memory", "loader", "generate"]  # the performance suite
 
