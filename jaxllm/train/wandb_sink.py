@@ -12,10 +12,12 @@ a step's train, val and goodput values share one W&B history row. Only process 0
 sink (loop.writer_for), like every other file a run writes.
 
 Where: the W&B run folder is RUN_DIR/wandb (wandb.init's `dir` is the run folder), so an
-offline run travels with its checkpoints and is uploaded later with `wandb sync RUN_DIR/wandb/offline-run-*`.
-The W&B run id is kept in RUN_DIR/wandb/jaxllm-run-id: a resumed run continues the same W&B
-run. W&B accepts only increasing steps, so the steps a resumed run re-does (from its
-checkpoint up to the crash) keep their first values in W&B, while `read_metrics` keeps the last.
+offline run travels with its checkpoints and is uploaded later with
+`wandb sync RUN_DIR/wandb/offline-run-*`. The W&B run id is kept in
+RUN_DIR/wandb/jaxllm-run-id: a resumed run continues the same W&B run (offline, each resume
+adds an offline-run-* folder with that id). W&B accepts only increasing steps, so the steps
+a resumed run re-does (from its checkpoint up to the crash) keep their first values in
+W&B, while `read_metrics` keeps the last.
 """
 
 from __future__ import annotations
