@@ -16,7 +16,8 @@ Topologies:
   v4-N, v5p-N           N TensorCores (2 per chip: v5p-128 is 64 chips), a 3D torus
   v5e-N, v6e-N          N chips, a 2D torus (v5litepod-N is v5e-N)
   GEN:AxBxC             an explicit libtpu topology, e.g. v5p:4x4x4 or v5e:4x8
-`--slices K` replicates the topology K times (multi-slice over DCN).
+`--slices K` replicates the topology K times (multi-slice over DCN); `data` spans the
+slices, every other mesh axis stays inside one (jaxllm/parallel/mesh.py, `make_mesh`).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from jaxllm.config import Config, ConfigError
 from jaxllm.hlo import collectives, kernel_calls
 from jaxllm.model.summary import flops_breakdown
 from jaxllm.parallel.layout import Layout
-from jaxllm.parallel.mesh import batch_sharding, make_mesh
+from jaxllm.parallel.mesh import batch_sharding, device_slices, make_mesh
 from jaxllm.train.optimizer import make_optimizer
 from jaxllm.train.state import abstract_state
 from jaxllm.train.step import make_train_step
@@ -165,6 +166,7 @@ class Plan:
     estimated: bool = True  # False: the time estimate's probes were not compiled (`--memory-only`)
     host_temp_bytes: int = 0  # per device, in host memory (activations offloaded by model.remat=offload)
     causal_attention_flops: float = 0.0  # the half of analytic_flops' attention term a causal mask skips
+    slices: int = 1  # TPU slices joined over DCN; `data` spans them
 
     @property
     def total_bytes(self) -> int:
@@ -201,7 +203,8 @@ class Plan:
         gib = lambda b: f"{b / GiB:,.2f} GiB"  # noqa: E731
         rows = [
             ("topology", f"{self.topology}: {self.devices} x {self.device_kind}"),
-            ("mesh", " x ".join(f"{k} {v}" for k, v in self.mesh.items())),
+            ("mesh", " x ".join(f"{k} {v}" for k, v in self.mesh.items())
+                     + (f" (data over {self.slices} slices, DCN)" if self.slices > 1 else "")),
             ("arguments / device", f"{gib(self.argument_bytes)} (params, optimizer state, batch)"),
             ("temporaries / device", f"{gib(self.temp_bytes)} " + ("(the compiler's figure when it gave up)"
                                      if self.refused else "(activations, gradients, collective buffers)")),
@@ -379,4 +382,5 @@ def plan(cfg: Config, topology: Topology, hbm_bytes: float | None = None, estima
         collectives=moves,
         estimated=estimate,
         host_temp_bytes=host_bytes,
+        slices=len(device_slices(topology.devices)),
     )

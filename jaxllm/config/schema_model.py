@@ -155,6 +155,10 @@ class MeshConfig:
     tensor: int = 1
     #: Pipeline stages: the layers are split into this many consecutive groups (see the pipeline section).
     pipeline: int = 1
+    #: TPU slices the mesh spans (multi-slice, joined by the data-centre network): 0 takes the count from the
+    #: devices' slice_index. Only `data` crosses slices (mesh.data must be a multiple of it); the other axes stay
+    #: inside each slice, on its fast interconnect.
+    slices: int = 0
     #: Changes to the logical-axis rules table (jaxllm/parallel/axes.py), each "logical=axis",
     #: "logical=axis1+axis2" or "logical=" (replicated), e.g. ["embed=", "mlp=tensor"].
     rules: tuple[str, ...] = ()

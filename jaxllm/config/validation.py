@@ -91,6 +91,19 @@ def _check_mesh(cfg: Config) -> None:
             )
 
 
+def _check_slices(cfg: Config) -> None:
+    """Multi-slice: only `data` crosses slices, so a fixed mesh.data must split over them
+    (with data=-1 the check waits for the device count, in jaxllm/parallel/mesh.py)."""
+    mesh = cfg.mesh
+    _need(mesh.slices >= 0, f"mesh.slices={mesh.slices} must be >= 0 (0: as many as the devices' slice_index shows)")
+    if mesh.slices > 1 and mesh.data != -1:
+        _need(
+            mesh.data % mesh.slices == 0,
+            f"mesh.data={mesh.data} is not divisible by mesh.slices={mesh.slices}; only data spans slices (over "
+            f"DCN), so make mesh.data a multiple of {mesh.slices} and keep fsdp, context, tensor within a slice",
+        )
+
+
 def _check_pipeline(cfg: Config) -> None:
     """The pipeline schedule: layers per stage and lap, microbatches per stage, no dropout inside."""
     m = cfg.model
@@ -279,6 +292,7 @@ def _check_layout(cfg: Config) -> None:
 # In the order the checks ran when they were one function: the first broken key is reported.
 _SECTION_CHECKS = (
     _check_mesh,
+    _check_slices,
     _check_pipeline,
     _check_tokenizer,
     _check_data,
