@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -17,8 +16,7 @@ from jaxllm.model import pipelined as pipeline_mod
 from jaxllm.model.api import cross_entropy
 from jaxllm.model.decoder import Decoder
 from jaxllm.model.pipelined import bubble_fraction
-from jaxllm.parallel.mesh import make_mesh
-from jaxllm.parallel.rules import flax_rules, named_shardings, parse_rules
+from tests.sharded import on_mesh
 
 CFG = ModelConfig(vocab_size=64, max_seq_len=16, d_model=32, num_layers=4, num_heads=4, num_kv_heads=2, d_ff=64,
                   norm="rmsnorm", position="rope", mlp="swiglu", use_bias=False, remat="full")  # fmt: skip
@@ -38,18 +36,7 @@ def loss_and_grads(params, mesh_cfg=None, pipe=None):
 
     if mesh_cfg is None:
         return jax.jit(jax.value_and_grad(mean_loss))(params)
-    mesh = make_mesh(mesh_cfg)
-    rules = parse_rules(())
-    placed = jax.device_put(params, named_shardings(jaxllm.param_logical_axes(CFG), mesh, rules))
-
-    def f(p):
-        with nn.logical_axis_rules(flax_rules(rules)):
-            return jax.value_and_grad(mean_loss)(p)
-
-    with jax.set_mesh(mesh):
-        jitted = jax.jit(f)
-        hlo = jitted.lower(placed).compile().as_text()
-        loss, grads = jitted(placed)
+    (loss, grads), hlo = on_mesh(jax.value_and_grad(mean_loss), params, CFG, mesh_cfg)
     return loss, grads, hlo
 
 

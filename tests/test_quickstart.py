@@ -83,7 +83,8 @@ def test_train_without_data_inputs_is_a_clear_error(tmp_path, capsys):
 def test_config_show_lists_every_parameter_sharding(capsys):
     assert main(["config", "show", "gpt2-124m", "mesh.tensor=2", "model.num_layers=2"]) == 0
     out = capsys.readouterr().out
-    assert "#   blocks.mlp.up_proj.kernel" in out and "P('pipeline', 'fsdp', 'tensor')" in out  # layers -> pipeline
+    spec = "P('pipeline', ('fsdp', 'context'), 'tensor')"  # layers -> pipeline, embed -> fsdp + context
+    assert "#   blocks.mlp.up_proj.kernel" in out and spec in out
     assert "#   wte.embedding" in out
     assert jaxllm.config.from_dict(yaml.safe_load(out)) == jaxllm.load_config(
         "gpt2-124m", ["mesh.tensor=2", "model.num_layers=2"]

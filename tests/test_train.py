@@ -82,6 +82,7 @@ MESHES = {
     "fsdp=8": ["mesh.data=1", "mesh.fsdp=8"],
     "data=2,fsdp=2,tensor=2": ["mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2"],
     "tensor=4,data=2": ["mesh.data=2", "mesh.tensor=4"],
+    "context=2,fsdp=2,tensor=2": ["mesh.data=1", "mesh.fsdp=2", "mesh.context=2", "mesh.tensor=2"],
 }
 
 
@@ -102,7 +103,7 @@ def test_sharded_training_matches_single_device(mesh, data_dir, tmp_path, single
     mu = state["opt_state"][1][0].mu["blocks"]["mlp"]["up_proj"]["kernel"]
     assert kernel.sharding.spec == mu.sharding.spec, "AdamW moments are sharded like their parameters"
     if "fsdp=8" in mesh:
-        assert kernel.sharding.spec[1] == "fsdp" and kernel.addressable_shards[0].data.shape[1] == 32 // 8
+        assert kernel.sharding.spec[1] == ("fsdp", "context") and kernel.addressable_shards[0].data.shape[1] == 32 // 8
     if "tensor=4" in mesh:
         assert kernel.sharding.spec[2] == "tensor" and kernel.addressable_shards[0].data.shape[2] == 64 // 4
 

@@ -17,6 +17,7 @@ BlockKind = Literal["pre_ln", "post_ln"]
 Position = Literal["learned", "rope"]
 MLPKind = Literal["gelu", "relu", "swiglu"]
 AttentionImpl = Literal["auto", "xla", "dot_product", "splash"]
+ContextAttention = Literal["allgather", "ring"]
 Remat = Literal["none", "full", "minimal", "offload", "save_dots", "save_dots_no_batch"]
 DType = Literal["float32", "bfloat16", "float16"]
 RopeScalingKind = Literal["none", "llama3"]
@@ -92,6 +93,14 @@ class ModelConfig:
     #: The splash kernel's tile edge (query and key blocks), a multiple of 128 dividing data.seq_len; 0: the
     #: largest of 512, 256, 128 dividing the length.
     attention_block: int = 0
+    #: With mesh.context > 1 (the sequence split over devices), how attention reads the other shards' keys and
+    #: values: "allgather" gathers them all, then attends (the splash kernel on TPU, xla elsewhere); "ring"
+    #: passes them around the context devices one block at a time (ppermute), attending each block as it
+    #: arrives with an online softmax, so no device holds the whole sequence's keys (xla blocks).
+    context_attention: ContextAttention = "allgather"
+    #: With mesh.context = C > 1: split each sequence into 2C chunks and give device i chunks i and 2C-1-i, so
+    #: under the causal mask every device does the same attention work (otherwise the last does C times the first).
+    context_load_balance: bool = True
     #: The output head reuses the token embedding's matrix (GPT-2); false: a separate lm_head (most Llamas).
     tie_embeddings: bool = True
     #: Biases on the attention and MLP projections (GPT-2 has them, Llama does not).

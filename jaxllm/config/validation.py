@@ -177,18 +177,50 @@ def _check_data(cfg: Config) -> None:
 
 def _check_attention(cfg: Config) -> None:
     """The splash kernel's tiles against the training length: refused here, not at trace time."""
-    m, T = cfg.model, cfg.data.seq_len
+    m, C = cfg.model, max(cfg.mesh.context, 1)
+    T = cfg.data.seq_len // C  # each context device's share of the queries is what the kernel tiles
+    each = f"data.seq_len / mesh.context = {cfg.data.seq_len} / {C}" if C > 1 else f"data.seq_len={T}"
     if m.attention_impl == "splash" and not m.attention_block:
         _need(
             T % 128 == 0,
-            f"data.seq_len={T} cannot be tiled by model.attention_impl=splash (its tiles are multiples of 128); "
-            f"set data.seq_len={-(-T // 128) * 128}, or attention_impl=auto (xla at such lengths)",
+            f"{each} cannot be tiled by model.attention_impl=splash (its tiles are multiples of 128); "
+            f"set data.seq_len={-(-T // 128) * 128 * C}, or attention_impl=auto (xla at such lengths)",
         )
     if m.attention_impl in ("splash", "auto") and m.attention_block:
         _need(
             T % m.attention_block == 0,
-            f"model.attention_block={m.attention_block} does not divide data.seq_len={T}; set attention_block=0 "
+            f"model.attention_block={m.attention_block} does not divide {each}; set attention_block=0 "
             "(chosen per length) or a multiple of 128 dividing the length",
+        )
+
+
+def _check_context(cfg: Config) -> None:
+    """Context parallelism: the sequence splits into equal shards (2 chunks each when balanced),
+    attention dropout is not split, and the ring runs xla blocks only."""
+    m, C, T = cfg.model, cfg.mesh.context, cfg.data.seq_len
+    if C <= 1:
+        return
+    pieces = 2 * C if m.context_load_balance else C
+    _need(
+        T % pieces == 0,
+        f"data.seq_len={T} does not split into mesh.context={C} shards"
+        + (f" of 2 chunks each (model.context_load_balance=true needs a multiple of {pieces})" if pieces > C else "")
+        + f"; set data.seq_len={-(-T // pieces) * pieces}",
+    )
+    _need(
+        m.attention_dropout == 0,
+        f"model.attention_dropout={m.attention_dropout} is not supported with mesh.context={C}; set it to 0",
+    )
+    _need(
+        not (m.attention_impl == "splash" and m.context_attention == "ring"),
+        "model.context_attention=ring computes each block with xla einsums, not the splash kernel; set "
+        "model.attention_impl=auto (or xla), or model.context_attention=allgather to keep the kernel",
+    )
+    if m.attention_impl == "splash":
+        _need(
+            T % (C * C) == 0,
+            f"data.seq_len={T}: the splash kernel splits its mask over mesh.context={C} shards and needs a "
+            f"multiple of context^2 = {C * C}",
         )
 
 
@@ -297,6 +329,7 @@ _SECTION_CHECKS = (
     _check_tokenizer,
     _check_data,
     _check_attention,
+    _check_context,
     _check_chat,
     _check_posttrain,
     _check_ppo,

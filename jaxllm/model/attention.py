@@ -11,7 +11,8 @@ import jax
 import jax.numpy as jnp
 
 from jaxllm.config import ModelConfig
-from jaxllm.model.layers import constrain, dense
+from jaxllm.model.context import context_attention
+from jaxllm.model.layers import constrain, context_shards, dense
 from jaxllm.model.primitives import MASK_VALUE, attention
 from jaxllm.model.rope import apply_rope, rope_inv_freq
 from jaxllm.model.splash import fits_splash, on_tpu, splash_attention
@@ -108,9 +109,16 @@ class Attention(nn.Module):
 
         active = cfg.attention_dropout > 0 and not self.deterministic  # dropout needs the probabilities
         impl = cfg.attention_impl
+        _, shards = context_shards()
         if impl == "auto":
-            impl = "splash" if on_tpu() and fits_splash(x.shape[1], cfg.attention_block) and not active else "xla"
-        if impl == "splash" and not self.is_initializing():  # init traces an 8-token row: shapes only
+            length = x.shape[1] // shards  # the kernel tiles each device's share of the queries
+            impl = "splash" if on_tpu() and fits_splash(length, cfg.attention_block) and not active else "xla"
+        if shards > 1 and not self.is_initializing():  # the length is split over `context` devices
+            kernel = impl == "splash" and cfg.context_attention == "allgather"
+            out = context_attention(
+                q, k, v, segment_ids, cfg.context_attention, cfg.context_load_balance, kernel, cfg.attention_block
+            )
+        elif impl == "splash" and not self.is_initializing():  # init traces an 8-token row: shapes only
             out = splash_attention(q, k, v, segment_ids, cfg.attention_block)
         elif impl == "dot_product":
             # Without packing, is_causal instead of a mask: the form a fused implementation can take.

@@ -14,8 +14,9 @@ import jax.numpy as jnp
 
 from jaxllm.config import ModelConfig
 from jaxllm.model.block import REMAT_POLICIES, Block
+from jaxllm.model.context import from_layout, to_layout
 from jaxllm.model.kv_cache import KVCache, cache_mask, cache_positions
-from jaxllm.model.layers import BATCH_LENGTH_EMBED, RESIDUAL, constrain, norm, param_init
+from jaxllm.model.layers import BATCH_LENGTH_EMBED, RESIDUAL, constrain, context_shards, norm, param_init
 from jaxllm.model.pipelined import PipelinedBlocks
 from jaxllm.model.primitives import linear
 
@@ -130,6 +131,13 @@ class Decoder(nn.Module):
             positions = cache_positions(cache, T)
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
+        # Context parallelism with load balancing (jaxllm/model/context.py): the blocks see
+        # the sequence in the balanced layout; the natural order is restored after them.
+        _, shards = context_shards()
+        balanced = shards > 1 and cfg.context_load_balance and cache is None and not self.is_initializing()
+        if balanced:
+            tokens, positions = to_layout(tokens, shards), to_layout(positions, shards)
+            segment_ids = None if segment_ids is None else to_layout(segment_ids, shards)
 
         wte = nn.Embed(
             cfg.vocab_size,
@@ -167,6 +175,8 @@ class Decoder(nn.Module):
             )
         else:
             x, _ = block_stack(cfg, deterministic)(x, positions, segment_ids)
+        if balanced:
+            x = constrain(from_layout(x, shards), RESIDUAL)
 
         if last_only:
             x = x[:, -1:]

@@ -7,6 +7,7 @@ logical axis names (DESIGN.md §4). The model never mentions a mesh: a rules tab
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import flax.linen as nn
@@ -35,6 +36,18 @@ def param_init(init: nn.initializers.Initializer, names: Sequence[str | None]) -
 def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
     """Annotate an activation with logical names (a no-op outside a sharding context)."""
     return nn.with_logical_constraint(x, tuple(names))
+
+
+def context_shards() -> tuple[tuple[str, ...], int]:
+    """The mesh axes the logical `length` is split over in the program being traced (its mesh
+    and rules context), and how many devices that is: ((), 1) outside a mesh."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return (), 1
+    axes = nn.logical_to_mesh_axes(("length",))[0]
+    axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+    axes = tuple(a for a in axes if mesh.shape[a] > 1)
+    return axes, math.prod(mesh.shape[a] for a in axes)
 
 
 class Dense(nn.Module):

@@ -26,6 +26,8 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec
 
+from jaxllm.model.layers import context_shards
+
 QKV_NAMES = ("batch", "length", "heads", "head_dim")
 KV_NAMES = ("batch", "length", "kv_heads", "head_dim")
 
@@ -109,8 +111,9 @@ def splash_attention(
     if mesh.empty:
         return local(q, k, v, segment_ids)
     q_spec, kv_spec = (PartitionSpec(*nn.logical_to_mesh_axes(n)) for n in (QKV_NAMES, KV_NAMES))
-    if q_spec[1] is not None:
-        raise ValueError(f"splash attention needs whole sequences per device; the length axis is sharded ({q_spec})")
+    if context_shards()[1] > 1:
+        raise ValueError(f"splash_attention needs whole sequences per device; the length is split ({q_spec}): "
+                         "jaxllm.model.context.context_attention attends across the shards")  # fmt: skip
     seg_spec = PartitionSpec(q_spec[0], None)
     specs = (q_spec, kv_spec, kv_spec) + ((seg_spec,) if segment_ids is not None else ())
     run = local if segment_ids is not None else (lambda q_, k_, v_: local(q_, k_, v_, None))
