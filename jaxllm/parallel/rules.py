@@ -75,6 +75,7 @@ def check_divisible(shapes, shardings) -> None:
     def check(path, shape, sharding) -> None:
         for dim, (size, axes) in enumerate(zip(shape.shape, sharding.spec, strict=False)):
             names = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+            names = tuple(n for n in names if sharding.mesh.shape[n] > 1)  # the axes that split it
             ways = 1
             for name in names:
                 ways *= sharding.mesh.shape[name]
