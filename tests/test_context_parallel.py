@@ -189,3 +189,17 @@ def test_context_settings_that_cannot_run_are_refused_at_load():
         jaxllm.load_config("shakespeare-char", [*base, *splash, "data.seq_len=2048", "model.context_attention=ring"])
     with pytest.raises(ConfigError, match=r"data.seq_len / mesh.context = 768 / 4 cannot be tiled"):
         jaxllm.load_config("shakespeare-char", [*base, *splash, "data.seq_len=768"])
+
+
+def test_generation_with_the_cache_split_over_context_equals_one_device():
+    """Decoding does not reorder anything: the KV cache's length goes to `context` by the
+    same rule and GSPMD moves the data; greedy tokens equal the one-device run's."""
+    overrides = ["model.num_layers=2", "model.d_model=64", "model.num_heads=4", "model.num_kv_heads=2",
+                 "model.d_ff=128", "model.vocab_size=256", "model.max_seq_len=64", "data.seq_len=64"]  # fmt: skip
+    cfg = jaxllm.load_config("llama-125m", overrides)
+    params = jaxllm.init_params(cfg, jax.random.key(0))
+    prompts = [[1, 2, 3, 4, 5], [7, 8, 9], [3] * 7, [5]]
+    one = jaxllm.generate(cfg, params, prompts, 12, temperature=0.0)
+    split = jaxllm.load_config("llama-125m", [*overrides, "mesh.data=2", "mesh.context=4"])
+    many = jaxllm.generate(split, params, prompts, 12, temperature=0.0, mesh=make_mesh(split.mesh))
+    assert many.tokens == one.tokens

@@ -154,3 +154,18 @@ def test_viz_mesh(tmp_path, capsys):
     code = main(["viz", "mesh", "shakespeare-char-cpu", "--param", "blocks.mlp.nope", "--out", str(out)])
     err = capsys.readouterr().err
     assert code != 0 and "'blocks.mlp.nope' is not a parameter" in err and "blocks.mlp.up_proj.kernel" in err
+
+
+def test_viz_mesh_sequence_draws_the_context_split(tmp_path, capsys):
+    from jaxllm.viz.sequence import causal_work, owners
+
+    out = tmp_path / "sequence.png"
+    main(["viz", "mesh", "shakespeare-char-cpu", "mesh.data=2", "mesh.context=4", "--sequence", "--devices", "8",
+          "--out", str(out)])  # fmt: skip
+    assert png(out).shape[1] > png(out).shape[0]  # contiguous and balanced side by side
+    assert owners(16, 4, balanced=True).tolist() == [0, 0, 1, 1, 2, 2, 3, 3, 3, 3, 2, 2, 1, 1, 0, 0]
+    contiguous, balanced = causal_work(64, 4, False), causal_work(64, 4, True)
+    assert contiguous.sum() == balanced.sum() == 64 * 65 // 2
+    assert contiguous.max() / contiguous.min() > 6 and balanced.max() == balanced.min()
+    assert main(["viz", "mesh", "shakespeare-char-cpu", "--sequence", "--out", str(out)]) == 2
+    assert "mesh.context=1: --sequence draws a sequence split over context devices" in capsys.readouterr().err

@@ -61,6 +61,12 @@ def _viz_mesh(args: argparse.Namespace) -> None:
     if args.devices < 1:
         raise ConfigError(f"--devices {args.devices}: the mesh needs at least 1 device; give e.g. --devices 8")
     cfg = load_config(args.config, args.overrides)
+    if args.sequence:
+        from jaxllm.viz.sequence import plot_sequence  # slow import (jax, matplotlib)
+
+        print(f"wrote {plot_sequence(cfg, args.devices, args.out)}")
+        print("\n".join(device_table(cfg, args.devices)))
+        return
     if args.param not in parameter_names(cfg):
         raise ConfigError(f"--param {args.param!r} is not a parameter of this model; choose one of: "
                           f"{', '.join(parameter_names(cfg))}")  # fmt: skip
@@ -100,5 +106,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
     config_args(vm)
     vm.add_argument("--param", default="blocks.mlp.up_proj.kernel", help="dotted parameter name")
     vm.add_argument("--devices", type=int, default=8, help="device count the mesh spans")
+    vm.add_argument("--sequence", action="store_true",
+                    help="instead of a parameter: a sequence's causal attention over the context devices")
     vm.add_argument("--out", default="mesh.png")
     vm.set_defaults(func=_viz_mesh)
