@@ -177,7 +177,7 @@ def test_sharded_generation_equals_single_device(params):
         state = g._start_jit(rnd.static, g._place(setup, p), rnd.prompts, rnd.start, g._padded(setup, 4),
                              setup.stop_ids, setup.stop_seqs, jax.random.key(0), rnd.done)  # fmt: skip
     spec = state.cache.k.sharding.spec
-    assert tuple(spec)[1:4] == (("data", "fsdp"), "context", "tensor"), spec
+    assert tuple(spec)[1:4] == (("data", "fsdp"), None, "tensor"), spec  # context 1: length not split
 
 
 def test_bad_input_gets_clear_errors(params):

@@ -27,6 +27,7 @@ Restoring tells two failures apart, because they need opposite answers:
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import time
 from collections.abc import Callable
@@ -86,13 +87,19 @@ class Checkpointer:
     """Keeps the last `keep` checkpoints plus every one whose step is a multiple of `keep_every`."""
 
     def __init__(self, directory: str | os.PathLike[str], keep: int = 3, keep_every: int = 0):
+        self.directory = Path(directory).absolute()
+        # Orbax names its cross-process barriers by step ("_async_write_complete.8"). Two
+        # managers saving the same step at once (PPO's policy and critic) would then meet in
+        # one barrier and fail ("already ongoing"); a prefix from the folder keeps them apart.
+        # Every process opens the same folder, so every process derives the same prefix.
+        prefix = "ckpt" + hashlib.sha1(str(self.directory).encode()).hexdigest()[:12]
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep,
             keep_period=keep_every or None,
             enable_async_checkpointing=True,
             create=True,
+            multiprocessing_options=ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=prefix),
         )
-        self.directory = Path(directory).absolute()
         # Handlers named up front (not just item names): a fresh manager can then read one
         # item's metadata (the saved shapes) before any restore, which `incompatibility` needs.
         handlers = {"state": ocp.StandardCheckpointHandler(), "data": ocp.JsonCheckpointHandler(),
