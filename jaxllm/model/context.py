@@ -12,12 +12,13 @@ torchtitan (`model.context_attention`):
   and on TPU it runs the splash kernel (jaxllm/model/splash.py) on each shard.
 - ring: the K/V blocks travel around the context devices (`ppermute`, C - 1 hops); each
   device attends its queries to the block it holds while the next one is in flight, and
-  merges the partial results with an online softmax (running log-sum-exp). No device ever
-  holds more than two K/V blocks. Each block is XLA einsums under `jax.checkpoint`, so the
+  merges the partial results with an online softmax (running log-sum-exp). In the forward
+  pass no device holds more than two K/V blocks; the backward is autodiff, which keeps each
+  hop's block and running output. Each block is XLA einsums under `jax.checkpoint`, so the
   backward pass recomputes a block's scores instead of keeping C of them.
 
 Load balancing (`model.context_load_balance`): under the causal mask, position t attends
-to t + 1 keys, so with contiguous shards the last device does C times the first's work
+to t + 1 keys, so with contiguous shards the last device does about 2C - 1 times the first's work
 (and a kernel that skips masked tiles finishes first on device 0 and waits). The sequence
 is cut into 2C chunks and device i takes chunks i and 2C - 1 - i: every device then holds
 one early and one late chunk and the same number of unmasked (query, key) pairs. The
