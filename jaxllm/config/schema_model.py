@@ -13,14 +13,15 @@ import dataclasses
 from typing import Literal
 
 Norm = Literal["layernorm", "rmsnorm"]
-BlockKind = Literal["pre_ln", "post_ln"]
+BlockKind = Literal["pre_ln", "post_ln", "sandwich"]
 Position = Literal["learned", "rope"]
-MLPKind = Literal["gelu", "relu", "swiglu"]
+MLPKind = Literal["gelu", "relu", "swiglu", "geglu"]
+Router = Literal["softmax", "sigmoid"]
 AttentionImpl = Literal["auto", "xla", "dot_product", "splash"]
 ContextAttention = Literal["allgather", "ring"]
 Remat = Literal["none", "full", "minimal", "offload", "save_dots", "save_dots_no_batch"]
 DType = Literal["float32", "bfloat16", "float16"]
-RopeScalingKind = Literal["none", "llama3"]
+RopeScalingKind = Literal["none", "llama3", "linear"]
 Head = Literal["lm", "scalar"]
 
 
@@ -33,7 +34,8 @@ class RopeScalingConfig:
     are kept; the band in between is interpolated smoothly.
     """
 
-    #: "none": plain RoPE; "llama3": scale the low frequencies as Llama 3.1 does (needs model.position=rope).
+    #: "none": plain RoPE; "llama3": scale the low frequencies as Llama 3.1 does; "linear": divide every
+    #: frequency by `factor` (position interpolation, Gemma 3's global layers). Needs model.position=rope.
     kind: RopeScalingKind = "none"
     #: How many times longer the context gets: low frequencies are divided by it (>= 1).
     factor: float = 8.0
@@ -70,9 +72,12 @@ class ModelConfig:
     norm: Norm = "layernorm"
     #: Epsilon added to the variance inside every norm, for numerical stability.
     norm_eps: float = 1e-5
-    #: Where the norms sit: "pre_ln" (before each branch, GPT-2 and Llama) or "post_ln" (after each residual
-    #: add, the original Transformer).
+    #: Where the norms sit: "pre_ln" (before each branch, GPT-2 and Llama), "post_ln" (after each residual
+    #: add, the original Transformer) or "sandwich" (before each branch and on its output before the residual
+    #: add, Gemma 2 and 3).
     block: BlockKind = "pre_ln"
+    #: RMSNorm multiplies by (1 + scale) with the scale initialised to 0 (Gemma), instead of by the scale.
+    norm_unit_offset: bool = False
     #: Apply a final norm (ln_f) after the stack, before the output head (GPT-2 and Llama have it).
     final_norm: bool = True
     #: Position information: "learned" (an embedding table of max_seq_len rows, GPT-2) or "rope" (rotary
@@ -82,7 +87,29 @@ class ModelConfig:
     rope_theta: float = 10000.0
     #: Long-context scaling of the RoPE frequencies (see the rope_scaling keys).
     rope_scaling: RopeScalingConfig = RopeScalingConfig()
-    #: MLP kind: "gelu" (GPT-2, tanh approximation), "relu", or "swiglu" (gated SiLU, Llama).
+    #: RoPE base of the sliding-window (local) layers; 0: the same RoPE as the global layers. When set, local
+    #: layers use it without rope_scaling (Gemma 3: 10000 local, 1000000 global).
+    rope_local_theta: float = 0.0
+    #: Tokens a query sees on a sliding-window layer, itself included (Mistral 4096, Gemma 2 4096, Gemma 3 512);
+    #: 0: every layer attends to the whole causal prefix.
+    sliding_window: int = 0
+    #: With sliding_window > 0: layer i is global when (i + 1) is a multiple of this, local otherwise. 1: every
+    #: layer local (Mistral); 2: alternating, local first (Gemma 2); 6: five local then one global (Gemma 3).
+    sliding_window_pattern: int = 1
+    #: Biases on the q, k and v projections only (Qwen2 / Qwen2.5), whatever use_bias says of the others.
+    qkv_bias: bool = False
+    #: RMSNorm over head_dim on every query and key head, before RoPE (Qwen3, Gemma 3).
+    qk_norm: bool = False
+    #: Attention scores are scaled by query_pre_attn_scalar^-0.5 (Gemma); 0: by head_dim^-0.5.
+    query_pre_attn_scalar: float = 0.0
+    #: Soft-cap the attention scores: cap * tanh(score / cap) before the mask and softmax (Gemma 2: 50); 0: off.
+    attn_logit_softcap: float = 0.0
+    #: Soft-cap the output logits: cap * tanh(logit / cap) (Gemma 2: 30); 0: off.
+    final_logit_softcap: float = 0.0
+    #: Multiply the token embeddings by sqrt(d_model) before the first block (Gemma), rounded to the compute dtype.
+    scale_embeddings: bool = False
+    #: MLP kind: "gelu" (GPT-2, tanh approximation), "relu", "swiglu" (gated SiLU, Llama) or "geglu" (gated GELU,
+    #: tanh approximation, Gemma).
     mlp: MLPKind = "gelu"
     #: How attention is computed: "auto" (the splash kernel when compiling for TPU and the length is a multiple
     #: of 128, else xla), "xla" (einsums and a float32 softmax; supports attention_dropout), "splash" (JAX's
@@ -128,6 +155,27 @@ class ModelConfig:
     #: (batch, seq, vocab). A sequence no longer than this takes one plain pass (so short-context runs are
     #: unchanged); 0: always one pass.
     loss_chunk: int = 1024
+    #: Mixture of experts: routed experts per MLP (jaxllm/model/moe.py); 0: the dense MLP.
+    num_experts: int = 0
+    #: Experts each token is routed to (top-k).
+    experts_per_token: int = 2
+    #: Hidden width of each routed expert (an `mlp`-kind MLP), in features; null: d_ff.
+    expert_d_ff: int | None = None
+    #: Router scores: "softmax" over the experts (Mixtral, Qwen3-MoE) or "sigmoid" per expert (DeepSeek-V3).
+    router: Router = "softmax"
+    #: Renormalise each token's top-k router weights to sum to 1 (Mixtral; Qwen3-MoE's norm_topk_prob).
+    router_norm_topk: bool = True
+    #: Shared experts: one dense MLP of num_shared_experts * shared_expert_d_ff hidden units every token goes
+    #: through beside the routed ones (DeepSeek-style); 0: none.
+    num_shared_experts: int = 0
+    #: Hidden width of each shared expert, in features; null: expert_d_ff.
+    shared_expert_d_ff: int | None = None
+    #: Weight of the load-balancing loss (Switch Transformer: E * sum_e f_e P_e) added to the training loss.
+    router_aux_loss_coef: float = 0.01
+    #: Weight of the router z-loss (ST-MoE: mean logsumexp(router logits)^2) added to the training loss.
+    router_z_loss_coef: float = 0.0
+    #: Expert capacity as a multiple of the even share (tokens * k / E); tokens past it are dropped. 0: dropless.
+    expert_capacity_factor: float = 0.0
     #: Output head: "lm" gives next-token logits; "scalar" gives one value per position (reward models, critics).
     head: Head = "lm"
     #: Compute dtype of matmuls and activations.
@@ -144,6 +192,10 @@ class ModelConfig:
             object.__setattr__(self, "head_dim", self.d_model // self.num_heads)
         if self.d_ff is None:
             object.__setattr__(self, "d_ff", 4 * self.d_model)
+        if self.expert_d_ff is None:
+            object.__setattr__(self, "expert_d_ff", self.d_ff)
+        if self.shared_expert_d_ff is None:
+            object.__setattr__(self, "shared_expert_d_ff", self.expert_d_ff)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,6 +212,9 @@ class MeshConfig:
     #: Devices along the context-parallel axis: each holds 1/context of every sequence (long context); attention
     #: reads the other shards' keys and values (model.context_attention). They also share the parameters as FSDP does.
     context: int = 1
+    #: Devices along the expert-parallel axis: each holds num_experts / expert of every MoE layer's experts, and
+    #: like a data-parallel device its own share of the batch (tokens travel to their experts by all-to-all).
+    expert: int = 1
     #: Devices along the tensor-parallel axis: heads, MLP hidden units and vocabulary are split over it.
     tensor: int = 1
     #: Pipeline stages: the layers are split into this many consecutive groups (see the pipeline section).

@@ -10,6 +10,7 @@ import math
 
 from jaxllm.config.schema import Config
 from jaxllm.config.schema_model import ModelConfig
+from jaxllm.config.validation_families import check_families
 from jaxllm.errors import ConfigError
 from jaxllm.parallel.axes import MESH_AXES, parse_rules
 
@@ -25,9 +26,9 @@ def validate_model(m: ModelConfig) -> None:
         value = getattr(m, name)
         _need(value > 0, f"model.{name}={value} must be a positive integer")
     _need(
-        m.d_model % m.num_heads == 0,
+        m.d_model % m.num_heads == 0 or m.head_dim != m.d_model // m.num_heads,
         f"model.num_heads={m.num_heads} does not divide model.d_model={m.d_model}; "
-        f"choose num_heads among the divisors of {m.d_model}",
+        f"choose num_heads among the divisors of {m.d_model}, or set model.head_dim",
     )
     for name in ("num_kv_heads", "head_dim", "d_ff"):
         value = getattr(m, name)
@@ -48,7 +49,7 @@ def validate_model(m: ModelConfig) -> None:
         _need(m.position == "rope", f"model.rope_scaling.kind={s.kind!r} needs model.position=rope")
         _need(s.factor >= 1, f"model.rope_scaling.factor={s.factor} must be >= 1")
         _need(
-            s.high_freq_factor > s.low_freq_factor > 0,
+            s.kind == "linear" or s.high_freq_factor > s.low_freq_factor > 0,
             f"model.rope_scaling.high_freq_factor={s.high_freq_factor} must exceed "
             f"low_freq_factor={s.low_freq_factor} > 0",
         )
@@ -56,6 +57,7 @@ def validate_model(m: ModelConfig) -> None:
             s.original_max_seq_len > 0,
             f"model.rope_scaling.original_max_seq_len={s.original_max_seq_len} must be positive",
         )
+    check_families(m)
     _need(m.norm_eps > 0, f"model.norm_eps={m.norm_eps} must be positive (1e-5 is usual)")
     _need(m.init_std > 0, f"model.init_std={m.init_std} must be positive (0.02 is usual)")
     _need(m.loss_chunk >= 0, f"model.loss_chunk={m.loss_chunk} must be >= 0 (positions per chunk; 0: no chunks)")
