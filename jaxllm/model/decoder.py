@@ -79,7 +79,8 @@ def block_stack(config: ModelConfig, deterministic: bool, decoding: bool = False
         block = nn.remat(Block, prevent_cse=False, policy=REMAT_POLICIES[config.remat])
     stack = nn.scan(
         block,
-        variable_axes={"params": 0, "intermediates": 0},  # sown values (jaxllm.viz) stack per layer
+        # Sown values stack per layer: "intermediates" (jaxllm.viz), "moe" (the routers' auxiliary losses).
+        variable_axes={"params": 0, "intermediates": 0, "moe": 0},
         split_rngs={"params": True, "dropout": True},  # each layer its own init and dropout
         in_axes=(nn.broadcast, nn.broadcast),  # positions, segment_ids: same for every layer
         length=config.num_layers,
