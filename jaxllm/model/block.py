@@ -1,4 +1,5 @@
-"""One transformer block, pre-LN (GPT-2, Llama) or post-LN (the original Transformer)."""
+"""One transformer block: pre-LN (GPT-2, Llama), post-LN (the original Transformer) or
+sandwich (Gemma 2 and 3: a norm before each branch and one on its output)."""
 
 from __future__ import annotations
 
@@ -28,8 +29,9 @@ REMAT_POLICIES = {
 class Block(nn.Module):
     """attention + MLP, each a residual branch with dropout.
 
-    pre_ln:  x = x + drop(attn(ln_1(x)));  x = x + drop(mlp(ln_2(x)))
-    post_ln: x = ln_1(x + drop(attn(x)));  x = ln_2(x + drop(mlp(x)))
+    pre_ln:   x = x + drop(attn(ln_1(x)));  x = x + drop(mlp(ln_2(x)))
+    post_ln:  x = ln_1(x + drop(attn(x)));  x = ln_2(x + drop(mlp(x)))
+    sandwich: x = x + drop(ln_1_post(attn(ln_1(x))));  x = x + drop(ln_2_post(mlp(ln_2(x))))
 
     Returns (x, None) so it can be the body of `nn.scan` (carry, per-layer output);
     when decoding, (x, this layer's updated (k, v) cache), which the scan stacks.
@@ -44,9 +46,11 @@ class Block(nn.Module):
         x: jax.Array,
         positions: jax.Array,
         segment_ids: jax.Array | None,
+        local: jax.Array | None = None,
         kv: tuple[jax.Array, jax.Array] | None = None,
         decode: tuple[jax.Array, jax.Array] | None = None,
     ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
+        """`local`: this layer's sliding-window flag, () bool (a scanned input; see Attention)."""
         cfg = self.config
         drop = nn.Dropout(cfg.dropout, deterministic=self.deterministic)
         attn = Attention(cfg, self.deterministic, name="attn")
@@ -57,13 +61,16 @@ class Block(nn.Module):
         def attend(h: jax.Array) -> jax.Array:
             nonlocal new_kv
             if kv is None:
-                return attn(h, positions, segment_ids)
-            out, new_kv = attn(h, positions, segment_ids, kv, decode)
+                return attn(h, positions, segment_ids, local=local)
+            out, new_kv = attn(h, positions, segment_ids, kv, decode, local)
             return out
 
         if cfg.block == "pre_ln":
             x = x + drop(attend(ln_1(x)))
             x = x + drop(mlp(ln_2(x)))
+        elif cfg.block == "sandwich":
+            x = x + drop(norm(cfg, "ln_1_post")(attend(ln_1(x))))
+            x = x + drop(norm(cfg, "ln_2_post")(mlp(ln_2(x))))
         else:
             x = ln_1(x + drop(attend(x)))
             x = ln_2(x + drop(mlp(x)))

@@ -13,9 +13,10 @@ import jax
 import jax.numpy as jnp
 
 from jaxllm.config import ModelConfig
+from jaxllm.model.attention import layer_is_local
 from jaxllm.model.block import REMAT_POLICIES, Block
 from jaxllm.model.context import from_layout, to_layout
-from jaxllm.model.kv_cache import KVCache, cache_mask, cache_positions
+from jaxllm.model.kv_cache import KVCache, cache_mask, cache_positions, ring_window
 from jaxllm.model.layers import BATCH_LENGTH_EMBED, RESIDUAL, constrain, context_shards, norm, param_init
 from jaxllm.model.pipelined import PipelinedBlocks
 from jaxllm.model.primitives import linear
@@ -43,6 +44,12 @@ class LMHead(nn.Module):
 LOGITS = ("batch", "length", "vocab")
 
 
+def soft_cap(logits: jax.Array, cap: float) -> jax.Array:
+    """cap * tanh(logits / cap) (Gemma 2's final logit soft-capping); the logits as they are
+    when cap is 0."""
+    return cap * jnp.tanh(logits / cap) if cap else logits
+
+
 def logits_matmul(x: jax.Array, w: jax.Array) -> jax.Array:
     """Vocabulary projection x (B, T, E) @ w (E, V) with float32 output: inputs stay in the
     compute dtype, accumulation and result are float32, so the softmax/loss never see bf16
@@ -51,10 +58,11 @@ def logits_matmul(x: jax.Array, w: jax.Array) -> jax.Array:
     return linear(x, w, 1, jnp.float32)
 
 
-def head_logits(x: jax.Array, w: jax.Array) -> jax.Array:
+def head_logits(x: jax.Array, w: jax.Array, softcap: float = 0.0) -> jax.Array:
     """Float32 logits (B, T, V) of hidden states x (B, T, E) through the head w (E, V),
-    constrained to the logits' logical names: the one place the head is applied."""
-    return constrain(logits_matmul(x, w), LOGITS)
+    soft-capped when `softcap` > 0 (model.final_logit_softcap), constrained to the logits'
+    logical names: the one place the head is applied."""
+    return constrain(soft_cap(logits_matmul(x, w), softcap), LOGITS)
 
 
 def block_stack(config: ModelConfig, deterministic: bool, decoding: bool = False) -> nn.Module:
@@ -69,7 +77,7 @@ def block_stack(config: ModelConfig, deterministic: bool, decoding: bool = False
             block,
             variable_axes={"params": 0},
             split_rngs={"params": True, "dropout": True},
-            in_axes=(nn.broadcast, nn.broadcast, 0, nn.broadcast),  # positions, segments, kv, decode
+            in_axes=(nn.broadcast, nn.broadcast, 0, 0, nn.broadcast),  # positions, segments, local, kv, decode
             length=config.num_layers,
             metadata_params={nn.PARTITION_NAME: "layers"},
         )
@@ -82,7 +90,8 @@ def block_stack(config: ModelConfig, deterministic: bool, decoding: bool = False
         # Sown values stack per layer: "intermediates" (jaxllm.viz), "moe" (the routers' auxiliary losses).
         variable_axes={"params": 0, "intermediates": 0, "moe": 0},
         split_rngs={"params": True, "dropout": True},  # each layer its own init and dropout
-        in_axes=(nn.broadcast, nn.broadcast),  # positions, segment_ids: same for every layer
+        # positions, segment_ids: the same for every layer; local (the sliding-window flag): one per layer
+        in_axes=(nn.broadcast, nn.broadcast, 0),
         length=config.num_layers,
         unroll=config.num_layers if config.scan_unroll else 1,
         metadata_params={nn.PARTITION_NAME: "layers"},
@@ -149,6 +158,8 @@ class Decoder(nn.Module):
             name="wte",
         )
         x = wte(tokens)  # (B, T, E)
+        if cfg.scale_embeddings:  # Gemma: by sqrt(d_model), rounded to the compute dtype first
+            x = x * jnp.asarray(cfg.d_model**0.5, dtype)
         if cfg.position == "learned":
             wpe = nn.Embed(
                 cfg.max_seq_len,
@@ -163,19 +174,20 @@ class Decoder(nn.Module):
         x = constrain(x, BATCH_LENGTH_EMBED if cache is not None else RESIDUAL)
 
         new_cache = None
+        local = jnp.asarray(layer_is_local(cfg))  # (L,) bool, scanned with the layers
         if cache is not None:
-            decode = (cache.index, cache_mask(cache, T))
+            decode = (cache.index, cache_mask(cache, T, ring_window(cfg)))
             x, (k, v) = block_stack(cfg, deterministic, decoding=True)(
-                x, positions, None, (cache.k, cache.v), decode
+                x, positions, None, local, (cache.k, cache.v), decode
             )
             new_cache = cache._replace(k=k, v=v, index=cache.index + T)
         elif self.pipeline is not None and not self.is_initializing():
             stages, repeats, microbatches = self.pipeline
             x = PipelinedBlocks(cfg, stages, repeats, microbatches, deterministic, name="blocks")(
-                x, positions, segment_ids
+                x, positions, segment_ids, local
             )
         else:
-            x, _ = block_stack(cfg, deterministic)(x, positions, segment_ids)
+            x, _ = block_stack(cfg, deterministic)(x, positions, segment_ids, local)
         if balanced:
             x = constrain(from_layout(x, shards), RESIDUAL)
 
@@ -198,5 +210,5 @@ class Decoder(nn.Module):
             w = LMHead(cfg, name="lm_head").kernel.astype(x.dtype)  # (E, V)
         if hidden and cache is None:
             return x, w
-        logits = head_logits(x, w)  # (B, T, V) float32
+        logits = head_logits(x, w, cfg.final_logit_softcap)  # (B, T, V) float32
         return logits if cache is None else (logits, new_cache)

@@ -89,18 +89,20 @@ def dense(
     *,
     axis: int | Sequence[int] = -1,
     std: float | None = None,
+    bias: bool | None = None,
     name: str,
 ) -> Dense:
     """A Dense with normal(std) init, the config's dtypes, and logical names.
 
     `axis` is -1 (contract the last input axis) or (-2, -1) (the last two, for o_proj).
+    `bias` overrides config.use_bias (Qwen2's q/k/v biases on an otherwise bias-free model).
     """
     return Dense(
         features=(features,) if isinstance(features, int) else tuple(features),
         in_axes=1 if isinstance(axis, int) else len(axis),
         kernel_names=tuple(kernel_names),
         std=std or config.init_std,
-        use_bias=config.use_bias,
+        use_bias=config.use_bias if bias is None else bias,
         dtype=jnp.dtype(config.dtype),
         param_dtype=jnp.dtype(config.param_dtype),
         name=name,
@@ -120,19 +122,25 @@ class Norm(nn.Module):
     epsilon: float
     dtype: jnp.dtype
     param_dtype: jnp.dtype
+    unit_offset: bool = False  # Gemma: multiply by (1 + scale), the scale starting at 0
+    axis_name: str = "embed"  # the logical name of the normalised axis ("head_dim" for QK-norm)
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         E = x.shape[-1]
-        scale = self.param("scale", param_init(nn.initializers.ones, ("embed",)), (E,), self.param_dtype)
+        init = nn.initializers.zeros if self.unit_offset else nn.initializers.ones
+        scale = self.param("scale", param_init(init, (self.axis_name,)), (E,), self.param_dtype)
         if self.kind == "rmsnorm":
+            if self.unit_offset:  # (1 + w) in float32, as Gemma computes it
+                scale = scale.astype(jnp.float32) + 1.0
             return rms_norm(x, scale, self.epsilon).astype(self.dtype)
-        bias = self.param("bias", param_init(nn.initializers.zeros, ("embed",)), (E,), self.param_dtype)
+        bias = self.param("bias", param_init(nn.initializers.zeros, (self.axis_name,)), (E,), self.param_dtype)
         return layer_norm(x, scale, bias, self.epsilon).astype(self.dtype)
 
 
-def norm(config: ModelConfig, name: str) -> nn.Module:
-    """LayerNorm (GPT-2: scale + bias) or RMSNorm (Llama: scale only), per config.
+def norm(config: ModelConfig, name: str, axis_name: str = "embed") -> nn.Module:
+    """LayerNorm (GPT-2: scale + bias) or RMSNorm (Llama: scale only; Gemma: 1 + scale), per
+    config, over the axis with logical name `axis_name` (d_model, or head_dim for QK-norm).
 
     Statistics are reduced in float32 whatever the compute dtype, so bf16 training does
     not lose the variance estimate.
@@ -142,5 +150,7 @@ def norm(config: ModelConfig, name: str) -> nn.Module:
         epsilon=config.norm_eps,
         dtype=jnp.dtype(config.dtype),
         param_dtype=jnp.dtype(config.param_dtype),
+        unit_offset=config.norm_unit_offset,
+        axis_name=axis_name,
         name=name,
     )

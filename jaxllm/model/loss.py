@@ -31,16 +31,23 @@ PerToken = Callable[[jax.Array, jax.Array], object]  # (logits (B, C, V) f32, ta
 
 
 def chunked_over_positions(
-    x: jax.Array, w: jax.Array, targets: jax.Array, per_token: PerToken, chunk: int, unroll: bool = False
+    x: jax.Array,
+    w: jax.Array,
+    targets: jax.Array,
+    per_token: PerToken,
+    chunk: int,
+    unroll: bool = False,
+    softcap: float = 0.0,
 ):
     """`per_token(logits, targets)` for every position, computed `chunk` positions at a
     time: x (B, T, E) hidden states, w (E, V) the head, targets (B, T) ints; returns the
     per-token pytree with (B, T) leaves. chunk <= 0 or >= T: one plain pass. `unroll`
     (model.scan_unroll) writes the chunks out as straight-line code: XLA's cost analysis
-    counts a loop body once, and `jaxllm plan`'s probes must count every chunk's head."""
+    counts a loop body once, and `jaxllm plan`'s probes must count every chunk's head.
+    `softcap`: model.final_logit_softcap, applied to every chunk's logits."""
     B, T, E = x.shape
     if chunk <= 0 or T <= chunk:
-        return per_token(head_logits(x, w), targets)
+        return per_token(head_logits(x, w, softcap), targets)
     n = -(-T // chunk)
     pad = n * chunk - T  # padded positions are computed and dropped: any target id is valid there
     if pad:
@@ -56,7 +63,7 @@ def chunked_over_positions(
     # prevent_cse=False is safe inside scan (scan already stops CSE) and lets XLA fuse.
     @partial(jax.checkpoint, prevent_cse=False)
     def one_chunk(xc: jax.Array, tc: jax.Array):
-        return per_token(head_logits(xc, w), tc)
+        return per_token(head_logits(xc, w, softcap), tc)
 
     _, out = jax.lax.scan(lambda carry, a: (carry, one_chunk(*a)), None, (xs, ts), unroll=n if unroll else 1)
     return jax.tree.map(lambda o: o.swapaxes(0, 1).reshape(B, n * chunk)[:, :T], out)
@@ -82,7 +89,9 @@ def next_token_loss(
     `config.loss_chunk` positions. The loss sum includes `z_loss` * log(Z)^2 per token
     (PaLM's auxiliary loss, which keeps the softmax normaliser near 1); the third value
     reports log(Z)^2 alone, so the cross-entropy is the sum minus z_loss times it."""
-    nll, log_z = chunked_over_positions(x, w, targets, token_nll, config.loss_chunk, config.scan_unroll)
+    nll, log_z = chunked_over_positions(
+        x, w, targets, token_nll, config.loss_chunk, config.scan_unroll, config.final_logit_softcap
+    )
     weight = jnp.ones_like(nll) if mask is None else mask.astype(jnp.float32)
     z_sum = jnp.sum(jnp.square(log_z) * weight)
     return jnp.sum(nll * weight) + z_loss * z_sum, jnp.sum(weight), z_sum
@@ -90,7 +99,9 @@ def next_token_loss(
 
 def target_log_probs(config: ModelConfig, x: jax.Array, w: jax.Array, targets: jax.Array) -> jax.Array:
     """log p(target) per position (B, T), float32, in chunks of `config.loss_chunk` positions."""
-    nll, _ = chunked_over_positions(x, w, targets, token_nll, config.loss_chunk, config.scan_unroll)
+    nll, _ = chunked_over_positions(
+        x, w, targets, token_nll, config.loss_chunk, config.scan_unroll, config.final_logit_softcap
+    )
     return -nll
 
 

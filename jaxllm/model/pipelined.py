@@ -113,17 +113,18 @@ class PipelinedBlocks(nn.Module):
     deterministic: bool = True
 
     @nn.compact
-    def __call__(self, x: jax.Array, positions: jax.Array, segment_ids: jax.Array | None):
+    def __call__(self, x: jax.Array, positions: jax.Array, segment_ids: jax.Array | None, local: jax.Array):
+        """`local` (L,) bool: each layer's sliding-window flag, chunked with its parameters."""
         if self.is_initializing():
             raise ValueError("initialize parameters without pipelining (jaxllm.init_params); the layout is the same")
         if not self.deterministic:
             raise NotImplementedError("dropout inside the pipeline schedule is not supported yet; set model.dropout=0")
         cfg = self.config
-        blocks = self.variables["params"]
+        blocks = {"params": self.variables["params"], "local": local}
 
         def run_chunk(chunk, h, pos, seg):
             def layer(h, p):
-                return Block(cfg, True).apply({"params": p}, h, pos, seg)[0], None
+                return Block(cfg, True).apply({"params": p["params"]}, h, pos, seg, p["local"])[0], None
 
             if cfg.remat != "none":  # the policy applies per layer, inside every stage iteration
                 layer = jax.checkpoint(layer, policy=REMAT_POLICIES[cfg.remat], prevent_cse=False)

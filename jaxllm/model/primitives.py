@@ -173,10 +173,18 @@ rms_norm.defvjp(_rms_norm_fwd, _rms_norm_bwd)
 # ------------------------------------------------------------------------ attention
 
 
-def _scores(qh: jax.Array, kh: jax.Array, mask: jax.Array, scale: float) -> jax.Array:
-    """Masked float32 scores (B, K, G, T, S) of qh (B, K, G, T, D) against kh (B, K, S, D)."""
+def _scores(
+    qh: jax.Array, kh: jax.Array, mask: jax.Array, scale: float, softcap: float
+) -> tuple[jax.Array, jax.Array | None]:
+    """Masked float32 scores (B, K, G, T, S) of qh (B, K, G, T, D) against kh (B, K, S, D),
+    soft-capped to softcap * tanh(s / softcap) when softcap > 0 (Gemma 2); with the tanh
+    itself, which the backward needs (None without a cap)."""
     s = jnp.einsum("bkgtd,bksd->bkgts", qh, kh, preferred_element_type=jnp.float32) * scale
-    return jnp.where(mask[:, None, None], s, MASK_VALUE)
+    t = None
+    if softcap:
+        t = jnp.tanh(s / softcap)
+        s = softcap * t
+    return jnp.where(mask[:, None, None], s, MASK_VALUE), t
 
 
 # Contract the (G, T) query axes of two head-major arrays, batch over (B, K):
@@ -185,10 +193,11 @@ def _scores(qh: jax.Array, kh: jax.Array, mask: jax.Array, scale: float) -> jax.
 _BY_QUERIES = (((2, 3), (2, 3)), ((0, 1), (0, 1)))
 
 
-@jax.custom_vjp
-def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, softcap: float = 0.0) -> jax.Array:
     """softmax(q k^T / sqrt(D), masked) v, grouped: q (B, T, K, G, D), k/v (B, S, K, D),
-    mask (B|1, T, S) bool. The softmax runs in float32.
+    mask (B|1, T, S) bool. The softmax runs in float32. softcap > 0 caps the scores at
+    +-softcap with a tanh before the mask (Gemma 2's attention logit soft-capping).
 
     The backward keeps q, k, v, the output and one float32 log-sum-exp per query, and
     recomputes the (T, S) probabilities from them, as flash attention does: autodiff
@@ -198,12 +207,12 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.
     the (T, S) matrices keep one layout from the forward to the gradients: on CPU a
     transposed read of those is several times slower than the arithmetic on them.
     """
-    return _attention_fwd(q, k, v, mask)[0]
+    return _attention_fwd(q, k, v, mask, softcap)[0]
 
 
-def _attention_fwd(q, k, v, mask):
+def _attention_fwd(q, k, v, mask, softcap):
     qh, kh, vh = q.transpose(0, 2, 3, 1, 4), k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
-    s = _scores(qh, kh, mask, q.shape[-1] ** -0.5)
+    s, _ = _scores(qh, kh, mask, q.shape[-1] ** -0.5, softcap)
     m = jnp.max(s, axis=-1, keepdims=True)
     p = jnp.exp(s - m)
     denom = jnp.sum(p, axis=-1, keepdims=True)  # (B, K, G, T, 1)
@@ -214,16 +223,20 @@ def _attention_fwd(q, k, v, mask):
     return oh.transpose(0, 3, 1, 2, 4), (qh, kh, vh, mask, oh, lse)
 
 
-def _attention_bwd(residuals, d_out):
+def _attention_bwd(softcap, residuals, d_out):
     qh, kh, vh, mask, oh, lse = residuals
     scale = qh.shape[-1] ** -0.5
     do = d_out.transpose(0, 2, 3, 1, 4)  # (B, K, G, T, D)
-    p = jnp.exp(_scores(qh, kh, mask, scale) - lse)  # (B, K, G, T, S) float32
+    s, t = _scores(qh, kh, mask, scale, softcap)
+    p = jnp.exp(s - lse)  # (B, K, G, T, S) float32
     dv = jax.lax.dot_general(do, p.astype(vh.dtype), _BY_QUERIES)  # (B, K, D, S)
     dp = jnp.einsum("bkgtd,bksd->bkgts", do, vh, preferred_element_type=jnp.float32)
     # softmax backward: ds = p * (dp - rowsum(dp * p)), and rowsum(dp * p) = rowsum(d_out * out)
     delta = jnp.sum(do.astype(jnp.float32) * oh.astype(jnp.float32), axis=-1, keepdims=True)
-    ds = (p * (dp - delta) * scale).astype(qh.dtype)
+    ds = p * (dp - delta) * scale
+    if t is not None:  # through cap * tanh(s / cap): d/ds = 1 - tanh^2
+        ds = ds * (1.0 - t * t)
+    ds = ds.astype(qh.dtype)
     dq = jnp.einsum("bkgts,bksd->bkgtd", ds, kh)
     dk = jax.lax.dot_general(qh, ds, _BY_QUERIES)  # (B, K, D, S)
     return dq.transpose(0, 3, 1, 2, 4), dk.transpose(0, 3, 1, 2), dv.transpose(0, 3, 1, 2).astype(vh.dtype), None

@@ -1,4 +1,4 @@
-"""Rotary position embeddings (RoPE), with Llama-3.1 frequency scaling.
+"""Rotary position embeddings (RoPE), with Llama-3.1 and linear frequency scaling.
 
 Pairing convention: "rotate half". Dimension i of a head is rotated together with
 dimension i + head_dim/2 (the GPT-NeoX / Hugging Face Llama layout), not with i+1
@@ -21,6 +21,8 @@ def rope_inv_freq(head_dim: int, theta: float, scaling: RopeScalingConfig | None
     inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))  # (D/2,)
     if scaling is None or scaling.kind == "none":
         return inv_freq
+    if scaling.kind == "linear":  # position interpolation: every position divided by `factor`
+        return inv_freq / scaling.factor
     # Llama-3.1: long wavelengths (low frequencies) are stretched by `factor` so the model
     # sees positions past its original context as it saw positions inside it; short
     # wavelengths (local order) are kept; the band between is linearly blended.

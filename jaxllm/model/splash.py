@@ -57,18 +57,28 @@ def fits_splash(length: int, requested: int = 0) -> bool:
     return _tile(length, requested) is not None
 
 
-def _kernel(heads: int, q_len: int, kv_len: int, block: int, interpret: bool):
-    """The splash kernel for one sequence: causal mask over (q_len, kv_len), `heads` query heads.
-    Built per trace, not cached: it holds arrays made while tracing (its mask tables)."""
+def _kernel(heads: int, q_len: int, kv_len: int, block: int, interpret: bool, window: int = 0, softcap: float = 0.0):
+    """The splash kernel for one sequence: causal mask over (q_len, kv_len), `heads` query heads;
+    with `window` > 0 a sliding window of that many keys (the query's own included), which the
+    kernel skips tile by tile like the causal mask's upper triangle; `softcap` > 0 soft-caps the
+    scores. Built per trace, not cached: it holds arrays made while tracing (its mask tables)."""
     from jax.experimental.pallas.ops.tpu import splash_attention as splash  # slow import (0.26 s): only when used
 
-    mask = splash.MultiHeadMask([splash.CausalMask((q_len, kv_len)) for _ in range(heads)])
+    def one_mask():
+        if window:
+            return splash.LocalMask((q_len, kv_len), window_size=(window - 1, 0), offset=0)
+        return splash.CausalMask((q_len, kv_len))
+
+    mask = splash.MultiHeadMask([one_mask() for _ in range(heads)])
     sizes = splash.BlockSizes(
         block_q=block, block_kv=block, block_kv_compute=block,
         block_q_dkv=block, block_kv_dkv=block, block_kv_dkv_compute=block,
         block_q_dq=block, block_kv_dq=block,
     )  # fmt: skip
-    return splash.make_splash_mha(mask, block_sizes=sizes, head_shards=1, q_seq_shards=1, interpret=interpret)
+    return splash.make_splash_mha(
+        mask, block_sizes=sizes, head_shards=1, q_seq_shards=1, interpret=interpret,
+        attn_logits_soft_cap=softcap or None,
+    )  # fmt: skip
 
 
 def on_tpu() -> bool:
@@ -81,10 +91,18 @@ def on_tpu() -> bool:
 
 
 def splash_attention(
-    q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array | None, block: int = 0
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    segment_ids: jax.Array | None,
+    block: int = 0,
+    window: int = 0,
+    softcap: float = 0.0,
 ) -> jax.Array:
     """Causal attention through the splash kernel. q (B, T, H, D), k/v (B, S, K, D),
     segment_ids (B, T) or None (one document per row); returns (B, T, H, D) in q's dtype.
+    window > 0: each query sees its last `window` keys (sliding window); softcap > 0: scores
+    soft-capped, cap * tanh(s / cap).
     Same contract as `xla_attention`: scores scaled by 1/sqrt(D), softmax in float32, padding
     (segment 0) its own segment. Off TPU the kernel runs in Pallas interpret mode (slow: for
     tests and debugging)."""
@@ -96,7 +114,7 @@ def splash_attention(
     scale = jnp.asarray(D**-0.5, q.dtype)
 
     def local(q, k, v, seg):  # this device's rows and heads
-        kernel = _kernel(q.shape[2], q.shape[1], k.shape[1], blk, interpret)
+        kernel = _kernel(q.shape[2], q.shape[1], k.shape[1], blk, interpret, window, softcap)
 
         def one(qb, kb, vb, sb):  # one sequence: (T, H, D) -> (H, T, D)
             ids = None if sb is None else SegmentIds(q=sb, kv=sb)

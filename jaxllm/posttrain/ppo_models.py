@@ -37,7 +37,9 @@ def token_logprobs(model: ModelConfig, params, seq, temperature: float, vocab_li
     def per_token(logits, targets):
         return ppo_math.token_logprobs(logits, targets, temperature, vocab_limit)
 
-    return chunked_over_positions(x, w, seq[:, 1:], per_token, model.loss_chunk, model.scan_unroll)
+    return chunked_over_positions(
+        x, w, seq[:, 1:], per_token, model.loss_chunk, model.scan_unroll, model.final_logit_softcap
+    )
 
 
 def _no_pipeline(pipeline) -> None:
