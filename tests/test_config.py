@@ -316,7 +316,7 @@ BAD_OVERRIDES = [
     ("gpt2-124m", ["model.num_layers"], ["model.num_layers", "="]),
     ("gpt2-124m", ["model.num_layers.x=3"], ["model.num_layers.x"]),
     ("llama-8b", ["model.rope_scaling.factor=0.5"], ["model.rope_scaling.factor"]),
-    ("llama-8b", ["model.rope_scaling.kind=linear"], ["model.rope_scaling.kind"]),
+    ("llama-8b", ["model.rope_scaling.kind=yarn"], ["model.rope_scaling.kind"]),
     ("gpt2-124m", ["model.rope_scaling.kind=llama3"], ["model.rope_scaling.kind", "model.position"]),
     ("gpt2-124m", ["model.dropout=1.5"], ["model.dropout"]),
 ]

@@ -10,7 +10,7 @@ import math
 
 from jaxllm.config.schema import Config
 from jaxllm.config.schema_model import ModelConfig
-from jaxllm.config.validation_families import check_families
+from jaxllm.config.validation_families import check_expert_mesh, check_families
 from jaxllm.errors import ConfigError
 from jaxllm.parallel.axes import MESH_AXES, parse_rules
 
@@ -91,6 +91,7 @@ def _check_mesh(cfg: Config) -> None:
                 f"model.{name}={value} is not divisible by mesh.tensor={mesh.tensor}; "
                 "tensor parallelism splits it evenly, so pick mesh.tensor dividing it",
             )
+    check_expert_mesh(m, mesh)
 
 
 def _check_slices(cfg: Config) -> None:
@@ -213,6 +214,12 @@ def _check_context(cfg: Config) -> None:
         m.attention_dropout == 0,
         f"model.attention_dropout={m.attention_dropout} is not supported with mesh.context={C}; set it to 0",
     )
+    for name in ("sliding_window", "attn_logit_softcap"):
+        _need(
+            not getattr(m, name),
+            f"model.{name}={getattr(m, name)} is not supported with mesh.context={C} yet (context-parallel "
+            "attention is plain causal); set mesh.context=1",
+        )
     _need(
         not (m.attention_impl == "splash" and m.context_attention == "ring"),
         "model.context_attention=ring computes each block with xla einsums, not the splash kernel; set "
@@ -312,14 +319,14 @@ def _check_layout(cfg: Config) -> None:
     """The mesh.rules entries, and a per-step batch the data-parallel axes split evenly."""
     mesh, t = cfg.mesh, cfg.train
     parse_rules(mesh.rules)
-    known = [mesh.data, mesh.fsdp]
+    known = [mesh.data, mesh.fsdp, mesh.expert]  # the batch axes (jaxllm/parallel/mesh.py BATCH_AXES)
     if -1 not in known:
         per_step = t.batch_size // t.microbatches
         shards = math.prod(known)
         _need(
             per_step % shards == 0,
             f"train.batch_size={t.batch_size} / microbatches={t.microbatches} = {per_step} is not divisible by "
-            f"mesh.data*mesh.fsdp={shards}",
+            f"mesh.data*mesh.fsdp*mesh.expert={shards}",
         )
 
 

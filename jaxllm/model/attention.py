@@ -89,11 +89,13 @@ def layer_inv_freq(cfg: ModelConfig, local: jax.Array | None) -> jax.Array:
 
 
 def layer_is_local(cfg: ModelConfig) -> np.ndarray:
-    """(L,) bool: which layers have the sliding window (layer i is global when
-    (i + 1) % sliding_window_pattern == 0)."""
+    """(L,) bool: which layers have the sliding window: every one with pattern 1 (Mistral),
+    else all but those with (i + 1) % sliding_window_pattern == 0 (Gemma)."""
     i = np.arange(cfg.num_layers)
     if not cfg.sliding_window:
         return np.zeros(cfg.num_layers, bool)
+    if cfg.sliding_window_pattern == 1:
+        return np.ones(cfg.num_layers, bool)
     return (i + 1) % cfg.sliding_window_pattern != 0
 
 
