@@ -1,5 +1,6 @@
-"""`jaxllm plot` and `jaxllm viz attention | tokens | mesh`: PNG pictures of a run's curves,
-its attention maps, a tokenization, and how a parameter is sharded over a mesh."""
+"""`jaxllm plot` and `jaxllm viz attention | tokens | mesh | layers`: PNG pictures of a run's
+curves, its attention maps, a tokenization, how a parameter is sharded over a mesh, and what
+each layer's attention may read (sliding windows)."""
 
 from __future__ import annotations
 
@@ -74,6 +75,15 @@ def _viz_mesh(args: argparse.Namespace) -> None:
     print("\n".join(device_table(cfg, args.devices)))
 
 
+def _viz_layers(args: argparse.Namespace) -> None:
+    from jaxllm.viz.layers import plot_layers, receptive_fields  # slow import (jax, matplotlib)
+
+    cfg = load_config(args.config, args.overrides)
+    print(f"wrote {plot_layers(cfg.model, args.out, args.length)}")
+    fields = receptive_fields(cfg.model, args.length)
+    print(f"tokens the last of {args.length} depends on, after each layer: {[int(r.sum()) for r in fields]}")
+
+
 def register(verbs: argparse._SubParsersAction) -> None:
     """Add `plot` and `viz attention | tokens | mesh` to the `jaxllm` verbs."""
     plot = verbs.add_parser("plot", help="PNG of a run's train/val loss and throughput")
@@ -110,3 +120,8 @@ def register(verbs: argparse._SubParsersAction) -> None:
                     help="instead of a parameter: a sequence's causal attention over the context devices")
     vm.add_argument("--out", default="mesh.png")
     vm.set_defaults(func=_viz_mesh)
+    vl = viz.add_parser("layers", help="each layer's attention mask (sliding window or global) and reach (PNG)")
+    config_args(vl)
+    vl.add_argument("--length", action=positive(), default=48, help="sequence length drawn")
+    vl.add_argument("--out", default="layers.png")
+    vl.set_defaults(func=_viz_layers)
