@@ -7,7 +7,7 @@ MoE) out of the one decoder; keeping their rules in one place keeps each file to
 
 from __future__ import annotations
 
-from jaxllm.config.schema_model import ModelConfig
+from jaxllm.config.schema_model import MeshConfig, ModelConfig
 from jaxllm.errors import ConfigError
 
 
@@ -61,3 +61,26 @@ def _check_experts(m: ModelConfig) -> None:
         m.mlp in ("swiglu", "geglu", "gelu", "relu"),
         f"model.mlp={m.mlp!r}: experts are MLPs of a known kind",
     )
+
+
+def check_expert_mesh(m: ModelConfig, mesh: MeshConfig) -> None:
+    """What expert and tensor parallelism split in an MoE layer: whole experts over `expert`,
+    each expert's hidden units (and the shared experts') over `tensor`."""
+    if not m.num_experts:
+        return
+    if mesh.expert > 1:
+        _need(
+            m.num_experts % mesh.expert == 0,
+            f"model.num_experts={m.num_experts} is not divisible by mesh.expert={mesh.expert}; every expert "
+            "device holds the same number of whole experts, so pick mesh.expert dividing it",
+        )
+    if mesh.tensor > 1:
+        widths = {"expert_d_ff": m.expert_d_ff}
+        if m.num_shared_experts:
+            widths["num_shared_experts * shared_expert_d_ff"] = m.num_shared_experts * m.shared_expert_d_ff
+        for name, value in widths.items():
+            _need(
+                value % mesh.tensor == 0,
+                f"model.{name}={value} is not divisible by mesh.tensor={mesh.tensor}; tensor parallelism splits "
+                "each expert's hidden units evenly",
+            )
