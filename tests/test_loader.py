@@ -149,7 +149,7 @@ def test_global_batch_is_a_sharded_array_the_model_consumes(dataset):
     batch = next(global_batches(iter([local]), mesh))
     for k, v in batch.items():
         assert v.shape == (8, 64) and len(v.sharding.device_set) == 8
-        assert v.sharding.spec[0] == ("data", "fsdp")
+        assert v.sharding.spec[0] == ("data", "fsdp", "expert")
         np.testing.assert_array_equal(np.asarray(v), local[k])
     cfg = jaxllm.load_config("shakespeare-char", ["model.num_layers=1", "model.d_model=32", "model.num_heads=2"])
     params = jaxllm.init_params(cfg, jax.random.key(0))

@@ -77,7 +77,7 @@ def test_one_slice_is_unchanged():
 
     one = get_topology("v5p-8").devices
     mesh = make_mesh(MeshConfig(data=1, fsdp=2, tensor=2), one)
-    assert (mesh.devices == jax.make_mesh((1, 2, 1, 2, 1), AXES, devices=one).devices).all()
+    assert (mesh.devices == jax.make_mesh((1, 2, 1, 1, 2, 1), AXES, devices=one).devices).all()
     assert (make_mesh(MeshConfig(fsdp=2), jax.devices()[:8]).devices.flat == np.array(jax.devices()[:8])).all()
 
 

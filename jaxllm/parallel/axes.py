@@ -10,7 +10,7 @@ default below:
 
 | logical  | mesh axes      | effect |
 | -------- | -------------- | ------ |
-| batch    | data, fsdp     | the batch is split over every data-parallel device (DP and FSDP) |
+| batch    | data, fsdp, expert | the batch is split over every data-parallel device (DP, FSDP and expert devices) |
 | embed    | fsdp, context  | FSDP / ZeRO-3: parameters and their AdamW moments are split along d_model |
 | heads    | tensor         | Megatron: attention heads split over `tensor` |
 | kv_heads | tensor         | ... and their K/V heads |
@@ -20,6 +20,7 @@ default below:
 | stage    | pipeline       | the pipeline schedule's stage axis (jaxllm/model/pipelined.py) |
 | length   | context        | context parallelism: activations split along the sequence (long context) |
 | sequence | context, tensor| ... and the residual stream's length, also over `tensor` (Megatron sequence parallelism) |
+| expert   | expert         | MoE: each device holds num_experts / mesh.expert of each MoE layer's experts |
 | head_dim | (replicated)   | |
 
 `sequence` names the length of the residual stream between blocks only (what remat keeps,
@@ -28,7 +29,11 @@ keys and values, the MLP's hidden units, the logits) is split over `context` onl
 attention then reads the keys of the other shards (jaxllm/model/context.py). Context
 devices also hold a share of the parameters (`embed -> fsdp, context`): they see the same
 rows, so like FSDP devices they store 1/n of each weight and gather it per layer.
-`mesh.rules` in the config changes entries ("embed=" replicates parameters: plain DP).
+Expert devices hold their own share of the batch too (as MaxText does): the dense parts
+(attention, norms, the router) run data parallel over `expert`, and only the routed tokens
+travel to the devices that hold their experts and back (an all-to-all each way,
+jaxllm/model/moe.py). `mesh.rules` in the config changes entries ("embed=" replicates
+parameters: plain DP).
 How the table is applied to arrays: jaxllm/parallel/rules.py.
 """
 
@@ -43,12 +48,13 @@ Rules = tuple[tuple[str, tuple[str, ...] | None], ...]
 
 LOGICAL_AXES = (
     "batch", "length", "sequence", "embed", "heads", "kv_heads", "head_dim", "mlp", "vocab", "layers", "stage",
+    "expert",
 )  # fmt: skip
 # The device mesh's axes, in mesh order; MeshConfig has one size field for each, in this order.
-MESH_AXES = ("data", "fsdp", "context", "tensor", "pipeline")
+MESH_AXES = ("data", "fsdp", "context", "expert", "tensor", "pipeline")
 
 DEFAULT_RULES: Rules = (
-    ("batch", ("data", "fsdp")),
+    ("batch", ("data", "fsdp", "expert")),
     ("length", ("context",)),
     ("sequence", ("context", "tensor")),
     ("embed", ("fsdp", "context")),
@@ -59,6 +65,7 @@ DEFAULT_RULES: Rules = (
     ("vocab", ("tensor",)),
     ("layers", ("pipeline",)),
     ("stage", ("pipeline",)),
+    ("expert", ("expert",)),
 )
 
 

@@ -16,7 +16,7 @@ Layout holds:
   params        a NamedSharding per parameter of the run's model
   state         a NamedSharding per leaf of the train state {step, params, opt_state, rng}
                 (None when built without an optimizer: a reader needs no moments)
-  batch         the batch sharding: rows over the data-parallel axes (data x fsdp)
+  batch         the batch sharding: rows over the data-parallel axes (data x fsdp x expert)
   activations() the context that maps the model's activation constraints to mesh axes
 """
 
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -99,8 +100,8 @@ class Layout:
 
     @property
     def data_parallel(self) -> int:
-        """Devices a batch's rows are split over (data x fsdp): batch sizes are multiples of it."""
-        return self.mesh.shape["data"] * self.mesh.shape["fsdp"]
+        """Devices a batch's rows are split over (data x fsdp x expert): batch sizes are multiples of it."""
+        return math.prod(self.mesh.shape[a] for a in BATCH_AXES)
 
     @contextlib.contextmanager
     def activations(self) -> Iterator[None]:

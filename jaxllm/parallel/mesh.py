@@ -1,4 +1,4 @@
-"""The device mesh: axes `data, fsdp, context, tensor, pipeline` sized from `MeshConfig`.
+"""The device mesh: axes `data, fsdp, context, expert, tensor, pipeline` sized from `MeshConfig`.
 
 Axis types are `Auto` on purpose (DESIGN.md §4): GSPMD propagates shardings from the
 logical-axis annotations, so the model never names a mesh axis. (`jax.make_mesh`
@@ -6,10 +6,11 @@ defaults to Explicit axes from jax 0.10; explicit mode would put shardings into 
 op's types.)
 
 Multi-slice (a TPU pod of several slices joined by the data-centre network, DCN): only
-`data` spans slices; fsdp, context, tensor and pipeline groups stay inside one slice.
+`data` spans slices; fsdp, context, expert, tensor and pipeline groups stay inside one slice.
 Why: data parallelism talks once per step (the gradients' all-reduce), while FSDP
-gathers every layer's weights and tensor/context parallelism exchange activations
-inside every layer, traffic that needs the slice's fast interconnect (ICI).
+gathers every layer's weights, tensor/context parallelism exchange activations and expert
+parallelism routed tokens (all-to-all) inside every layer, traffic that needs the slice's
+fast interconnect (ICI).
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ from jaxllm.config import ConfigError, MeshConfig
 from jaxllm.parallel.axes import MESH_AXES
 
 AXES = MESH_AXES  # the mesh's axis names, in order (written once, in jaxllm/parallel/axes.py)
-BATCH_AXES = ("data", "fsdp")  # the global batch is split over both (FSDP is data parallel too)
+# The global batch is split over all three: FSDP is data parallel too, and expert devices hold
+# their own rows for the dense parts of the model (jaxllm/parallel/axes.py).
+BATCH_AXES = ("data", "fsdp", "expert")
 
 
 def mesh_shape(cfg: MeshConfig, n_devices: int) -> tuple[int, ...]:

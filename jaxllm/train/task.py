@@ -9,6 +9,7 @@ loss and the starting parameters (SFT, DPO and reward models: jaxllm/posttrain/)
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from jaxllm.data.loader import make_dataset
 from jaxllm.data.ready import check_dataset
 from jaxllm.errors import DataError
 from jaxllm.parallel.layout import Layout
+from jaxllm.parallel.mesh import BATCH_AXES
 from jaxllm.train.loop import quiet
 from jaxllm.train.step import shard_batch
 
@@ -48,13 +50,13 @@ def check_vocab(cfg: Config, log: Callable[[str], None] = print) -> dict:
 
 
 def check_batch(cfg: Config, mesh: jax.sharding.Mesh) -> None:
-    """Each microbatch must split evenly over the data-parallel devices (data x fsdp)."""
-    shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    """Each microbatch must split evenly over the data-parallel devices (data x fsdp x expert)."""
+    shards = math.prod(mesh.shape[a] for a in BATCH_AXES)
     per_micro = cfg.train.batch_size // cfg.train.microbatches
     if per_micro % shards:
         raise ConfigError(
             f"train.batch_size={cfg.train.batch_size} / train.microbatches={cfg.train.microbatches} = {per_micro} rows "
-            f"do not split over mesh data x fsdp = {shards} devices; use a batch size that is a multiple of "
+            f"do not split over mesh data x fsdp x expert = {shards} devices; use a batch size that is a multiple of "
             f"{shards * cfg.train.microbatches}"
         )
 
