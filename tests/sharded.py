@@ -1,5 +1,6 @@
 """Running a function of a model's parameters on a mesh, the parameters placed by the default
-rules table: what the sharded-equals-one-device tests (pipeline, context) share."""
+rules table, and comparing gradient trees: what the sharded-equals-one-device tests
+(pipeline, context, experts) share."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 import jaxllm
 from jaxllm.config import MeshConfig, ModelConfig
@@ -30,3 +32,9 @@ def on_mesh(fn: Callable[[Any], Any], params: Any, cfg: ModelConfig, mesh_cfg: M
         jitted = jax.jit(f)
         text = jitted.lower(placed).compile().as_text()
         return jitted(placed), text
+
+
+def max_rel_error(grads: Any, ref: Any) -> float:
+    """The largest leaf-wise max |a - b| / max |b| between two gradient trees."""
+    pairs = zip(jax.tree.leaves(grads), jax.tree.leaves(ref), strict=True)
+    return max(float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b))) for a, b in pairs)

@@ -21,7 +21,7 @@ from jaxllm.model.context import from_layout, layout_order, to_layout
 from jaxllm.model.decoder import Decoder
 from jaxllm.parallel.mesh import make_mesh
 from jaxllm.parallel.rules import flax_rules, parse_rules
-from tests.sharded import on_mesh
+from tests.sharded import max_rel_error, on_mesh
 
 CFG = ModelConfig(vocab_size=64, max_seq_len=64, d_model=32, num_layers=2, num_heads=4, num_kv_heads=2, d_ff=64,
                   norm="rmsnorm", position="rope", mlp="swiglu", use_bias=False, attention_impl="xla")  # fmt: skip
@@ -63,11 +63,6 @@ def reference():
 
     params = random_params(CFG)
     return params, loss_and_grads(params)
-
-
-def max_rel_error(grads, ref) -> float:
-    pairs = zip(jax.tree.leaves(grads), jax.tree.leaves(ref), strict=True)
-    return max(float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b))) for a, b in pairs)
 
 
 MESHES = {

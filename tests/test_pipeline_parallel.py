@@ -16,7 +16,7 @@ from jaxllm.model import pipelined as pipeline_mod
 from jaxllm.model.api import cross_entropy
 from jaxllm.model.decoder import Decoder
 from jaxllm.model.pipelined import bubble_fraction
-from tests.sharded import on_mesh
+from tests.sharded import max_rel_error, on_mesh
 
 CFG = ModelConfig(vocab_size=64, max_seq_len=16, d_model=32, num_layers=4, num_heads=4, num_kv_heads=2, d_ff=64,
                   norm="rmsnorm", position="rope", mlp="swiglu", use_bias=False, remat="full")  # fmt: skip
@@ -48,11 +48,6 @@ def reference():
 
     params = random_params(CFG)
     return params, loss_and_grads(params)
-
-
-def max_rel_error(grads, ref):
-    pairs = zip(jax.tree.leaves(grads), jax.tree.leaves(ref), strict=True)
-    return max(float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b))) for a, b in pairs)
 
 
 CASES = {  # mesh, (stages, repeats, microbatches)

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 from jaxllm.config import Config, ModelConfig, validate_model
 from jaxllm.model.decoder import Decoder
 from jaxllm.model.loss import next_token_loss
+from jaxllm.model.moe import router_losses
 
 Params = dict
 
@@ -49,12 +50,15 @@ def param_logical_axes(config: Config | ModelConfig) -> Params:
     return nn.get_partition_spec(boxed)
 
 
-def _apply(m: ModelConfig, params: Params, tokens, positions, segment_ids, deterministic, rng, hidden: bool, verb: str):
+def _apply(m: ModelConfig, params: Params, tokens, positions, segment_ids, deterministic, rng, hidden: bool, verb: str,
+           mutable: list[str] | bool = False):
     """The decoder on tokens, with dropout's rng checked once for `forward` and `loss`."""
     if not deterministic and rng is None:
         raise ValueError(f"{verb}(deterministic=False) applies dropout and needs rng=jax.random.key(...)")
     rngs = {"dropout": rng} if rng is not None else {}
-    return Decoder(m).apply({"params": params}, tokens, positions, segment_ids, deterministic, hidden=hidden, rngs=rngs)
+    return Decoder(m).apply(
+        {"params": params}, tokens, positions, segment_ids, deterministic, hidden=hidden, rngs=rngs, mutable=mutable
+    )
 
 
 def forward(
@@ -96,14 +100,21 @@ def loss(
     segment_ids: jax.Array | None = None,
     deterministic: bool = True,
     rng: jax.Array | None = None,
-) -> tuple[jax.Array, jax.Array]:
+    aux: bool = False,
+) -> tuple[jax.Array, jax.Array] | tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
     """Next-token cross-entropy: (summed loss, token count); the mean is sum / count.
 
     target_mask (B, T) selects which targets count (e.g. not padding, not the prompt).
+    aux: also return a mixture-of-experts model's router losses, {"load_balance", "z_loss"},
+    each the mean over layers (jaxllm/model/moe.py; zeros for a dense model), for an
+    objective that adds them, as training does: sum / count + router_aux_loss_coef *
+    load_balance + router_z_loss_coef * z_loss. Without it the return is the same for every model.
     """
     m = model_config(config)
-    x, w = _apply(m, params, tokens, positions, segment_ids, deterministic, rng, True, "loss")
-    return next_token_loss(m, x, w, targets, target_mask)[:2]  # the head in chunks of m.loss_chunk positions
+    out = _apply(m, params, tokens, positions, segment_ids, deterministic, rng, True, "loss", ["moe"] if aux else False)
+    (x, w), sown = out if aux else (out, {})
+    loss_sum, count = next_token_loss(m, x, w, targets, target_mask)[:2]  # the head in chunks of m.loss_chunk positions
+    return (loss_sum, count, router_losses(sown.get("moe", {}))) if aux else (loss_sum, count)
 
 
 __all__ = [

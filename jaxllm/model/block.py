@@ -10,6 +10,7 @@ from jaxllm.config import ModelConfig
 from jaxllm.model.attention import Attention
 from jaxllm.model.layers import BATCH_LENGTH_EMBED, RESIDUAL, constrain, norm
 from jaxllm.model.mlp import MLP
+from jaxllm.model.moe import MoE
 
 # What the backward pass may keep from the forward pass of each block; the rest is
 # recomputed. "full" keeps only the block inputs (most memory saved, ~1/3 more compute).
@@ -54,7 +55,7 @@ class Block(nn.Module):
         cfg = self.config
         drop = nn.Dropout(cfg.dropout, deterministic=self.deterministic)
         attn = Attention(cfg, self.deterministic, name="attn")
-        mlp = MLP(cfg, name="mlp")
+        mlp = MoE(cfg, name="mlp") if cfg.num_experts else MLP(cfg, name="mlp")
         ln_1, ln_2 = norm(cfg, "ln_1"), norm(cfg, "ln_2")
         new_kv = None
 

@@ -53,7 +53,7 @@ def shift_stages(y: jax.Array) -> jax.Array:
 
 
 def pipeline_stack(
-    run_chunk: Callable[[object, jax.Array, jax.Array, jax.Array | None], jax.Array],
+    run_chunk: Callable[[object, jax.Array, jax.Array, jax.Array | None], tuple[jax.Array, object]],
     blocks,
     x: jax.Array,
     positions: jax.Array,
@@ -63,11 +63,14 @@ def pipeline_stack(
     repeats: int,
     microbatches: int,
     unroll: bool = False,
-) -> jax.Array:
+) -> tuple[jax.Array, object]:
     """Apply the layer stack to x (B, T, E) through the pipeline schedule.
 
     run_chunk(chunk_params, x, positions, segment_ids) applies one chunk of layers
-    (leaves [Lc, ...]) to one microbatch.
+    (leaves [Lc, ...]) to one microbatch and returns (output, per-layer values): a pytree
+    of [Lc] float leaves (the routers' losses, jaxllm/model/moe.py; {} for none). Returns
+    (output, those values as [L] leaves in layer order, each the mean over the microbatches);
+    the bubble's iterations, on stale data, add nothing to them.
     """
     S, R, M = stages, repeats, microbatches
     B = x.shape[0]
@@ -80,26 +83,36 @@ def pipeline_stack(
     weights = jax.tree.map(lambda w: nn.with_logical_constraint(w, (None, "stage") + (None,) * (w.ndim - 2)), weights)
     stage_constraint = ("stage", "batch", "length", "embed")
 
+    def run_stages(buf, lap, m):
+        # (S, Lc, ...): stage s takes its chunk of lap `lap[s]`; indexing only the unsharded
+        # R axis inside a vmap over the pipeline-sharded S axis keeps this local per device.
+        stage_weights = jax.tree.map(lambda w: jax.vmap(lambda ws, r: ws[r], in_axes=(1, 0))(w, lap), weights)
+        return jax.vmap(run_chunk)(stage_weights, buf, pos[m], seg[m] if seg is not None else None)
+
     def step(carry, t):
-        buf, laps = carry
+        buf, laps, sums = carry
         m0 = t % M
         buf = buf.at[0].set(jnp.where(t < M, xs[m0], laps[m0]))  # stage 0: a new microbatch or its next lap
         buf = nn.with_logical_constraint(buf, stage_constraint)
         rel = t - stage  # (S,) microbatch-lap position of each stage
         m = rel % M
         lap = jnp.clip(rel // M, 0, R - 1)
-        # (S, Lc, ...): stage s takes its chunk of lap `lap[s]`; indexing only the unsharded
-        # R axis inside a vmap over the pipeline-sharded S axis keeps this local per device.
-        stage_weights = jax.tree.map(lambda w: jax.vmap(lambda ws, r: ws[r], in_axes=(1, 0))(w, lap), weights)
-        y = jax.vmap(run_chunk)(stage_weights, buf, pos[m], seg[m] if seg is not None else None)
+        y, values = run_stages(buf, lap, m)  # (S, b, T, E), [S, Lc] leaves
         y = nn.with_logical_constraint(y, stage_constraint)
         done = (rel[S - 1] >= 0) & (rel[S - 1] < R * M)  # stage S-1 really finished microbatch m[S-1]
         laps = laps.at[m[S - 1]].set(jnp.where(done, y[S - 1], laps[m[S - 1]]))
-        return (shift_stages(y), laps), None
+        busy = ((rel >= 0) & (rel < R * M))[:, None]  # (S, 1): the stages working on a real microbatch
+        sums = jax.tree.map(lambda a, v: a.at[lap, stage].add(jnp.where(busy, v, 0)), sums, values)  # [R, S, Lc]
+        return (shift_stages(y), laps, sums), None
 
     buf0 = jnp.zeros((S, *xs.shape[1:]), x.dtype)
-    (_, laps), _ = jax.lax.scan(step, (buf0, jnp.zeros_like(xs)), jnp.arange(R * M + S - 1), unroll=unroll)
-    return laps.swapaxes(0, 1).reshape(B, *x.shape[1:])
+    first = jnp.zeros((S,), jnp.int32)
+    shapes = jax.eval_shape(run_stages, buf0, first, first)[1]
+    sums0 = jax.tree.map(lambda a: jnp.zeros((R, *a.shape), jnp.float32), shapes)  # [R, S, Lc]: chunk (r, s)
+    carry0 = (buf0, jnp.zeros_like(xs), sums0)
+    (_, laps, sums), _ = jax.lax.scan(step, carry0, jnp.arange(R * M + S - 1), unroll=unroll)
+    per_layer = jax.tree.map(lambda a: a.reshape(-1) / M, sums)  # chunk (r, s) holds layers (r*S + s)*Lc + j
+    return laps.swapaxes(0, 1).reshape(B, *x.shape[1:]), per_layer
 
 
 class PipelinedBlocks(nn.Module):
@@ -124,13 +137,20 @@ class PipelinedBlocks(nn.Module):
 
         def run_chunk(chunk, h, pos, seg):
             def layer(h, p):
-                return Block(cfg, True).apply({"params": p["params"]}, h, pos, seg, p["local"])[0], None
+                # The "moe" collection (routers' losses, jaxllm/model/moe.py) comes out per layer.
+                (h, _), sown = Block(cfg, True).apply(
+                    {"params": p["params"]}, h, pos, seg, p["local"], mutable=["moe"]
+                )
+                return h, sown.get("moe", {})
 
             if cfg.remat != "none":  # the policy applies per layer, inside every stage iteration
                 layer = jax.checkpoint(layer, policy=REMAT_POLICIES[cfg.remat], prevent_cse=False)
-            return jax.lax.scan(layer, h, chunk, unroll=cfg.scan_unroll)[0]
+            return jax.lax.scan(layer, h, chunk, unroll=cfg.scan_unroll)
 
-        return pipeline_stack(
+        x, sown = pipeline_stack(
             run_chunk, blocks, x, positions, segment_ids,
             stages=self.stages, repeats=self.repeats, microbatches=self.microbatches, unroll=cfg.scan_unroll,
         )  # fmt: skip
+        if jax.tree.leaves(sown):  # [L] per-layer values, as the scanned stack stacks them
+            self.sow("moe", "pipelined", sown)
+        return x

@@ -4,6 +4,12 @@ Gradient accumulation runs inside the step as a `lax.scan` over microbatches. Ea
 microbatch returns the *sum* of its token losses and its token count; gradients of the
 sums are added up and divided once by the global token count, so accumulating k
 microbatches of b rows is exactly one batch of k*b rows (not a mean of means).
+
+A mixture-of-experts model's router losses (jaxllm/model/moe.py) are statistics of the
+batch a layer sees, not sums over tokens, so no split of a batch leaves them unchanged:
+each microbatch's (mean over layers) joins its loss sum times its token count, and the one
+division leaves the token-weighted mean over microbatches (one microbatch: the batch's own).
+The accumulated gradient is exactly that objective's; it does not depend on the mesh.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxllm.config import Config
 from jaxllm.model.decoder import Decoder
 from jaxllm.model.loss import next_token_loss
+from jaxllm.model.moe import router_objective
 from jaxllm.parallel.layout import Layout
 from jaxllm.parallel.mesh import BATCH_AXES, batch_sharding
 from jaxllm.train.optimizer import lr_schedule
@@ -34,14 +41,19 @@ def _loss_sum(
     rng: jax.Array | None,
     pipeline: tuple[int, int, int] | None = None,
     z_loss: float | None = None,
+    router: bool = True,
 ) -> tuple[jax.Array, jax.Array] | tuple[jax.Array, jax.Array, dict]:
-    """(sum of token losses, token count[, {"z_loss": sum of log(Z)^2}]) of one (micro)batch,
-    or of the whole batch when `pipeline` = (stages, repeats, microbatches) runs the
-    microbatches through the schedule. The head and the loss run in chunks of positions
-    (jaxllm/model/loss.py), so the step never holds (B, T, V) float32 logits. `z_loss`
-    None: cfg.train.z_loss (training); evaluation passes 0, the plain cross-entropy."""
+    """(sum of token losses, token count[, {"z_loss": sum of log(Z)^2, ...}]) of one
+    (micro)batch, or of the whole batch when `pipeline` = (stages, repeats, microbatches)
+    runs the microbatches through the schedule. The head and the loss run in chunks of
+    positions (jaxllm/model/loss.py), so the step never holds (B, T, V) float32 logits.
+    `z_loss` None: cfg.train.z_loss (training); evaluation passes 0 and `router` False, the
+    plain cross-entropy. With experts, the routers' auxiliary losses join the sum weighted
+    by the token count (`router_objective`), so dividing by the global count once leaves
+    each microbatch's losses weighted by its tokens, as the cross-entropy is."""
     deterministic = rng is None
-    x, w = Decoder(cfg.model, pipeline=pipeline).apply(
+    moe = router and cfg.model.num_experts > 0
+    out = Decoder(cfg.model, pipeline=pipeline).apply(
         {"params": params},
         batch["inputs"],
         batch["positions"],
@@ -49,15 +61,21 @@ def _loss_sum(
         deterministic,
         hidden=True,
         rngs={} if deterministic else {"dropout": rng},
-    )  # (B, T, E), (E, V)
+        mutable=["moe"] if moe else False,
+    )
+    (x, w), sown = out if moe else (out, {})  # (B, T, E), (E, V); the sown router losses
     z = cfg.train.z_loss if z_loss is None else z_loss
     loss_sum, count, z_sum = next_token_loss(cfg.model, x, w, batch["targets"], batch["target_mask"], z)
-    return (loss_sum, count, {"z_loss": z_sum}) if z > 0 else (loss_sum, count)
+    aux = {"z_loss": z_sum} if z > 0 else {}
+    if moe:
+        extra, sums = router_objective(cfg.model, sown.get("moe", {}), count)
+        loss_sum, aux = loss_sum + extra, aux | sums
+    return (loss_sum, count, aux) if aux else (loss_sum, count)
 
 
 def _eval_loss_sum(cfg: Config, params, batch: Batch, rng, pipeline=None) -> tuple[jax.Array, jax.Array]:
-    """The plain next-token cross-entropy (no z-loss): what evaluation reports."""
-    return _loss_sum(cfg, params, batch, rng, pipeline, z_loss=0.0)
+    """The plain next-token cross-entropy (no z-loss, no router losses): what evaluation reports."""
+    return _loss_sum(cfg, params, batch, rng, pipeline, z_loss=0.0, router=False)
 
 
 def _tree_where(cond: jax.Array, a, b):
