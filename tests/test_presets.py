@@ -1,5 +1,6 @@
 """Published parameter counts and FLOPs of the presets, from shapes alone (jax.eval_shape)."""
 
+import dataclasses
 import math
 
 import jax
@@ -9,6 +10,7 @@ import transformers
 
 import jaxllm
 from jaxllm import count_params, flops_per_token, load_config
+from jaxllm.convert.hf_config import hf_to_config
 from jaxllm.model.api import param_shapes
 from jaxllm.model.summary import active_params, attended_keys, flops_breakdown, matmul_params, summary_table
 
@@ -83,74 +85,88 @@ def test_count_params_equals_real_init(preset, overrides):
     assert [s.shape for s in jax.tree_util.tree_leaves(shapes)] == [p.shape for p in jax.tree_util.tree_leaves(params)]
 
 
-# The family presets, each with the Hugging Face config class and the shapes of the published
-# config.json written out by hand (not derived from the preset, so a wrong width in a YAML is
-# caught), and the exact published parameter count (the Hub's safetensors total, which for a
+# The family presets, each with the Hugging Face config class and the published config.json's
+# values written out by hand (not derived from the preset, so a wrong width or RoPE base in a
+# YAML is caught; what is left out is the class's default, equal to the published value), and
+# the exact published parameter count (the Hub's safetensors total, which for a
 # tied model counts the shared embedding once). Every figure below equals the meta-device count
 # of transformers' own model of that config.
 FAMILY_PRESETS = {
     "mistral-7b": (
         "MistralConfig",
         dict(vocab_size=32000, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
-             num_key_value_heads=8, sliding_window=4096, tie_word_embeddings=False),
+             num_key_value_heads=8, sliding_window=4096, tie_word_embeddings=False, max_position_embeddings=32768,
+             rms_norm_eps=1e-5, rope_parameters=dict(rope_type="default", rope_theta=10000.0)),
         7_241_732_096,
     ),
     "qwen2.5-0.5b": (
         "Qwen2Config",
         dict(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
-             num_key_value_heads=2, tie_word_embeddings=True),
+             num_key_value_heads=2, tie_word_embeddings=True, max_position_embeddings=32768, rms_norm_eps=1e-6,
+             rope_parameters=dict(rope_type="default", rope_theta=1000000.0)),
         494_032_768,
     ),
     "qwen2.5-7b": (
         "Qwen2Config",
         dict(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
-             num_key_value_heads=4, tie_word_embeddings=False),
+             num_key_value_heads=4, tie_word_embeddings=False, max_position_embeddings=131072, rms_norm_eps=1e-6,
+             rope_parameters=dict(rope_type="default", rope_theta=1000000.0)),
         7_615_616_512,
     ),
     "qwen3-0.6b": (
         "Qwen3Config",
         dict(vocab_size=151936, hidden_size=1024, intermediate_size=3072, num_hidden_layers=28, num_attention_heads=16,
-             num_key_value_heads=8, head_dim=128, tie_word_embeddings=True),
+             num_key_value_heads=8, head_dim=128, tie_word_embeddings=True, max_position_embeddings=40960,
+             rms_norm_eps=1e-6, rope_parameters=dict(rope_type="default", rope_theta=1000000.0)),
         596_049_920,
     ),
     "qwen3-8b": (
         "Qwen3Config",
         dict(vocab_size=151936, hidden_size=4096, intermediate_size=12288, num_hidden_layers=36, num_attention_heads=32,
-             num_key_value_heads=8, head_dim=128, tie_word_embeddings=False),
+             num_key_value_heads=8, head_dim=128, tie_word_embeddings=False, max_position_embeddings=40960,
+             rms_norm_eps=1e-6, rope_parameters=dict(rope_type="default", rope_theta=1000000.0)),
         8_190_735_360,
     ),
     "gemma-2-2b": (
         "Gemma2Config",
         dict(vocab_size=256000, hidden_size=2304, intermediate_size=9216, num_hidden_layers=26, num_attention_heads=8,
-             num_key_value_heads=4, head_dim=256, sliding_window=4096, tie_word_embeddings=True),
+             num_key_value_heads=4, head_dim=256, sliding_window=4096, tie_word_embeddings=True,
+             max_position_embeddings=8192, rms_norm_eps=1e-6, query_pre_attn_scalar=256, attn_logit_softcapping=50.0,
+             final_logit_softcapping=30.0, rope_parameters=dict(rope_type="default", rope_theta=10000.0)),
         2_614_341_888,
     ),
     "gemma-3-1b": (
         "Gemma3TextConfig",
         dict(vocab_size=262144, hidden_size=1152, intermediate_size=6912, num_hidden_layers=26, num_attention_heads=4,
-             num_key_value_heads=1, head_dim=256, sliding_window=512, tie_word_embeddings=True),
+             num_key_value_heads=1, head_dim=256, sliding_window=512, tie_word_embeddings=True,
+             max_position_embeddings=32768, rms_norm_eps=1e-6, query_pre_attn_scalar=256,
+             rope_parameters=dict(full_attention=dict(rope_type="default", rope_theta=1000000.0),
+                                  sliding_attention=dict(rope_type="default", rope_theta=10000.0))),
         999_885_952,
     ),
     "mixtral-8x7b": (
         "MixtralConfig",
         dict(vocab_size=32000, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
-             num_key_value_heads=8, num_local_experts=8, num_experts_per_tok=2, tie_word_embeddings=False),
+             num_key_value_heads=8, num_local_experts=8, num_experts_per_tok=2, tie_word_embeddings=False,
+             max_position_embeddings=32768, rms_norm_eps=1e-5, router_aux_loss_coef=0.02,
+             rope_parameters=dict(rope_type="default", rope_theta=1000000.0)),
         46_702_792_704,
     ),
     "qwen3-30b-a3b": (
         "Qwen3MoeConfig",
         dict(vocab_size=151936, hidden_size=2048, intermediate_size=6144, moe_intermediate_size=768, num_experts=128,
              num_experts_per_tok=8, num_hidden_layers=48, num_attention_heads=32, num_key_value_heads=4, head_dim=128,
-             tie_word_embeddings=False),
+             tie_word_embeddings=False, max_position_embeddings=40960, rms_norm_eps=1e-6, norm_topk_prob=True,
+             rope_parameters=dict(rope_type="default", rope_theta=1000000.0)),
         30_532_122_624,
     ),
 }  # fmt: skip
 
 
-def _transformers_count(config_class: str, shapes: dict) -> int:
+def _transformers_count(config_class: str, published_json: dict) -> int:
     """Parameters of transformers' model of this config, built on the meta device (no memory);
     parameters() yields a tied embedding once."""
-    hf_config = getattr(transformers, config_class)(**shapes)
+    hf_config = getattr(transformers, config_class)(**published_json)
     with torch.device("meta"):
         model = transformers.AutoModelForCausalLM.from_config(hf_config)
     return sum(p.numel() for p in model.parameters())
@@ -158,12 +174,23 @@ def _transformers_count(config_class: str, shapes: dict) -> int:
 
 @pytest.mark.parametrize("preset", FAMILY_PRESETS)
 def test_family_preset_count_equals_transformers_and_published(preset):
-    config_class, shapes, published = FAMILY_PRESETS[preset]
+    config_class, published_json, published = FAMILY_PRESETS[preset]
     cfg = load_config(preset)
     n = _n_elements(param_shapes(cfg))
-    assert n == _transformers_count(config_class, shapes), f"{preset}: jaxllm {n:,}"
+    assert n == _transformers_count(config_class, published_json), f"{preset}: jaxllm {n:,}"
     assert n == published, f"{preset}: jaxllm {n:,} vs published {published:,}"
     assert count_params(cfg) == n  # the summary's grouped count covers every parameter
+
+
+@pytest.mark.parametrize("preset", FAMILY_PRESETS)
+def test_family_preset_is_the_published_config_imported(preset):
+    """The preset equals what `jaxllm convert` makes of the published config.json, in every
+    model field but the presets' training choices (compute dtype, activation checkpointing)."""
+    config_class, published_json, _ = FAMILY_PRESETS[preset]
+    imported = hf_to_config(getattr(transformers, config_class)(**published_json).to_dict())
+    preset_model = load_config(preset).model
+    training_choices = {"dtype": "bfloat16", "remat": preset_model.remat}
+    assert dataclasses.replace(imported, **training_choices) == preset_model
 
 
 def test_summary_flops_follow_windows_gated_mlps_and_experts():

@@ -162,8 +162,7 @@ def family_lines(m: ModelConfig) -> list[str]:
         shared = f", {m.num_shared_experts} shared of d_ff {m.shared_expert_d_ff}" if m.num_shared_experts else ""
         renorm = ", top-k renormalised" if m.router_norm_topk else ""
         lines.append(
-            f"       experts: {m.num_experts} of d_ff {m.expert_d_ff}, {m.experts_per_token} per token "
-            f"({m.router} router{renorm}){shared}"
+            f"       experts: {m.num_experts}, {m.experts_per_token} per token ({m.router} router{renorm}){shared}"
         )
     return lines
 
@@ -178,9 +177,10 @@ def summary_table(config: Config, seq_len: int | None = None) -> str:
     flops = flops_breakdown(config, T)
     mem = memory_bytes(config)
     total = sum(counts.values())
+    ffn = f"d_ff {m.expert_d_ff} per expert" if m.num_experts else f"d_ff {m.d_ff}"  # an MoE model's d_ff is unused
     lines = [
         f"model: {m.num_layers} layers, d_model {m.d_model}, {m.num_heads} heads "
-        f"({m.num_kv_heads} kv), head_dim {m.head_dim}, d_ff {m.d_ff}, vocab {m.vocab_size}",
+        f"({m.num_kv_heads} kv), head_dim {m.head_dim}, {ffn}, vocab {m.vocab_size}",
         f"       {m.norm}/{m.block}, {m.position} positions, {m.mlp} MLP, "
         f"{'tied' if m.tie_embeddings else 'untied'} embeddings, bias={m.use_bias}",
         *family_lines(m),
