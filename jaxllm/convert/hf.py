@@ -3,8 +3,10 @@
 `import_hf` turns a Hugging Face model directory (config.json, safetensors weights, the
 tokenizer) into a jaxllm run directory with a step-0 checkpoint; `export_hf` writes a
 run's newest weights back as a directory transformers loads. The parts, each in its file:
-  hf_config.py        config.json <-> the model section (GPT2LMHeadModel, LlamaForCausalLM)
-  hf_weights.py       tensors <-> params (Conv1D transposes, prefixes, tied heads, buffers)
+  hf_config.py        config.json <-> the model section (nine architectures; hf_families.py,
+                      hf_rope.py and hf_window.py parse them, hf_fields.py names them)
+  hf_weights.py       tensors <-> params (Conv1D transposes, prefixes, tied heads, buffers),
+                      through the rule tables of torch_layout.py
   safetensors_io.py   safetensors files and shards (never pickle)
   tokenizer_files.py  the tokenizer files carried both ways
   hf_chat.py          the imported run's tokenizer and chat sections

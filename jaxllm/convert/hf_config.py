@@ -1,17 +1,16 @@
 """Hugging Face config.json <-> jaxllm's model section.
 
-Two architectures, the two whose every detail jaxllm's config knobs express exactly:
-  GPT2LMHeadModel   LayerNorm, learned positions, GELU (tanh approximation), biases
-  LlamaForCausalLM  RMSNorm, RoPE (optionally Llama-3.1 scaled), SwiGLU, GQA, no biases
-Anything a file asks for that jaxllm would compute differently (another activation,
-attention biases on Llama, another RoPE type, ...) is refused by name, never
-approximated: an imported model must compute what transformers computes.
+Nine architectures, each one whose every detail jaxllm's config fields express exactly
+(hf_families.py lists them and parses each; hf_rope.py and hf_window.py read RoPE and
+sliding windows). Anything a file asks for that jaxllm would compute differently
+(another activation, attention biases on Llama, another RoPE type, a pattern of local
+and global layers jaxllm has none for, ...) is refused by name, never approximated: an
+imported model must compute what transformers computes.
 
-RoPE settings: transformers 5 writes them as `rope_parameters` {rope_type, rope_theta,
-...}; older files have a top-level `rope_theta` and `rope_scaling` {rope_type | type,
-...}. Import reads either with transformers' own precedence (a non-null rope_scaling
-replaces rope_parameters; a theta inside the dict wins over a top-level one); export
-writes both forms, which transformers 5 and 4.x each read as the same model.
+Export picks the architecture from the model's fields (`model_family`: the first whose
+layout holds every field, layout_fit.py) and writes config.json in the form the
+installed transformers reads, with the 4.x names beside the 5.x ones where they differ.
+A Mistral without a window computes what a Llama does, so it exports as one.
 """
 
 from __future__ import annotations
@@ -19,148 +18,18 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from jaxllm.config import ConfigError, ModelConfig, RopeScalingConfig, validate_model
+from jaxllm.config import ConfigError, ModelConfig, validate_model
+from jaxllm.convert.hf_families import PARSERS
+from jaxllm.convert.hf_fields import (
+    ARCHITECTURE_OF,
+    ARCHITECTURES,
+    MODEL_TYPE,
+    ConversionError,
+    hf_architecture,
+)
+from jaxllm.convert.hf_rope import gemma3_rope_json, rope_json
+from jaxllm.convert.hf_window import layer_types
 from jaxllm.convert.torch_layout import check_family
-from jaxllm.errors import DataError
-
-
-class ConversionError(DataError):
-    """A Hugging Face checkpoint (or jaxllm run) that cannot be converted; the message
-    names the file, tensor or config field and says why. A DataError (so a ValueError):
-    the CLI prints it as one line and exits 2, like every other bad input."""
-
-
-# architecture name (config.json "architectures") -> torch_layout family
-ARCHITECTURES: dict[str, str] = {"GPT2LMHeadModel": "gpt2", "LlamaForCausalLM": "llama"}
-ARCHITECTURE_OF = {family: name for name, family in ARCHITECTURES.items()}  # the family is also the model_type
-
-
-_REQUIRED = object()
-
-
-def _field(hf: Mapping[str, Any], key: str, default: Any = _REQUIRED) -> Any:
-    """config.json's value of `key`; null counts as absent (as transformers treats it)."""
-    value = hf.get(key)
-    if value is not None:
-        return value
-    if default is _REQUIRED:
-        raise ConversionError(f"config.json has no {key!r}, which a {hf_architecture(hf)} needs")
-    return default
-
-
-def _only(hf: Mapping[str, Any], key: str, allowed: tuple[Any, ...], default: Any, why: str) -> None:
-    value = _field(hf, key, default)
-    if value not in allowed:
-        raise ConversionError(f"config.json: {key}={value!r} is not supported; {why}")
-
-
-def hf_architecture(hf_config: Mapping[str, Any]) -> str:
-    """The architecture a config.json names (its first "architectures" entry, else its model_type)."""
-    names = hf_config.get("architectures") or []
-    if names:
-        name = str(names[0])
-    else:
-        model_type = hf_config.get("model_type")
-        name = ARCHITECTURE_OF.get(model_type, f"model_type={model_type!r}")
-    if name not in ARCHITECTURES:
-        raise ConversionError(f"architecture {name!r} is not supported; supported: {', '.join(ARCHITECTURES)}")
-    return name
-
-
-def _gpt2_config(hf: Mapping[str, Any]) -> ModelConfig:
-    _only(
-        hf, "activation_function", ("gelu_new", "gelu_pytorch_tanh"), "gelu_new",
-        "jaxllm's GPT-2 MLP is GELU with the tanh approximation (gelu_new / gelu_pytorch_tanh)",
-    )  # fmt: skip
-    _only(hf, "scale_attn_weights", (True,), True, "jaxllm always scales attention scores by 1/sqrt(head_dim)")
-    _only(hf, "scale_attn_by_inverse_layer_idx", (False,), False, "jaxllm has no per-layer attention scaling")
-    _only(hf, "reorder_and_upcast_attn", (False,), False, "jaxllm has no reordered-and-upcast attention variant")
-    _only(hf, "add_cross_attention", (False,), False, "jaxllm is a decoder without cross-attention")
-    d_model, heads = int(_field(hf, "n_embd")), int(_field(hf, "n_head"))
-    return ModelConfig(
-        vocab_size=int(_field(hf, "vocab_size")),
-        max_seq_len=int(_field(hf, "n_positions")),
-        d_model=d_model,
-        num_layers=int(_field(hf, "n_layer")),
-        num_heads=heads,
-        num_kv_heads=heads,
-        head_dim=d_model // heads if heads else None,
-        d_ff=int(_field(hf, "n_inner", 4 * d_model)),
-        norm="layernorm",
-        norm_eps=float(_field(hf, "layer_norm_epsilon", 1e-5)),
-        block="pre_ln",
-        final_norm=True,
-        position="learned",
-        mlp="gelu",
-        tie_embeddings=bool(_field(hf, "tie_word_embeddings", True)),
-        use_bias=True,
-        dropout=0.0,
-        attention_dropout=0.0,
-        init_std=float(_field(hf, "initializer_range", 0.02)),
-    )
-
-
-def _rope(hf: Mapping[str, Any]) -> tuple[float, RopeScalingConfig]:
-    """(theta, scaling) from either RoPE form, with transformers' precedence."""
-    source = "rope_scaling" if hf.get("rope_scaling") else "rope_parameters"
-    rope = hf.get(source) or {}
-    if not isinstance(rope, Mapping) or any(isinstance(v, Mapping) for v in rope.values()):
-        raise ConversionError(f"config.json: {source}={rope!r} is not supported; jaxllm has one RoPE for all layers")
-    theta = float(rope.get("rope_theta") or _field(hf, "rope_theta", 10000.0))
-    partial = rope.get("partial_rotary_factor", hf.get("partial_rotary_factor"))
-    if partial not in (None, 1, 1.0):
-        raise ConversionError(
-            f"config.json: partial_rotary_factor={partial!r} is not supported; jaxllm rotates whole heads"
-        )
-    kind = rope.get("rope_type", rope.get("type", "default"))
-    if kind == "default":
-        return theta, RopeScalingConfig()
-    if kind != "llama3":
-        raise ConversionError(
-            f"config.json: {source}.rope_type={kind!r} is not supported; jaxllm implements 'default' and 'llama3'"
-        )
-    for key in ("factor", "low_freq_factor", "high_freq_factor"):
-        if rope.get(key) is None:
-            raise ConversionError(f"config.json: {source} of rope_type 'llama3' has no {key!r}")
-    original = hf.get("original_max_position_embeddings") or rope.get("original_max_position_embeddings")
-    return theta, RopeScalingConfig(
-        kind="llama3",
-        factor=float(rope["factor"]),
-        low_freq_factor=float(rope["low_freq_factor"]),
-        high_freq_factor=float(rope["high_freq_factor"]),
-        original_max_seq_len=int(original or _field(hf, "max_position_embeddings", 2048)),
-    )
-
-
-def _llama_config(hf: Mapping[str, Any]) -> ModelConfig:
-    _only(hf, "hidden_act", ("silu",), "silu", "jaxllm's Llama MLP is SwiGLU (silu)")
-    _only(hf, "attention_bias", (False,), False, "jaxllm's Llama attention has no biases")
-    _only(hf, "mlp_bias", (False,), False, "jaxllm's Llama MLP has no biases")
-    d_model, heads = int(_field(hf, "hidden_size")), int(_field(hf, "num_attention_heads"))
-    theta, scaling = _rope(hf)
-    return ModelConfig(
-        vocab_size=int(_field(hf, "vocab_size")),
-        max_seq_len=int(_field(hf, "max_position_embeddings", 2048)),
-        d_model=d_model,
-        num_layers=int(_field(hf, "num_hidden_layers")),
-        num_heads=heads,
-        num_kv_heads=int(_field(hf, "num_key_value_heads", heads)),
-        head_dim=int(_field(hf, "head_dim", d_model // heads if heads else 0)),
-        d_ff=int(_field(hf, "intermediate_size")),
-        norm="rmsnorm",
-        norm_eps=float(_field(hf, "rms_norm_eps", 1e-6)),
-        block="pre_ln",
-        final_norm=True,
-        position="rope",
-        rope_theta=theta,
-        rope_scaling=scaling,
-        mlp="swiglu",
-        tie_embeddings=bool(_field(hf, "tie_word_embeddings", False)),
-        use_bias=False,
-        dropout=0.0,
-        attention_dropout=0.0,
-        init_std=float(_field(hf, "initializer_range", 0.02)),
-    )
 
 
 def hf_to_config(hf_config: Mapping[str, Any]) -> ModelConfig:
@@ -168,8 +37,7 @@ def hf_to_config(hf_config: Mapping[str, Any]) -> ModelConfig:
 
     Dropout is set to 0: an imported model is for inference or fine-tuning, where the
     fine-tuning config decides dropout, not the pre-training one."""
-    family = ARCHITECTURES[hf_architecture(hf_config)]
-    model = _gpt2_config(hf_config) if family == "gpt2" else _llama_config(hf_config)
+    model = PARSERS[ARCHITECTURES[hf_architecture(hf_config)]](hf_config)
     try:
         validate_model(model)
     except ConfigError as e:
@@ -178,12 +46,12 @@ def hf_to_config(hf_config: Mapping[str, Any]) -> ModelConfig:
 
 
 def model_family(model: ModelConfig) -> str:
-    """The torch_layout family ("gpt2" or "llama") whose Hugging Face architecture holds
-    this model exactly; ConversionError naming each architecture's first misfit otherwise."""
+    """The torch_layout family whose Hugging Face architecture holds this model exactly;
+    ConversionError naming each architecture's first misfit otherwise."""
     if model.head != "lm":
         raise ConversionError(f"model.head={model.head!r}: only language models (head 'lm') export to Hugging Face")
     reasons = []
-    for family in ("gpt2", "llama"):
+    for family in ARCHITECTURE_OF:
         try:
             check_family(model, family)
         except ValueError as e:
@@ -198,6 +66,118 @@ def model_family(model: ModelConfig) -> str:
     raise ConversionError("the model fits no supported Hugging Face architecture: " + "; ".join(reasons))
 
 
+def _gpt2_json(m: ModelConfig) -> dict[str, Any]:
+    return {
+        "n_embd": m.d_model,
+        "n_layer": m.num_layers,
+        "n_head": m.num_heads,
+        "n_inner": m.d_ff,
+        "n_positions": m.max_seq_len,
+        "layer_norm_epsilon": m.norm_eps,
+        "activation_function": "gelu_new",
+        "scale_attn_weights": True,
+        "scale_attn_by_inverse_layer_idx": False,
+        "reorder_and_upcast_attn": False,
+        "resid_pdrop": m.dropout,
+        "embd_pdrop": m.dropout,
+        "attn_pdrop": m.attention_dropout,
+    }
+
+
+def _decoder_json(m: ModelConfig) -> dict[str, Any]:
+    """The Llama-shaped keys every RoPE decoder has."""
+    return {
+        "hidden_size": m.d_model,
+        "intermediate_size": m.d_ff,
+        "num_hidden_layers": m.num_layers,
+        "num_attention_heads": m.num_heads,
+        "num_key_value_heads": m.num_kv_heads,
+        "head_dim": m.head_dim,
+        "max_position_embeddings": m.max_seq_len,
+        "rms_norm_eps": m.norm_eps,
+        "attention_dropout": m.attention_dropout,
+        "hidden_act": "silu",
+    } | rope_json(m)
+
+
+def _qwen_window_json(m: ModelConfig) -> dict[str, Any]:
+    """Qwen2/3: layer_types (what transformers 5 reads) and the older keys beside them;
+    max_window_layers says the same only for no window or one on every layer."""
+    kinds = layer_types(m)
+    local = [k == "sliding_attention" for k in kinds]
+    return {
+        "use_sliding_window": any(local),
+        "sliding_window": m.sliding_window or None,
+        "max_window_layers": local.index(True) if any(local) else m.num_layers,
+        "layer_types": kinds,
+    }
+
+
+def _gemma_json(m: ModelConfig) -> dict[str, Any]:
+    scalar = m.query_pre_attn_scalar or m.head_dim
+    if scalar != int(scalar):
+        raise ConversionError(
+            f"model.query_pre_attn_scalar={scalar}: transformers' Gemma configs take an integer (query_pre_attn_scalar)"
+        )
+    return {
+        "hidden_activation": "gelu_pytorch_tanh",
+        "hidden_act": "gelu_pytorch_tanh",  # older Gemma code read this name
+        "attention_bias": False,
+        "query_pre_attn_scalar": int(scalar),
+        "final_logit_softcapping": m.final_logit_softcap or None,
+        "attn_logit_softcapping": m.attn_logit_softcap or None,
+        # a window transformers' Gemma always needs; with every layer global it is never used
+        "sliding_window": m.sliding_window or m.max_seq_len,
+        "layer_types": layer_types(m),
+        "use_bidirectional_attention": False,
+    }
+
+
+def _moe_json(m: ModelConfig) -> dict[str, Any]:
+    return {
+        "num_experts_per_tok": m.experts_per_token,
+        "router_aux_loss_coef": m.router_aux_loss_coef,
+        "output_router_logits": False,
+    }
+
+
+def _family_json(family: str, m: ModelConfig) -> dict[str, Any]:
+    """The keys only this family has, on top of _decoder_json."""
+    if family == "llama":
+        return {"attention_bias": False, "mlp_bias": False}
+    if family == "mistral":
+        return {"sliding_window": m.sliding_window or None}
+    if family == "qwen2":
+        return _qwen_window_json(m)
+    if family == "qwen3":
+        return _qwen_window_json(m) | {"attention_bias": False}
+    if family == "gemma2":
+        return _gemma_json(m)
+    if family == "gemma3":
+        # 4.x derives the layers from this: 1 all global, more than the layers all local
+        pattern = m.sliding_window_pattern if m.sliding_window_pattern > 1 else m.num_layers + 1
+        pattern = pattern if m.sliding_window else 1
+        return _gemma_json(m) | gemma3_rope_json(m) | {"sliding_window_pattern": pattern}
+    if family == "mixtral":
+        return _moe_json(m) | {
+            "intermediate_size": m.expert_d_ff,
+            "num_local_experts": m.num_experts,
+            "router_jitter_noise": 0.0,
+            "sliding_window": m.sliding_window or None,
+        }
+    assert family == "qwen3_moe", family
+    return _moe_json(m) | {
+        "attention_bias": False,
+        "num_experts": m.num_experts,
+        "moe_intermediate_size": m.expert_d_ff,
+        "norm_topk_prob": m.router_norm_topk,
+        "decoder_sparse_step": 1,
+        "mlp_only_layers": [],
+        "use_sliding_window": m.sliding_window > 0,
+        "sliding_window": m.sliding_window or None,
+    }
+
+
 def config_to_hf(
     model: ModelConfig,
     *,
@@ -209,11 +189,11 @@ def config_to_hf(
     """config.json for a jaxllm model section, as the installed transformers reads it.
 
     Special token ids are written explicitly (null when unknown): left out, transformers
-    would default GPT-2's to 50256, outside a small vocabulary."""
+    would default GPT-2's to 50256 (Gemma's to 0, 1, 2), outside a small vocabulary."""
     family = model_family(model)
     common = {
         "architectures": [ARCHITECTURE_OF[family]],
-        "model_type": family,
+        "model_type": MODEL_TYPE[family],
         "vocab_size": model.vocab_size,
         "tie_word_embeddings": model.tie_embeddings,
         "initializer_range": model.init_std,
@@ -225,45 +205,9 @@ def config_to_hf(
         "use_cache": True,
     }
     if family == "gpt2":
-        return common | {
-            "n_embd": model.d_model,
-            "n_layer": model.num_layers,
-            "n_head": model.num_heads,
-            "n_inner": model.d_ff,
-            "n_positions": model.max_seq_len,
-            "layer_norm_epsilon": model.norm_eps,
-            "activation_function": "gelu_new",
-            "scale_attn_weights": True,
-            "scale_attn_by_inverse_layer_idx": False,
-            "reorder_and_upcast_attn": False,
-            "resid_pdrop": model.dropout,
-            "embd_pdrop": model.dropout,
-            "attn_pdrop": model.attention_dropout,
-        }
-    rope_scaling = None
-    s = model.rope_scaling
-    if s.kind == "llama3":
-        rope_scaling = {
-            "rope_type": "llama3",
-            "factor": s.factor,
-            "low_freq_factor": s.low_freq_factor,
-            "high_freq_factor": s.high_freq_factor,
-            "original_max_position_embeddings": s.original_max_seq_len,
-        }
-    return common | {
-        "hidden_size": model.d_model,
-        "intermediate_size": model.d_ff,
-        "num_hidden_layers": model.num_layers,
-        "num_attention_heads": model.num_heads,
-        "num_key_value_heads": model.num_kv_heads,
-        "head_dim": model.head_dim,
-        "max_position_embeddings": model.max_seq_len,
-        "rms_norm_eps": model.norm_eps,
-        "hidden_act": "silu",
-        "attention_bias": False,
-        "attention_dropout": model.attention_dropout,
-        "mlp_bias": False,
-        "rope_parameters": {"rope_type": "default", "rope_theta": model.rope_theta} | (rope_scaling or {}),
-        "rope_theta": model.rope_theta,
-        "rope_scaling": rope_scaling,
-    }
+        return common | _gpt2_json(model)
+    return common | _decoder_json(model) | _family_json(family, model)
+
+
+__all__ = ["ARCHITECTURES", "ARCHITECTURE_OF", "ConversionError", "config_to_hf", "hf_architecture",
+           "hf_to_config", "model_family"]  # fmt: skip

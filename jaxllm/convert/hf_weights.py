@@ -35,14 +35,12 @@ Tensors = dict[str, np.ndarray]
 # GPT-2's Conv1D projections, stored (in, out): the layout key's weight transposed.
 _CONV1D = (".attn.c_attn.weight", ".attn.c_proj.weight", ".mlp.c_fc.weight", ".mlp.c_proj.weight")
 # Buffers old files saved beside the weights; they are recomputed from the config.
-_BUFFERS = {
-    "gpt2": re.compile(r"transformer\.h\.\d+\.attn\.(bias|masked_bias)"),
-    "llama": re.compile(r"model\.(layers\.\d+\.self_attn\.)?rotary_emb\.inv_freq"),
-}
+_GPT2_BUFFERS = re.compile(r"transformer\.h\.\d+\.attn\.(bias|masked_bias)")
+_ROTARY_BUFFERS = re.compile(r"model\.(layers\.\d+\.self_attn\.)?rotary_emb\.inv_freq")
 _FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
-# The base model's prefix inside a *ForCausalLM state dict. Files saved from the base
-# model (GPT2Model; e.g. the original gpt2 checkpoint on the Hub) lack it.
-_BASE_PREFIX = {"gpt2": "transformer.", "llama": "model."}
+# The base model's prefix inside a *ForCausalLM state dict ("transformer." for GPT-2,
+# "model." for the rest). Files saved from the base model (GPT2Model; e.g. the original
+# gpt2 checkpoint on the Hub) lack it.
 
 
 def _hf_key(family: str, layout_key: str) -> str:
@@ -79,7 +77,7 @@ def _expected_shapes(model: ModelConfig, family: str) -> dict[str, tuple[int, ..
 def _with_base_prefix(family: str, tensors: Mapping[str, Any]) -> Mapping[str, Any]:
     """Keys of a base-model file (no "transformer."/"model." anywhere) given the prefix the
     *ForCausalLM names carry, as transformers does when it loads such a file."""
-    prefix = _BASE_PREFIX[family]
+    prefix = "transformer." if family == "gpt2" else "model."
     if any(k.startswith(prefix) for k in tensors):
         return tensors
     return {k if k == "lm_head.weight" else prefix + k: v for k, v in tensors.items()}
@@ -109,7 +107,7 @@ def hf_to_params(model: ModelConfig, tensors: Mapping[str, Any], *, source: str 
                 f"tensor {key!r} in {source} has dtype {dtype.name}; only float checkpoints convert "
                 "(quantized weights are not supported)"
             )
-    buffers = _BUFFERS[family]
+    buffers = _GPT2_BUFFERS if family == "gpt2" else _ROTARY_BUFFERS
     unexpected = [k for k in tensors if k not in expected and not buffers.fullmatch(k)]
     if unexpected:
         raise ConversionError(
