@@ -43,15 +43,42 @@ TEETH = {
 }  # fmt: skip
 
 
+def _swap(a: str, b: str):
+    """A state-dict breaker: tensors a and b (same shape) exchanged."""
+
+    def breaker(state: dict) -> dict:
+        return {**state, a: state[b], b: state[a]}
+
+    return breaker
+
+
+LAYER0 = "model.layers.0"
+# case -> mapping mistakes (two same-shaped tensors exchanged) that must be caught as well
+BROKEN = {
+    "qwen3-qk-norm-wide-heads": [_swap(f"{LAYER0}.self_attn.q_norm.weight", f"{LAYER0}.self_attn.k_norm.weight")],
+    "gemma2": [
+        _swap(f"{LAYER0}.post_attention_layernorm.weight", f"{LAYER0}.pre_feedforward_layernorm.weight"),
+        _swap(f"{LAYER0}.input_layernorm.weight", f"{LAYER0}.post_feedforward_layernorm.weight"),
+    ],
+    "mixtral": [
+        _swap(f"{LAYER0}.block_sparse_moe.experts.0.w1.weight", f"{LAYER0}.block_sparse_moe.experts.1.w1.weight"),
+        _swap(f"{LAYER0}.block_sparse_moe.experts.2.w1.weight", f"{LAYER0}.block_sparse_moe.experts.2.w3.weight"),
+    ],
+}
+
+
 def assert_options_matter(case, cfg, family, state, x, logits) -> None:
-    """With any one of the case's options changed, the reference no longer gives jaxllm's
-    logits: the sizes make every option count, so the match above is not one by default."""
+    """With any one of the case's options changed, or two of its tensors exchanged, the reference
+    no longer gives jaxllm's logits: the sizes make every option and tensor count, so the match
+    above is not one by default."""
+    spec = spec_of(cfg, family)
+    variants = [(rf.FamilyForCausalLM(dataclasses.replace(spec, **change)), state) for change in TEETH.get(case, [])]
+    variants += [(rf.FamilyForCausalLM(spec), broken(state)) for broken in BROKEN.get(case, [])]
     with torch.no_grad():
-        for change in TEETH.get(case, []):
-            spec = dataclasses.replace(spec_of(cfg, family), **change)
-            changed = load_into(rf.FamilyForCausalLM(spec), state)(t(x).long())[0]
+        for model, variant_state in variants:
+            changed = load_into(model, variant_state)(t(x).long())[0]
             with pytest.raises(AssertionError, match="relative error"):
-                assert_close(logits, changed, 1e-3, f"with {change}")
+                assert_close(logits, changed, 1e-3, "a changed reference")
 
 
 @pytest.mark.parametrize("case", CASES)
