@@ -25,6 +25,7 @@ from tests.parity.reference import apply_rope, causal_allow_mask, rope_inv_freq
 
 __all__ = [
     "FamilyAttention",
+    "FamilyBackbone",
     "FamilyBlock",
     "FamilyForCausalLM",
     "FamilySpec",
