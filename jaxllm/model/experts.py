@@ -28,6 +28,10 @@ dense MLP's reduce does. FSDP-split expert weights are gathered along d_model be
 `shard_map` (its input spec leaves that axis whole), as every FSDP layer gathers its weights;
 their gradients go back the same way. The router, its losses and the capacity ranks run
 outside, on the whole batch, so they equal the one-device model's whatever the mesh.
+What the compiled step holds (tests/test_moe.py, expert 2 x data 4, forward and backward of
+a 2-layer model): 5 all-to-alls in the layers' scan body (forward: the rows, the counts, the
+results; backward: the results' and the rows' cotangents; the counts are integers), besides
+the data-parallel gradient all-reduces.
 """
 
 from __future__ import annotations

@@ -41,7 +41,9 @@ Capacity (expert_capacity_factor = c > 0): each expert takes at most ceil(c * N 
 the N tokens the layer sees (one microbatch). Priority goes by position: earlier positions
 first, and at one position rows in batch order; a token past its expert's capacity loses
 that choice (its weight is not given to its other choices; the residual stream carries it
-on). Default (c = 0): dropless.
+on). Default (c = 0): dropless. The capacity applies wherever the layer runs, so a decoding
+step (a few tokens per call) and a full forward over the same text can drop differently;
+dropless keeps generation equal to the full forward.
 
 Padding (segment id 0): the block gives the MLP no segment ids, so padding tokens are
 routed, computed and counted like any other: their outputs never reach the loss (the
