@@ -90,7 +90,7 @@ def test_plan_compiles_for_two_slices(capsys):
     out = capsys.readouterr().out
     assert code == 0, out
     assert "v5p-8 (v5p:2x2x1 x 2 slices): 8 x TPU v5" in out
-    assert "data 2 x fsdp 2 x context 1 x tensor 2 x pipeline 1 (data over 2 slices, DCN)" in out
+    assert "data 2 x fsdp 2 x context 1 x expert 1 x tensor 2 x pipeline 1 (data over 2 slices, DCN)" in out
     assert "fits  yes" in out and "all-reduce" in out
     code = main(["plan", "shakespeare-char", *SMALL, "mesh.data=1", "mesh.fsdp=8", "--topology", "v5p-8",
                  "--slices", "2", "--memory-only"])  # fmt: skip

@@ -46,7 +46,7 @@ def test_memory_is_the_compiled_steps_memory_analysis():
     # and the arguments are what each device holds of the state and the batch
     held = sum(s.data.nbytes for leaf in jax.tree.leaves((state, batch)) for s in leaf.addressable_shards[:1])
     assert result.argument_bytes == held
-    assert result.mesh == {"data": 2, "fsdp": 2, "context": 1, "tensor": 2, "pipeline": 1}
+    assert result.mesh == {"data": 2, "fsdp": 2, "context": 1, "expert": 1, "tensor": 2, "pipeline": 1}
 
 
 def test_compiler_flops_count_every_layer_and_match_the_analytic_count():
@@ -111,7 +111,7 @@ def test_a_mesh_axis_smaller_than_a_torus_side_is_placed():
     from jaxllm.config import MeshConfig
 
     mesh = make_mesh(MeshConfig(data=1, fsdp=8, tensor=4, pipeline=2), get_topology("v5p-128").devices)
-    assert dict(mesh.shape) == {"data": 1, "fsdp": 8, "context": 1, "tensor": 4, "pipeline": 2}
+    assert dict(mesh.shape) == {"data": 1, "fsdp": 8, "context": 1, "expert": 1, "tensor": 4, "pipeline": 2}
     assert len({d.id for d in mesh.devices.flat}) == 64
 
 

@@ -170,7 +170,7 @@ def test_checkpoint_restores_onto_a_different_mesh(data_dir, tmp_path):
     assert step == 3 and int(state["step"]) == 3 and data_state["next_index"] == 3
     assert saved_cfg["mesh"]["fsdp"] == 2
     kernel = state["params"]["blocks"]["mlp"]["up_proj"]["kernel"]
-    assert kernel.sharding.mesh.shape == {"data": 8, "fsdp": 1, "context": 1, "tensor": 1, "pipeline": 1}
+    assert kernel.sharding.mesh.shape == {"data": 8, "fsdp": 1, "context": 1, "expert": 1, "tensor": 1, "pipeline": 1}
     assert kernel.addressable_shards[0].data.shape == kernel.shape  # no longer split: fsdp is 1 on this mesh
     # ...and the resumed 8x1 run continues where the 4x2 run stopped, matching a straight 8x1 run.
     resumed = train(second, **QUIET)

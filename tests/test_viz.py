@@ -146,7 +146,7 @@ def test_viz_mesh(tmp_path, capsys):
     main(["viz", "mesh", "shakespeare-char-cpu", *mesh, "--param", "blocks.mlp.up_proj.kernel", "--devices", "8",
           "--out", str(out)])  # fmt: skip
     text = capsys.readouterr().out
-    assert "device 7: data 0, fsdp 1, context 0, tensor 1, pipeline 1" in text
+    assert "device 7: data 0, fsdp 1, context 0, expert 0, tensor 1, pipeline 1" in text
     image = png(out)
     assert image.shape[1] > 2 * image.shape[0] * 0.8  # two pipeline panels side by side
     assert main(["viz", "mesh", "shakespeare-char-cpu", "--devices", "0", "--out", str(out)]) == 2
