@@ -1,4 +1,5 @@
-"""`jaxllm plan` over the Llama 8B and 70B presets, several layouts and TPU topologies:
+"""`jaxllm plan` over the Llama 8B and 70B presets and two mixtures of experts (Mixtral-8x7B,
+Qwen3-30B-A3B), several layouts and TPU topologies:
 per-chip memory, fit, and the compiler's step-time estimate with the MFU it implies.
 
     python benchmarks/plan_table.py                      # all rows (hours on a 2-core CPU)
@@ -63,6 +64,10 @@ ROWS = [
      ["mesh.data=1", "mesh.fsdp=16", "mesh.tensor=4", "mesh.pipeline=2", "train.batch_size=128",
       "train.microbatches=8"]),
     ("llama-70b", "v5e-16", "FSDP 16", ["mesh.data=1", "mesh.fsdp=16", "train.batch_size=16"]),
+    ("mixtral-8x7b", "v5p-128", "FSDP 8 x expert 8",
+     ["mesh.data=1", "mesh.fsdp=8", "mesh.expert=8", "train.batch_size=64"]),
+    ("qwen3-30b-a3b", "v5p-128", "FSDP 8 x expert 8, seq 4096",
+     ["mesh.data=1", "mesh.fsdp=8", "mesh.expert=8", "train.batch_size=64", "data.seq_len=4096"]),
 ]  # fmt: skip
 HEAD = [
     "## Ahead-of-time plans for TPU slices (`python benchmarks/plan_table.py`)",

@@ -245,3 +245,21 @@ def test_every_family_config_reads_back():
         assert hf["architectures"] == [name] and hf_to_config(hf) == model, name
         loaded = transformers.AutoConfig.for_model(**hf)
         assert type(loaded).__name__ == type(build()).__name__, name
+
+
+def test_imported_router_loss_weighs_the_balance_as_transformers_does():
+    """transformers' Mixtral load-balancing loss is k x jaxllm's on the same router logits; the
+    import scales the coefficient by k, so coefficient x loss agree, and export divides back."""
+    from transformers.models.mixtral.modeling_mixtral import load_balancing_loss_func
+
+    from jaxllm.model.moe import load_balance_loss, route
+
+    X, k = 4, 2
+    model = hf_to_config(MIXTRAL(router_aux_loss_coef=0.02))
+    assert model.experts_per_token == k and model.router_aux_loss_coef == 0.02 * k
+    logits = np.random.default_rng(0).normal(size=(2, 9, X)).astype(np.float32)
+    _, experts, probs = route(jnp.asarray(logits), k, "softmax", True)
+    ours = load_balance_loss(probs, experts, X)
+    theirs = float(load_balancing_loss_func((torch.from_numpy(logits.reshape(-1, X)),), X, k))
+    np.testing.assert_allclose(model.router_aux_loss_coef * float(ours), 0.02 * theirs, rtol=1e-5)
+    assert config_to_hf(model)["router_aux_loss_coef"] == 0.02

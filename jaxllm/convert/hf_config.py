@@ -136,7 +136,7 @@ def _gemma_json(m: ModelConfig) -> dict[str, Any]:
 def _moe_json(m: ModelConfig) -> dict[str, Any]:
     return {
         "num_experts_per_tok": m.experts_per_token,
-        "router_aux_loss_coef": m.router_aux_loss_coef,
+        "router_aux_loss_coef": m.router_aux_loss_coef / m.experts_per_token,  # transformers' loss is k x jaxllm's
         "output_router_logits": False,
     }
 

@@ -204,12 +204,16 @@ def _experts(hf: HF, default: int) -> int:
     return experts
 
 
-def _moe_common(hf: HF) -> dict[str, Any]:
+def _moe_common(hf: HF, k: int) -> dict[str, Any]:
+    """The MoE fields Mixtral and Qwen3-MoE share. transformers' load-balancing loss counts
+    each of a token's k choices (sum over choices of f_e P_e, times E), k times jaxllm's
+    E * sum_e f_e P_e with f_e the share of all assignments (1 when balanced); the
+    coefficient is scaled by k so training weighs the balance as transformers would."""
     return {
         "router": "softmax",
         "num_shared_experts": 0,
         "expert_capacity_factor": 0.0,
-        "router_aux_loss_coef": float(field(hf, "router_aux_loss_coef", 0.001)),
+        "router_aux_loss_coef": float(field(hf, "router_aux_loss_coef", 0.001)) * k,
     }
 
 
@@ -223,9 +227,9 @@ def mixtral_config(hf: HF) -> ModelConfig:
     window, pattern = uniform_window(hf, layers, nullable(hf, "sliding_window", None))
     return _decoder(
         hf, "mixtral",
-        num_experts=_experts(hf, 8), experts_per_token=int(field(hf, "num_experts_per_tok", 2)),
+        num_experts=_experts(hf, 8), experts_per_token=(k := int(field(hf, "num_experts_per_tok", 2))),
         expert_d_ff=width, router_norm_topk=True, sliding_window=window, sliding_window_pattern=pattern,
-        **_moe_common(hf),
+        **_moe_common(hf, k),
     )  # fmt: skip
 
 
@@ -245,10 +249,10 @@ def qwen3_moe_config(hf: HF) -> ModelConfig:
     window, pattern = uniform_window(hf, layers, window)
     return _decoder(
         hf, "qwen3_moe",
-        qk_norm=True, num_experts=experts, experts_per_token=int(field(hf, "num_experts_per_tok", 8)),
+        qk_norm=True, num_experts=experts, experts_per_token=(k := int(field(hf, "num_experts_per_tok", 8))),
         expert_d_ff=int(field(hf, "moe_intermediate_size", 768)),
         router_norm_topk=bool(field(hf, "norm_topk_prob", False)),
-        sliding_window=window, sliding_window_pattern=pattern, **_moe_common(hf),
+        sliding_window=window, sliding_window_pattern=pattern, **_moe_common(hf, k),
     )  # fmt: skip
 
 

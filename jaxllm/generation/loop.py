@@ -12,6 +12,7 @@ the step functions, yielding each token as it is produced).
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -123,7 +124,8 @@ def _setup(config, prompts, max_new_tokens, sampling_kw, stop_tokens, stop_seque
         table = parse_rules((config.mesh if isinstance(config, Config) else MeshConfig()).rules)
     if mesh is not None:
         rules = flax_rules(table)
-        multiple = mesh.shape["data"] * mesh.shape["fsdp"]
+        # rows split over the axes the rules give `batch` (data, fsdp and expert by default)
+        multiple = math.prod(mesh.shape[a] for a in dict(table).get("batch") or ())
     stops = [int(t) for t in stop_tokens]
     seqs = [[int(t) for t in q] for q in stop_sequences]
     return _Setup(m, sampling, stop_ids, stop_seqs, vocab_limit, mesh, stops, seqs, rules, table, multiple)
