@@ -1,6 +1,6 @@
-"""`jaxllm plot` and `jaxllm viz attention | tokens | mesh | layers`: PNG pictures of a run's
-curves, its attention maps, a tokenization, how a parameter is sharded over a mesh, and what
-each layer's attention may read (sliding windows)."""
+"""`jaxllm plot` and `jaxllm viz attention | routing | tokens | mesh | layers`: PNG pictures of
+a run's curves, its attention maps, its experts' routing, a tokenization, how a parameter is
+sharded over a mesh, and what each layer's attention may read (sliding windows)."""
 
 from __future__ import annotations
 
@@ -45,6 +45,22 @@ def _viz_attention(args: argparse.Namespace) -> None:
     maps = attention_maps(cfg, params, ids)
     title = f"{Path(args.run_dir).name} at step {step}: {len(ids)} tokens"
     print(f"wrote {plot_attention(maps, pieces, out, args.layer, args.head, title)}")
+
+
+def _viz_routing(args: argparse.Namespace) -> None:
+    from jaxllm.train.load import load_run, load_run_tokenizer  # slow import (jax, orbax)
+    from jaxllm.viz._figure import token_pieces  # slow import (matplotlib)
+    from jaxllm.viz.routing import expert_load, plot_routing, routing  # slow import (jax, matplotlib)
+
+    cfg, params, step = load_run(args.run_dir)
+    tokenizer = load_run_tokenizer(cfg)
+    ids = [int(i) for i in tokenizer.encode(args.prompt)]
+    experts, weights = routing(cfg, params, ids)
+    out = args.out or str(Path(args.run_dir) / "routing.png")
+    title = f"{Path(args.run_dir).name} at step {step}"
+    print(f"wrote {plot_routing(cfg, experts, weights, token_pieces(tokenizer, ids), out, title)}")
+    for layer, load in enumerate(expert_load(experts, cfg.model.num_experts)):
+        print(f"layer {layer}: share per expert " + " ".join(f"{x:.2f}" for x in load))
 
 
 def _viz_tokens(args: argparse.Namespace) -> None:
@@ -103,6 +119,11 @@ def register(verbs: argparse._SubParsersAction) -> None:
                     help="one head (first --layer/--head, default 0/0) at every saved checkpoint")  # fmt: skip
     va.add_argument("--out", default=None, help="output PNG (default RUN_DIR/attention.png)")
     va.set_defaults(func=_viz_attention)
+    vr = viz.add_parser("routing", help="which experts a mixture-of-experts run sends each token to (PNG)")
+    vr.add_argument("run_dir")
+    vr.add_argument("--prompt", required=True)
+    vr.add_argument("--out", default=None, help="output PNG (default RUN_DIR/routing.png)")
+    vr.set_defaults(func=_viz_routing)
     vt = viz.add_parser("tokens", help="a text with its token boundaries coloured (PNG)")
     vt.add_argument("--tokenizer", required=True, help=TOKENIZER_HELP)
     source = vt.add_mutually_exclusive_group(required=True)

@@ -148,6 +148,9 @@ class MoE(nn.Module):
         self.sow("moe", "z_loss", router_z_loss(logits))
         if cfg.expert_capacity_factor > 0:
             experts = drop_past_capacity(experts, X, expert_capacity(B * T, k, X, cfg.expert_capacity_factor))
+        # For jaxllm.viz (routing pictures): kept only when "intermediates" is mutable, else free.
+        self.sow("intermediates", "experts", experts)
+        self.sow("intermediates", "weights", weights)
 
         resid_std = cfg.init_std / (2 * cfg.num_layers) ** 0.5  # output projections, as the dense MLP's
         shapes = {"up_proj": ((X, E, F), ("expert", "embed", "mlp"), cfg.init_std),

@@ -16,8 +16,10 @@ import numpy as np
 
 from jaxllm.config import Config
 from jaxllm.errors import DataError
+from jaxllm.model.attention import layer_is_local
 from jaxllm.model.decoder import Decoder
 from jaxllm.viz._figure import plt, save, token_label
+from jaxllm.viz.layers import layer_mask
 
 
 def attention_maps(cfg: Config, params, tokens: list[int]) -> np.ndarray:
@@ -34,9 +36,12 @@ def attention_maps(cfg: Config, params, tokens: list[int]) -> np.ndarray:
     H, K = q.shape[2], k.shape[2]
     k = jnp.repeat(k, H // K, axis=2)  # query head h reads KV head h // (H / K)
     scores = jnp.einsum("lthd,lshd->lhts", q.astype(jnp.float32), k.astype(jnp.float32)) / np.sqrt(q.shape[-1])
+    m = cfg.model
+    if m.attn_logit_softcap:  # as the model computes them (q is sown after RoPE and Gemma's rescaling)
+        scores = m.attn_logit_softcap * jnp.tanh(scores / m.attn_logit_softcap)
     T = len(tokens)
-    causal = jnp.tril(jnp.ones((T, T), bool))
-    probs = jax.nn.softmax(jnp.where(causal, scores, -jnp.inf), axis=-1)
+    allowed = np.stack([layer_mask(T, m.sliding_window if local else 0) for local in layer_is_local(m)])  # (L, T, T)
+    probs = jax.nn.softmax(jnp.where(allowed[:, None], scores, -jnp.inf), axis=-1)
     return np.asarray(probs)
 
 
