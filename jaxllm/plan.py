@@ -32,7 +32,7 @@ import numpy as np
 
 from jaxllm.config import Config, ConfigError
 from jaxllm.hlo import collectives, kernel_calls
-from jaxllm.model.summary import flops_breakdown
+from jaxllm.model.summary import attended_keys, causal_keys, flops_breakdown
 from jaxllm.parallel.layout import Layout
 from jaxllm.parallel.mesh import batch_sharding, device_slices, make_mesh
 from jaxllm.train.optimizer import make_optimizer
@@ -328,10 +328,12 @@ def compiler_estimates(cfg: Config, devices: list) -> tuple[float | None, float 
 def kernel_work(cfg: Config, devices: int) -> float:
     """FLOPs per device per step of the attention kernels, which cost_analysis() does not
     count (the splash kernel supplies no estimate). Causal work only (the kernel skips the
-    masked tiles): per token and layer 2 T H D forward, twice that backward, and the forward
-    again when remat recomputes the block; split evenly over the devices."""
+    masked tiles, and outside a sliding window): per token and layer 4 H D per attended key
+    forward, twice that backward, and the forward again when remat recomputes the block;
+    split evenly over the devices."""
     m = cfg.model
-    per_token = m.num_layers * cfg.data.seq_len * m.num_heads * m.head_dim * (6 + (2 if m.remat != "none" else 0))
+    keys = causal_keys(m, cfg.data.seq_len)  # summed over the layers
+    per_token = 2 * keys * m.num_heads * m.head_dim * (6 + (2 if m.remat != "none" else 0))
     return per_token * cfg.train.batch_size * cfg.data.seq_len / devices
 
 
@@ -360,6 +362,9 @@ def plan(cfg: Config, topology: Topology, hbm_bytes: float | None = None, estima
     flops, seconds = compiler_estimates(cfg, topology.devices) if estimate else (None, None)
     tokens = cfg.train.batch_size * cfg.data.seq_len
     per_token = flops_breakdown(cfg, cfg.data.seq_len)  # 6N by matrix, and attention (PaLM's count)
+    # per token: the attention work PaLM's count has and the causal (and windowed) mask skips
+    keys_skipped = attended_keys(cfg, cfg.data.seq_len) - causal_keys(cfg, cfg.data.seq_len)
+    skipped = 12.0 * keys_skipped * cfg.model.num_heads * cfg.model.head_dim
     return Plan(
         topology=topology.name,
         device_kind=topology.device_kind,
@@ -372,7 +377,7 @@ def plan(cfg: Config, topology: Topology, hbm_bytes: float | None = None, estima
         hbm_bytes=hbm_bytes if hbm_bytes is not None else topology.hbm_bytes,
         compiler_flops=flops,
         analytic_flops=sum(per_token.values()) * tokens,
-        causal_attention_flops=per_token["attention_scores"] / 2 * tokens,
+        causal_attention_flops=skipped * tokens,
         estimated_seconds=seconds,
         peak_flops=topology.peak_flops,
         tokens_per_step=tokens,

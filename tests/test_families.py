@@ -185,3 +185,15 @@ def test_final_softcap_reaches_the_chunked_loss():
 def test_bad_family_options_are_refused_by_name(change, words):
     with pytest.raises(ConfigError, match=words):
         validate_model(dataclasses.replace(QWEN, **change))
+
+
+def test_causal_keys_count_what_the_masks_leave():
+    """The FLOP counts' causal keys per query: on local layers exactly the mask's mean row
+    count, on global ones T / 2 (the convention of the dense counts)."""
+    from jaxllm.model.summary import causal_keys
+
+    T = 40
+    mask = np.asarray(attention_mask(None, T, GEMMA.sliding_window))[0]
+    local, glob = int(layer_is_local(GEMMA).sum()), int((~layer_is_local(GEMMA)).sum())
+    np.testing.assert_allclose(causal_keys(GEMMA, T), local * mask.sum(-1).mean() + glob * T / 2)
+    assert causal_keys(QWEN, T) == QWEN.num_layers * T / 2

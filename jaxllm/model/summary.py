@@ -27,6 +27,7 @@ import jax
 
 from jaxllm.config import Config, ConfigError, ModelConfig
 from jaxllm.model.api import model_config, param_shapes
+from jaxllm.model.attention import layer_is_local
 
 # Parameter groups for the summary, by where they live in the params tree.
 _GROUPS = {"wte": "embedding", "wpe": "position", "lm_head": "lm_head", "ln_f": "norm", "score": "lm_head"}
@@ -98,13 +99,8 @@ def matmul_params(config: Config | ModelConfig) -> dict[str, int]:
 
 
 def local_layers(m: ModelConfig) -> int:
-    """How many layers have the sliding window: with a pattern of 1 all of them (Mistral),
-    else those whose (i + 1) is not a multiple of the pattern (Gemma)."""
-    if not m.sliding_window:
-        return 0
-    if m.sliding_window_pattern == 1:
-        return m.num_layers
-    return sum(1 for i in range(m.num_layers) if (i + 1) % m.sliding_window_pattern)
+    """How many layers have the sliding window (jaxllm.model.attention.layer_is_local)."""
+    return int(layer_is_local(m).sum())
 
 
 def attended_keys(config: Config | ModelConfig, seq_len: int) -> int:
@@ -113,6 +109,18 @@ def attended_keys(config: Config | ModelConfig, seq_len: int) -> int:
     m = model_config(config)
     local = local_layers(m)
     return local * min(seq_len, m.sliding_window) + (m.num_layers - local) * seq_len
+
+
+def causal_keys(config: Config | ModelConfig, seq_len: int) -> float:
+    """Keys per query summed over the layers that the causal mask leaves, averaged over the
+    queries: seq_len / 2 on a global layer (the convention the FLOP counts use); on a local
+    one the mean over t of min(t + 1, W), W = min(seq_len, sliding_window), which for a
+    sequence much longer than the window is nearly W: a window is almost all work."""
+    m = model_config(config)
+    local, T = local_layers(m), seq_len
+    W = min(T, m.sliding_window) if local else 0
+    per_local = (W * (W + 1) / 2 + (T - W) * W) / T if local else 0.0
+    return local * per_local + (m.num_layers - local) * T / 2
 
 
 def flops_per_token(config: Config | ModelConfig, seq_len: int) -> float:
