@@ -49,10 +49,22 @@ def test_small_beta_gives_log2_and_vanishing_gradients():
         assert grad == pytest.approx(-beta / 2, rel=1e-2)  # d/dpc of -log sigmoid(h) at h ~ 0: -beta * sigmoid(-h)
 
 
-def test_policy_logprobs_count_reply_tokens_only_in_chunks(tiny_config):
+FAMILY_VARIANTS = {
+    "base": {},
+    # Gemma-like: windows, sandwich norms, both soft-caps (the final one inside the chunked head)
+    "gemma": dict(norm="rmsnorm", position="rope", block="sandwich", norm_unit_offset=True, sliding_window=3,
+                  sliding_window_pattern=2, attn_logit_softcap=5.0, final_logit_softcap=2.0, mlp="geglu"),
+    "moe": dict(num_experts=4, experts_per_token=2, expert_d_ff=16),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("variant", list(FAMILY_VARIANTS))
+def test_policy_logprobs_count_reply_tokens_only_in_chunks(tiny_config, variant):
     """DPO's log pi(y|x) sums log p(target) over the reply tokens only, from the chunked head
-    (model.loss_chunk 4 over 8 positions); checked against log_softmax of the full logits."""
-    cfg = dataclasses.replace(tiny_config, model=dataclasses.replace(tiny_config.model, loss_chunk=4))
+    (model.loss_chunk 4 over 8 positions); checked against log_softmax of the full logits, for
+    the dense model and Gemma- and MoE-style ones."""
+    model = dataclasses.replace(tiny_config.model, loss_chunk=4, **FAMILY_VARIANTS[variant])
+    cfg = dataclasses.replace(tiny_config, model=model)
     rng = np.random.default_rng(0)
     tokens = {k: jnp.asarray(rng.integers(0, 256, (2, 8)), jnp.int32) for k in ("ci", "ct", "ri", "rt")}
     mask = jnp.asarray([[0, 0, 0, 1, 1, 1, 0, 0], [0, 1, 1, 1, 1, 1, 1, 1]], jnp.float32)
