@@ -82,7 +82,11 @@ HEAD = [
     "the same counting only the causal half of attention, the work the kernels do. The defaults: sequence "
     "8192, bf16 compute, the splash attention kernel, the loss in chunks of 1024 positions, remat `full` (the "
     "presets), unless the layout says otherwise. Plan time: wall time "
-    "on the 2-core machine, which may have been shared with other plans.",
+    "on the 2-core machine, which may have been shared with other plans. The mixtures of experts count 6 x "
+    "their active parameters (k of the experts, and the router); their \"n/a\" step estimates: the compiler's "
+    "cost analysis of those programs gives no `optimal_seconds`, and its FLOPs (8.2x and 20x the analytic "
+    "count) include the grouped matmuls over the expert-parallel exchange buffers, which are sized for the "
+    "worst case (`mesh.expert` x the routed rows; docs/training.md).",
     "",
     "| model | slice | layout | batch (seqs) | memory / chip | fits | compiler / analytic FLOPs | "
     "est. step | est. MFU | plan time |",
