@@ -90,6 +90,7 @@ def test_to_yaml_is_plain_yaml_with_all_sections():
     cfg = load_config("shakespeare-char")
     raw = yaml.safe_load(to_yaml(cfg))
     sections = ["model", "mesh", "pipeline", "tokenizer", "data", "optimizer", "train", "chat", "posttrain", "ppo"]
+    sections.append("grpo")
     assert list(raw) == sections
     assert raw == to_dict(cfg)
     # derived fields are written out concretely, tuples as lists

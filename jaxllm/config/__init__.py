@@ -48,6 +48,7 @@ from jaxllm.config.schema_model import (
     RopeScalingConfig,
     RopeScalingKind,
 )
+from jaxllm.config.schema_posttrain import LORA_TARGETS, GRPOConfig, LoraConfig
 from jaxllm.config.schema_run import ChatConfig, OptimizerConfig, PostTrainConfig, PPOConfig, TrainConfig
 from jaxllm.config.serialise import save_config, to_dict, to_yaml
 from jaxllm.config.validation import validate, validate_model
@@ -64,6 +65,9 @@ __all__ = [
     "DataConfig",
     "DedupConfig",
     "FilterConfig",
+    "GRPOConfig",
+    "LORA_TARGETS",
+    "LoraConfig",
     "Head",
     "MLPKind",
     "MeshConfig",

@@ -6,6 +6,7 @@ import dataclasses
 
 from jaxllm.config.schema_data import DataConfig, TokenizerConfig
 from jaxllm.config.schema_model import MeshConfig, ModelConfig, PipelineConfig
+from jaxllm.config.schema_posttrain import GRPOConfig
 from jaxllm.config.schema_run import ChatConfig, OptimizerConfig, PostTrainConfig, PPOConfig, TrainConfig
 
 
@@ -33,3 +34,5 @@ class Config:
     posttrain: PostTrainConfig = PostTrainConfig()
     #: PPO against a reward model: rollouts, KL control, clipping, GAE, the critic.
     ppo: PPOConfig = PPOConfig()
+    #: GRPO with verifiable rewards or a reward model: groups of replies per prompt, no critic.
+    grpo: GRPOConfig = GRPOConfig()

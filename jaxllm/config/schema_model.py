@@ -12,6 +12,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
+from jaxllm.config.schema_posttrain import LoraConfig
+
 Norm = Literal["layernorm", "rmsnorm"]
 BlockKind = Literal["pre_ln", "post_ln", "sandwich"]
 Position = Literal["learned", "rope"]
@@ -176,6 +178,8 @@ class ModelConfig:
     router_z_loss_coef: float = 0.0
     #: Expert capacity as a multiple of the even share (tokens * k / E); tokens past it are dropped. 0: dropless.
     expert_capacity_factor: float = 0.0
+    #: Low-rank adapters on the projections, and the frozen base's storage (LoRA / QLoRA; see the lora keys).
+    lora: LoraConfig = LoraConfig()
     #: Output head: "lm" gives next-token logits; "scalar" gives one value per position (reward models, critics).
     head: Head = "lm"
     #: Compute dtype of matmuls and activations.

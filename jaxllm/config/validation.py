@@ -11,6 +11,7 @@ import math
 from jaxllm.config.schema import Config
 from jaxllm.config.schema_model import ModelConfig
 from jaxllm.config.validation_families import check_expert_mesh, check_families
+from jaxllm.config.validation_posttrain import check_grpo, check_lora
 from jaxllm.errors import ConfigError
 from jaxllm.parallel.axes import MESH_AXES, parse_rules
 
@@ -58,6 +59,7 @@ def validate_model(m: ModelConfig) -> None:
             f"model.rope_scaling.original_max_seq_len={s.original_max_seq_len} must be positive",
         )
     check_families(m)
+    check_lora(m)
     _need(m.norm_eps > 0, f"model.norm_eps={m.norm_eps} must be positive (1e-5 is usual)")
     _need(m.init_std > 0, f"model.init_std={m.init_std} must be positive (0.02 is usual)")
     _need(m.loss_chunk >= 0, f"model.loss_chunk={m.loss_chunk} must be >= 0 (positions per chunk; 0: no chunks)")
@@ -342,6 +344,7 @@ _SECTION_CHECKS = (
     _check_chat,
     _check_posttrain,
     _check_ppo,
+    lambda cfg: check_grpo(cfg.grpo),
     _check_train,
     _check_optimizer,
     _check_layout,
