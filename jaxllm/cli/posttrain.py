@@ -1,4 +1,4 @@
-"""`jaxllm sft | dpo | reward | ppo`: post-training verbs, each starting from a run directory
+"""`jaxllm sft | dpo | reward | ppo | grpo`: post-training verbs, each starting from a run directory
 (its weights) or a config, and exiting as `jaxllm train` does."""
 
 from __future__ import annotations
@@ -45,8 +45,16 @@ def _ppo(args: argparse.Namespace) -> int:
     return joined(args, lambda: _exit_code(ppo(cfg, reset=args.reset)))
 
 
+def _grpo(args: argparse.Namespace) -> int:
+    from jaxllm.posttrain.grpo_loop import grpo  # slow import (jax, optax)
+    from jaxllm.posttrain.sft import sft_config  # slow import (jax, optax)
+
+    cfg = sft_config(args.source, args.overrides, suffix="grpo")
+    return joined(args, lambda: _exit_code(grpo(cfg, reset=args.reset)))
+
+
 def register(verbs: argparse._SubParsersAction) -> None:
-    """Add `sft`, `dpo`, `reward` and `ppo` to the `jaxllm` verbs."""
+    """Add `sft`, `dpo`, `reward`, `ppo` and `grpo` to the `jaxllm` verbs."""
     sft = verbs.add_parser(
         "sft", help="instruction-tune: loss on replies only; SOURCE is a run directory (its weights) or a config"
     )
@@ -65,6 +73,9 @@ def register(verbs: argparse._SubParsersAction) -> None:
         ("ppo", _ppo, "RLHF: PPO against a reward model, with a critic and a KL leash to the start",
          "the policy to start from and keep as the reference (e.g. an SFT run)",
          "e.g. ppo.reward_from=RM_RUN posttrain.data=prompts.json"),
+        ("grpo", _grpo, "GRPO: groups of sampled replies per prompt, rewarded against their group's mean; no critic",
+         "the policy to start from and keep as the reference (e.g. an SFT run)",
+         "e.g. posttrain.data=tasks.json grpo.reward=exact_match grpo.group_size=8"),
     ):  # fmt: skip
         posttrain = verbs.add_parser(verb, help=help_)
         posttrain.add_argument("source", help=source)
