@@ -261,7 +261,7 @@ def compile_train_step(cfg: Config, devices: list):
     """(mesh, compiled step) of `cfg` over `devices`, ahead of time: nothing is allocated."""
     mesh = make_mesh(cfg.mesh, devices)
     check_batch(cfg, mesh)
-    tx = make_optimizer(cfg.optimizer)
+    tx = make_optimizer(cfg.optimizer, cfg.model)
     layout = Layout.build(cfg, mesh, tx)  # one layout for the abstract state and the step
     state = abstract_state(cfg, tx, layout.state)
     step = make_train_step(cfg, layout, tx)
@@ -279,7 +279,7 @@ def _cost(compiled) -> dict:
 def _argument_bytes(cfg: Config, devices: list):
     """(mesh, bytes of the step's inputs on one device), from the shardings alone."""
     mesh = make_mesh(cfg.mesh, devices)
-    tx = make_optimizer(cfg.optimizer)
+    tx = make_optimizer(cfg.optimizer, cfg.model)
     leaves = jax.tree.leaves((abstract_state(cfg, tx, Layout.build(cfg, mesh, tx).state), abstract_batch(cfg, mesh)))
     return mesh, sum(math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize for x in leaves)
 

@@ -32,7 +32,8 @@ class LoraConfig:
     alpha: float = 16.0
     #: Dropout probability on the adapter's input (training only).
     dropout: float = 0.0
-    #: The projections that get adapters: any of q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj.
+    #: The projections that get adapters: any of q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj
+    #: (a model without one, e.g. gate_proj in GPT-2's MLP, skips it).
     targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
     #: Storage of the frozen projection kernels: "none" (model.param_dtype), "nf4" (4-bit NormalFloat, QLoRA)
     #: or "int8" (absmax), both per block of `quant_block` input features per output feature (qwix).

@@ -42,10 +42,6 @@ def check_lora(m: ModelConfig) -> None:
         f"model.lora.targets has {', '.join(mlp)} but model.num_experts={m.num_experts}: adapters on routed "
         "experts are not supported yet; target the attention projections (q_proj, k_proj, v_proj, o_proj)",
     )
-    _need(
-        not ("gate_proj" in lo.targets and m.mlp not in ("swiglu", "geglu")),
-        f"model.lora.targets has gate_proj but model.mlp={m.mlp!r} has no gate; drop it",
-    )
     _need(m.head == "lm", f"model.lora needs model.head=lm (got {m.head!r}): reward models train every weight")
 
 

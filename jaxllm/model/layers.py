@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxllm.config import ModelConfig
+from jaxllm.model import lora, quant
 from jaxllm.model.primitives import layer_norm, linear, rms_norm
 
 # Logical names. Parameters: embed, heads, kv_heads, head_dim, mlp, vocab, layers.
@@ -55,6 +56,11 @@ class Dense(nn.Module):
 
     The kernel is created at its true shape, e.g. q_proj (E, H, D), so its logical
     names line up with its axes (flax's DenseGeneral initializes a flattened 2-D view).
+
+    With `lora_rank` > 0 a low-rank adapter is added (jaxllm/model/lora.py): y += (alpha / r)
+    (dropout(x) A) B, A (*in, r) and B (r, *out) in float32, B starting at 0. With `quantize`
+    the frozen kernel is stored as block-quantized codes and scales (jaxllm/model/quant.py)
+    and dequantized to the compute dtype at each use.
     """
 
     features: tuple[int, ...]
@@ -64,22 +70,61 @@ class Dense(nn.Module):
     use_bias: bool
     dtype: jnp.dtype
     param_dtype: jnp.dtype
+    lora_rank: int = 0
+    lora_alpha: float = 1.0
+    lora_dropout: float = 0.0
+    quantize: str = "none"
+    quant_block: int = 64
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         in_shape = x.shape[x.ndim - self.in_axes :]
-        kernel = self.param(
-            "kernel",
-            param_init(nn.initializers.normal(self.std), self.kernel_names),
-            (*in_shape, *self.features),
-            self.param_dtype,
-        )
+        shape = (*in_shape, *self.features)
+        if self.quantize == "none":
+            kernel = self.param(
+                "kernel", param_init(nn.initializers.normal(self.std), self.kernel_names), shape, self.param_dtype
+            )
+        else:
+            kernel = self._quantized_kernel(shape)
         y = linear(x.astype(self.dtype), kernel.astype(self.dtype), self.in_axes)
+        if self.lora_rank:
+            y = y + self._adapter(x, in_shape)
         if self.use_bias:
             bias_names = self.kernel_names[self.in_axes :]
             bias = self.param("bias", param_init(nn.initializers.zeros, bias_names), self.features, self.param_dtype)
             y = y + bias.astype(self.dtype)
         return y
+
+    def _adapter(self, x: jax.Array, in_shape: tuple[int, ...]) -> jax.Array:
+        """(alpha / r) (x A) B; A as PEFT initialises it (Kaiming-uniform, bound 1 / sqrt(fan_in))."""
+        r, n_in = self.lora_rank, self.in_axes
+        a_init = nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform", in_axis=tuple(range(n_in)))
+        a = self.param("lora_a", param_init(a_init, (*self.kernel_names[:n_in], None)), (*in_shape, r), jnp.float32)
+        b_names = (None, *self.kernel_names[n_in:])
+        b = self.param("lora_b", param_init(nn.initializers.zeros, b_names), (r, *self.features), jnp.float32)
+        h = x.astype(self.dtype)
+        if self.lora_dropout > 0 and self.has_rng("dropout"):  # rngs are passed only when training
+            h = nn.Dropout(self.lora_dropout, deterministic=False)(h)
+        low = linear(h, a.astype(self.dtype), n_in)  # (..., r)
+        return linear(low, b.astype(self.dtype), 1) * jnp.asarray(self.lora_alpha / r, self.dtype)
+
+    def _quantized_kernel(self, shape: tuple[int, ...]) -> jax.Array:
+        """The frozen kernel from `kernel_q` / `kernel_scale`. A fresh init quantizes a random
+        kernel (shapes only: QLoRA starts from a base model's weights, lora.adapt)."""
+        fmt, n_in, block = self.quantize, self.in_axes, self.quant_block
+
+        def init_codes(rng, shape_):
+            return quant.quantize(nn.initializers.normal(self.std)(rng, shape), n_in, fmt, block)[0]
+
+        def init_scales(rng, shape_):
+            return quant.quantize(nn.initializers.normal(self.std)(rng, shape), n_in, fmt, block)[1]
+
+        codes = self.param("kernel_q", param_init(init_codes, self.kernel_names), quant.code_shape(shape, n_in, 0, fmt))
+        scale_names = (None, *self.kernel_names[n_in:])
+        scales = self.param(
+            "kernel_scale", param_init(init_scales, scale_names), quant.scale_shape(shape, n_in, 0, block)
+        )
+        return quant.dequantize(codes, scales, n_in, fmt, self.dtype)
 
 
 def dense(
@@ -96,7 +141,9 @@ def dense(
 
     `axis` is -1 (contract the last input axis) or (-2, -1) (the last two, for o_proj).
     `bias` overrides config.use_bias (Qwen2's q/k/v biases on an otherwise bias-free model).
+    `name` also says whether model.lora adapts or quantizes it (jaxllm/model/lora.py).
     """
+    lo = config.lora
     return Dense(
         features=(features,) if isinstance(features, int) else tuple(features),
         in_axes=1 if isinstance(axis, int) else len(axis),
@@ -105,6 +152,11 @@ def dense(
         use_bias=config.use_bias if bias is None else bias,
         dtype=jnp.dtype(config.dtype),
         param_dtype=jnp.dtype(config.param_dtype),
+        lora_rank=lora.adapter_rank(config, name),
+        lora_alpha=lo.alpha,
+        lora_dropout=lo.dropout,
+        quantize=lora.storage(config, name),
+        quant_block=lo.quant_block,
         name=name,
     )
 

@@ -156,7 +156,7 @@ def mean_metrics(loss_fn: Callable, cfg: Config, params, batches: list, layout: 
 def run_layout(cfg: Config) -> Layout:
     """The Layout of a post-training run, built at its entry point: before the task reads
     its start run (straight into the run's shardings) and measures the held-out pairs."""
-    return Layout.build(cfg, make_mesh(cfg.mesh), make_optimizer(cfg.optimizer))
+    return Layout.build(cfg, make_mesh(cfg.mesh), make_optimizer(cfg.optimizer, cfg.model))
 
 
 def train_and_measure(

@@ -46,7 +46,7 @@ class PPORun:
         self.cfg, self.ccfg, self.layout, self.models, self.folder, self.log = (
             cfg, models.critic_cfg, layout, models, folder, log)  # fmt: skip
         self.train_prompts, self.val_prompts = prompts
-        self.tx, self.ctx = make_optimizer(cfg.optimizer), make_optimizer(self.ccfg.optimizer)
+        self.tx, self.ctx = make_optimizer(cfg.optimizer, cfg.model), make_optimizer(self.ccfg.optimizer)
         self.clayout = layout.for_model(self.ccfg.model, self.ctx)  # the critic's state: same mesh and rules
         keep = {"keep": t.keep_checkpoints, "keep_every": t.keep_every}
         self.ckpt = Checkpointer(folder.path / "checkpoints", **keep)

@@ -21,8 +21,10 @@ from jaxllm.config import OVERRIDES_ENV, Config, ConfigError, apply_overrides, f
 from jaxllm.errors import DataError
 from jaxllm.parallel import distributed
 from jaxllm.parallel.layout import Layout
+from jaxllm.parallel.mesh import make_mesh
 from jaxllm.posttrain.batches import SFTBatches, eval_batches
 from jaxllm.posttrain.data import Example, load_records, split_records, to_messages, tokenize_conversation
+from jaxllm.train import adapters
 from jaxllm.train.load import load_run, load_run_tokenizer
 from jaxllm.train.trainer import Task, TrainResult, train
 
@@ -35,16 +37,13 @@ def run_tokenizer(cfg: Config):
 
 
 def start_params(cfg: Config, layout: Layout | None = None):
-    """The newest parameters of posttrain.init_from, after checking the architectures match;
+    """The newest parameters of posttrain.init_from, after checking the architectures match
+    (up to model.lora: a LoRA run adds adapters to its start, jaxllm/train/adapters.py);
     read straight into the run's `layout` when given."""
     src_cfg, params, step = load_run(cfg.posttrain.init_from, layout=layout)
-    if src_cfg.model != cfg.model:
-        diff = [f.name for f in dataclasses.fields(cfg.model)
-                if getattr(cfg.model, f.name) != getattr(src_cfg.model, f.name)]  # fmt: skip
-        raise ConfigError(
-            f"posttrain.init_from={cfg.posttrain.init_from!r} has a different model ({', '.join(diff)} differ); "
-            "start from its config (jaxllm sft RUN_DIR ...) or drop the model overrides"
-        )
+    if src_cfg.model != cfg.model:  # adapters to add (LoRA on a base run) or to merge; else an error
+        layout = layout if layout is not None else Layout.build(cfg, make_mesh(cfg.mesh))
+        params = adapters.start_params(cfg, layout, src_cfg, params)
     return params, step
 
 

@@ -122,7 +122,7 @@ def write_run(cfg: Config, params: dict, run_dir: str | os.PathLike[str], step: 
     ckpt_dir = run_dir / "checkpoints"
     if ckpt_dir.is_dir() and any(ckpt_dir.iterdir()):
         raise DataError(f"{run_dir} already holds checkpoints; give a new or empty run directory")
-    tx = make_optimizer(cfg.optimizer)
+    tx = make_optimizer(cfg.optimizer, cfg.model)
     shardings = Layout.build(cfg, make_mesh(cfg.mesh), tx).state
     dtype = jax.numpy.dtype(cfg.model.param_dtype)
     params = jax.tree.map(lambda a: np.asarray(a, dtype), params)

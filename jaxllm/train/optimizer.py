@@ -10,7 +10,8 @@ from __future__ import annotations
 import jax
 import optax
 
-from jaxllm.config import OptimizerConfig
+from jaxllm.config import ModelConfig, OptimizerConfig
+from jaxllm.model import lora
 
 
 def lr_schedule(opt: OptimizerConfig) -> optax.Schedule:
@@ -26,9 +27,10 @@ def lr_schedule(opt: OptimizerConfig) -> optax.Schedule:
 
 
 def _is_kernel(path) -> bool:
-    """True for a `kernel` leaf (the last dict key of its path, boxed or not)."""
+    """True for a matmul weight: a `kernel` leaf or a LoRA adapter (the last dict key of its
+    path, boxed or not)."""
     keys = [p.key for p in path if isinstance(p, jax.tree_util.DictKey)]
-    return bool(keys) and keys[-1] == "kernel"
+    return bool(keys) and keys[-1] in ("kernel", "lora_a", "lora_b")
 
 
 def decay_mask(params):
@@ -36,8 +38,9 @@ def decay_mask(params):
     return jax.tree_util.tree_map_with_path(lambda path, _: _is_kernel(path), params)
 
 
-def make_optimizer(opt: OptimizerConfig) -> optax.GradientTransformation:
-    """The optimizer the trainer uses; its state mirrors params (mu, nu) plus step counters."""
+def make_optimizer(opt: OptimizerConfig, model: ModelConfig | None = None) -> optax.GradientTransformation:
+    """The optimizer the trainer uses; its state mirrors params (mu, nu) plus step counters,
+    of the adapters alone when `model` has them (model.lora: lora.adapter_optimizer)."""
     parts = []
     if opt.grad_clip > 0:
         parts.append(optax.clip_by_global_norm(opt.grad_clip))
@@ -46,4 +49,5 @@ def make_optimizer(opt: OptimizerConfig) -> optax.GradientTransformation:
             lr_schedule(opt), b1=opt.beta1, b2=opt.beta2, eps=opt.eps, weight_decay=opt.weight_decay, mask=decay_mask
         )
     )
-    return optax.chain(*parts)
+    tx = optax.chain(*parts)
+    return tx if model is None else lora.adapter_optimizer(tx, model)

@@ -23,6 +23,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxllm.config import Config
+from jaxllm.model import lora
 from jaxllm.model.decoder import Decoder
 from jaxllm.model.loss import next_token_loss
 from jaxllm.model.moe import router_objective
@@ -94,11 +95,12 @@ def pipeline_spec(cfg: Config, mesh: Mesh) -> tuple[int, int, int] | None:
     return (stages, cfg.pipeline.repeats, cfg.train.microbatches) if stages > 1 else None
 
 
-def _objective(cfg: Config, loss_fn: Callable, pipeline) -> Callable:
-    """`objective(params, batch, rng) -> (loss_sum, (count, aux_sums))`, for value_and_grad."""
+def _objective(cfg: Config, loss_fn: Callable, pipeline, frozen=None) -> Callable:
+    """`objective(params, batch, rng) -> (loss_sum, (count, aux_sums))`, for value_and_grad;
+    `frozen`: the parameters that are not differentiated (lora.split), joined back in."""
 
     def objective(p, mb, mb_rng):
-        out = loss_fn(cfg, p, mb, mb_rng, pipeline)
+        out = loss_fn(cfg, lora.join(p, frozen), mb, mb_rng, pipeline)
         s, c, aux = out if len(out) == 3 else (*out, {})
         return s, (c, aux)
 
@@ -145,17 +147,20 @@ def make_train_step(
     pipeline = pipeline_spec(cfg, mesh)
     if pipeline is not None:
         M = 1  # the microbatches flow through the pipeline schedule instead of the accumulation scan
-    dropout = cfg.model.dropout > 0 or cfg.model.attention_dropout > 0
+    m = cfg.model
+    dropout = m.dropout > 0 or m.attention_dropout > 0 or (m.lora.rank > 0 and m.lora.dropout > 0)
     schedule = lr_schedule(cfg.optimizer)
 
     def step(state: State, batch: Batch):
-        params = state["params"]
+        # With adapters (model.lora) only they are differentiated and updated; the frozen
+        # base is closed over, so its gradients are never computed and it passes through.
+        params, frozen = lora.split(cfg.model, state["params"])
         rng = jax.random.fold_in(state["rng"], state["step"])
         # Microbatch m takes rows m, m+M, m+2M, ...: every device holds a share of every
         # microbatch, so the scan needs no communication and keeps all devices busy.
         micro = jax.tree.map(lambda x: x.reshape(x.shape[0] // M, M, *x.shape[1:]).swapaxes(0, 1), batch)
         micro = jax.lax.with_sharding_constraint(micro, PartitionSpec(None, BATCH_AXES))
-        objective = _objective(cfg, loss_fn, pipeline)
+        objective = _objective(cfg, loss_fn, pipeline, frozen)
         grad_sum, loss_sum, count, aux_sum = _accumulate(cfg, objective, params, micro, rng if dropout else None, M)
         count = jnp.maximum(count, 1.0)
         grads = jax.tree.map(lambda g: g / count, grad_sum)
@@ -170,7 +175,7 @@ def make_train_step(
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & _all_finite((new_params, opt_state))
         new_state = {
             "step": state["step"] + 1,
-            "params": _tree_where(finite, new_params, params),
+            "params": lora.join(_tree_where(finite, new_params, params), frozen),
             "opt_state": _tree_where(finite, opt_state, state["opt_state"]),
             "rng": state["rng"],
         }

@@ -24,6 +24,7 @@ from jaxllm.model.pipelined import bubble_fraction
 from jaxllm.model.summary import flops_per_token
 from jaxllm.parallel.layout import Layout
 from jaxllm.parallel.mesh import make_mesh
+from jaxllm.train.adapters import save_adapters
 from jaxllm.train.checkpoint import Checkpointer, config_changes
 from jaxllm.train.flops import peak_flops
 from jaxllm.train.goodput import GOODPUT_SPLIT, Goodput
@@ -76,7 +77,7 @@ def _train(
 ) -> TrainResult:  # fmt: skip
     t = cfg.train
     has_val = task.has_val(cfg)
-    tx = make_optimizer(cfg.optimizer)
+    tx = make_optimizer(cfg.optimizer, cfg.model)
     if layout is None:
         layout = Layout.build(cfg, make_mesh(cfg.mesh), tx)
     mesh = layout.mesh
@@ -219,6 +220,8 @@ class _Run:
     def save(self, step: int, force: bool = False) -> None:
         with self.goodput.timed("checkpoint"):  # the blocking part: orbax copies the state, then writes behind
             self.ckpt.save(step, self.state, self.data_iter.get_state(), to_dict(self.cfg), force=force)
+            if self.cfg.model.lora.rank:  # the adapters on their own too: MB where the checkpoint holds the base
+                save_adapters(self.cfg, self.state["params"], self.folder.path, step, self.layout)
         self.saved_at = step
 
     def stop(self, step: int, received: int) -> None:
