@@ -4,6 +4,7 @@ records, stopped and resumed like an uninterrupted run."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -235,3 +236,46 @@ def test_bad_config_values_are_named_with_their_fix(tmp_path, capsys, override, 
     argv = ["grpo", str(run), *grpo_args(tmp_path / "tasks.jsonl"), "train.batch_size=8", override]
     assert main([*argv, f"train.out_dir={tmp_path}/x"]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_reward_model_scores_each_reply_at_its_last_token(shared_sft_run, shared_reward_run, tmp_path):
+    """grpo.reward_from: the reward model's value at each reply's last token (the stop string),
+    against the model run on each row cut there; then a run against it; then its errors."""
+    from jaxllm.generation import Generation
+    from jaxllm.model.decoder import Decoder
+    from jaxllm.parallel.layout import Layout
+    from jaxllm.parallel.mesh import make_mesh
+    from jaxllm.posttrain.grpo_loop import grpo, grpo_config
+    from jaxllm.posttrain.rewards import Rewards
+    from jaxllm.posttrain.rollout import build_rollout
+    from jaxllm.posttrain.sft import run_tokenizer, sft_config
+    from jaxllm.train.load import load_run
+    from tests.fixtures import INSTRUCTIONS
+
+    base = [f"posttrain.data={INSTRUCTIONS}", "posttrain.val_fraction=0.01", "grpo.group_size=2",
+            "grpo.prompts_per_rollout=4", "grpo.max_new_tokens=6", "grpo.eval_prompts=4", "train.batch_size=8",
+            "train.steps=1", "train.eval_every=1", "train.checkpoint_every=1", "train.tensorboard=false"]  # fmt: skip
+    cfg = grpo_config(sft_config(shared_sft_run, [*base, f"grpo.reward_from={shared_reward_run}"]))
+    layout = Layout.build(cfg, make_mesh(cfg.mesh))
+    said: list[str] = []
+    rewards = Rewards(cfg, layout, run_tokenizer(cfg), said.append)
+    assert any("reward model" in line for line in said)
+    rng = np.random.default_rng(0)
+    prompts = [rng.integers(1, 200, int(rng.integers(2, 9))).tolist() for _ in range(8)]
+    replies = [rng.integers(1, 200, int(rng.integers(1, 6))).tolist() for _ in range(8)]
+    ro = build_rollout(prompts, Generation(replies, ["length"] * 8, [[]] * 8), cfg.model.max_seq_len)
+    got = rewards([{}] * 8, ro)
+    rm_cfg, rm_params, _ = load_run(shared_reward_run)
+    for i in range(3):  # (each cut is a shape of its own: a compile per row)
+        row = jnp.asarray(ro.seq[i : i + 1, : ro.last[i] + 1])
+        expected = float(Decoder(rm_cfg.model).apply({"params": rm_params}, row, deterministic=True)[0, -1])
+        assert got[i] == pytest.approx(expected, rel=1e-4, abs=1e-5)
+    assert len(set(got.tolist())) > 1
+
+    run_cfg = sft_config(shared_sft_run, [*base, f"grpo.reward_from={shared_reward_run}", f"train.out_dir={tmp_path}"])
+    assert sorted(grpo(run_cfg, log=said.append).train_losses) == [1]
+    rollout = [r for r in read_metrics(tmp_path) if r["split"] == "rollout"]
+    assert len(rollout) == 1 and rollout[0]["reward_std"] > 0  # real-valued scores, not 0/1
+    not_rm = dataclasses.replace(cfg, grpo=dataclasses.replace(cfg.grpo, reward_from=str(shared_sft_run)))
+    with pytest.raises(ConfigError, match=f"grpo.reward_from='{shared_sft_run}' is not a reward model"):
+        Rewards(not_rm, layout, run_tokenizer(cfg), said.append)

@@ -22,15 +22,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from jaxllm.chat import stop_string
 from jaxllm.config import Config, ConfigError
 from jaxllm.errors import DataError
-from jaxllm.model.decoder import Decoder
 from jaxllm.parallel.layout import Layout
 from jaxllm.posttrain.data import load_records, prompt_messages, split_records, tokenize_prompt
+from jaxllm.posttrain.reward import last_token_rewards
 from jaxllm.posttrain.rollout import Rollout
 from jaxllm.train.load import load_run, load_run_tokenizer
 
@@ -118,13 +117,13 @@ class Rewards:
         ):
             raise ConfigError(f"grpo.reward_from={src!r} uses another tokenizer than the policy; it scores the "
                               "sampled tokens directly, so train the reward model from the same base run")  # fmt: skip
-        model = dataclasses.replace(rm_cfg.model, dropout=0.0, attention_dropout=0.0)
+        rm_cfg = dataclasses.replace(rm_cfg, model=dataclasses.replace(rm_cfg.model, dropout=0.0,
+                                                                       attention_dropout=0.0))  # fmt: skip
         log(f"grpo: reward model {src} (step {step})")
 
         def score(params, seq, last):
             with layout.activations():
-                values = Decoder(model).apply({"params": params}, seq)
-            return jnp.take_along_axis(values, last[:, None], axis=-1)[:, 0]
+                return last_token_rewards(rm_cfg, params, seq, last)
 
         jitted = jax.jit(score, out_shardings=layout.replicated)
 
