@@ -14,6 +14,7 @@ from flax.traverse_util import flatten_dict
 from safetensors.numpy import load_file
 
 import jaxllm
+from jaxllm.cli import main
 from jaxllm.config import ConfigError, LoraConfig
 from jaxllm.model import lora, quant
 from jaxllm.model.api import init_params
@@ -90,7 +91,8 @@ def test_the_optimizer_state_and_the_adapter_file_cover_the_adapters_alone(lora_
 def test_merged_and_unmerged_logits_agree(lora_runs, tmp_path):
     _, lora_run, _, _ = lora_runs
     cfg, params, _ = load_run(lora_run)
-    merged_run = merge_run(lora_run, tmp_path / "merged")
+    merged_run = tmp_path / "merged"
+    assert main(["lora", "merge", str(lora_run), str(merged_run)]) == 0
     mcfg, merged, step = load_run(merged_run)
     assert step == 3 and mcfg.model.lora.rank == 0 and "lora_a" not in str(jax.tree.structure(merged))
     y = Decoder(cfg.model).apply({"params": params}, TOKENS)

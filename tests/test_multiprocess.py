@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import jaxllm
@@ -245,6 +246,26 @@ def test_dpo_on_two_processes_equals_one(shared_sft_run, tmp_path):
     assert set(one) == set(two) and {("train", 1), ("train", 3), ("val", 3), ("val_preference", 3)} <= set(one)
     for key, row in one.items():
         assert two[key]["loss"] == pytest.approx(row["loss"], rel=1e-5), key
+
+
+def test_lora_sft_on_two_processes_equals_one(shared_sft_run, tmp_path):
+    """LoRA SFT differentiates the adapters alone, with the frozen base sharded like any
+    parameter: the two-process losses are the one-process losses, and so are the adapters."""
+    from safetensors.numpy import load_file
+
+    from tests.data_paths import SHARED_DATA
+
+    args = ["sft", str(shared_sft_run), "model.lora.rank=4", f"posttrain.data={SHARED_DATA / PREFS}",
+            "train.steps=3", "train.log_every=1", "train.eval_every=3", "train.eval_batches=1",
+            "optimizer.lr=3e-3", "optimizer.warmup_steps=0"]  # fmt: skip
+    one, two = one_and_two_processes(args, tmp_path)
+    assert set(one) == set(two) and {("train", 1), ("train", 3), ("val", 3)} <= set(one)
+    for key, row in one.items():
+        assert two[key]["loss"] == pytest.approx(row["loss"], rel=1e-5), key
+    a, b = (load_file(str(tmp_path / run / "adapter" / "adapter.safetensors")) for run in ("one", "two"))
+    assert a.keys() == b.keys() and a
+    for k in a:
+        np.testing.assert_allclose(b[k], a[k], rtol=1e-4, atol=1e-6, err_msg=k)
 
 
 # The KL is a mean of differences of log-probs of about -5, whose float32 spacing is 4.8e-7:

@@ -4,7 +4,7 @@ This package only parses arguments and prints; the work lives in the library, so
 verb is also a function call away for notebooks and scripts. Each verb group is a module
 holding its handlers with their flags beside them (`register(verbs)` adds them):
 describe (config show, model summary), data, training (train, quickstart), sample (sample,
-chat), posttrain (sft, dpo, reward, ppo), evaluate, convert, plan, viz (plot, viz) and
+chat), posttrain (sft, dpo, reward, ppo, grpo), lora (merge), evaluate, convert, plan, viz (plot, viz) and
 tokenizer. Handlers import the library inside the function (jax and friends are slow to
 import), so `jaxllm --help` and a bad flag answer at once.
 """
@@ -15,7 +15,7 @@ import argparse
 import re
 from collections.abc import Sequence
 
-from jaxllm.cli import convert, data, describe, evaluate, plan, posttrain, sample, tokenizer, training, viz
+from jaxllm.cli import convert, data, describe, evaluate, lora, plan, posttrain, sample, tokenizer, training, viz
 from jaxllm.cli.args import Parser
 from jaxllm.cli.report import DEBUG_ENV, debug_requested, report
 from jaxllm.host import enable_compilation_cache, restore_interrupts, tune_malloc
@@ -23,7 +23,7 @@ from jaxllm.host import enable_compilation_cache, restore_interrupts, tune_mallo
 # A config override (section.key=value), recognisable wherever it sits on the command line.
 OVERRIDE = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)+=")
 # The verb groups, in the order `jaxllm --help` lists their verbs.
-VERB_GROUPS = (describe, data, training, sample, posttrain, evaluate, convert, plan, viz, tokenizer)
+VERB_GROUPS = (describe, data, training, sample, posttrain, lora, evaluate, convert, plan, viz, tokenizer)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -17,6 +17,8 @@ import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import jax
+
 from jaxllm.config import OVERRIDES_ENV, Config, ConfigError, apply_overrides, from_dict, load_config, to_dict
 from jaxllm.errors import DataError
 from jaxllm.parallel import distributed
@@ -26,6 +28,7 @@ from jaxllm.posttrain.batches import SFTBatches, eval_batches
 from jaxllm.posttrain.data import Example, load_records, split_records, to_messages, tokenize_conversation
 from jaxllm.train import adapters
 from jaxllm.train.load import load_run, load_run_tokenizer
+from jaxllm.train.loop import quiet
 from jaxllm.train.trainer import Task, TrainResult, train
 
 
@@ -126,4 +129,5 @@ def sft(
     multi-process run the environment describes (jaxllm/parallel/distributed.py)."""
     cfg = dataclasses.replace(cfg, chat=dataclasses.replace(cfg.chat, enabled=True))
     with distributed.joined():
-        return train(cfg, log, stop_after, task=SFTTask(cfg, log), reset=reset)
+        task_log = log if jax.process_index() == 0 else quiet  # one voice per run, as the trainer's
+        return train(cfg, log, stop_after, task=SFTTask(cfg, task_log), reset=reset)
