@@ -176,9 +176,13 @@ def test_grpo_api_and_cli_resume_like_an_uninterrupted_run(sft, tmp_path, capsys
     rows = read_metrics(tmp_path / "whole")
     train = {r["step"]: r for r in rows if r["split"] == "train"}
     assert train[1]["ratio"] == pytest.approx(1.0, abs=1e-4) and train[1]["clip_frac"] == 0.0  # on-policy at first
-    assert all(r["loss"] != 0.0 for r in train.values())  # the capitals reward gives signal
-    rollouts = [r for r in rows if r["split"] == "rollout"]
+    assert all(r["policy_loss"] != 0.0 for r in train.values())  # the capitals reward gives signal
+    rollouts = [r for r in train.values() if "reward" in r]  # a rollout's figures: on its last update's row
     assert [r["step"] for r in rollouts] == [2, 4] and all(r["flat_groups"] < 1 for r in rollouts)
+    assert all(r["rollout_kl"] >= 0.0 and 0 < r["reply_tokens"] <= 8 for r in rollouts)
+    from jaxllm.viz.curves import panels
+
+    assert panels(rows) == ["reward", "kl", "lr", "iteration_s"]  # `jaxllm plot` draws it as a PPO run
     val = {r["step"]: r for r in rows if r["split"] == "val"}
     assert val[0]["kl"] == 0.0 and val[4]["kl"] > 0.0  # the reference is the start; the policy moved
 
@@ -188,12 +192,14 @@ def test_grpo_api_and_cli_resume_like_an_uninterrupted_run(sft, tmp_path, capsys
     assert sorted(first.train_losses) == [1, 2]
     assert main(cli) == 0
     assert "resumed from" in capsys.readouterr().out
-    resumed = [r for r in read_metrics(tmp_path / "resumed") if r["split"] in ("train", "val", "rollout")]
-    assert {(r["split"], r["step"]) for r in resumed} == {(r["split"], r["step"]) for r in rows
-                                                           if r["split"] in ("train", "val", "rollout")}  # fmt: skip
+    resumed = [r for r in read_metrics(tmp_path / "resumed") if r["split"] in ("train", "val")]
+    assert sorted((r["split"], r["step"]) for r in resumed) == sorted(
+        (r["split"], r["step"]) for r in rows if r["split"] in ("train", "val"))  # fmt: skip
     for r in resumed:
         if r["split"] == "train":
-            assert r["loss"] == pytest.approx(train[r["step"]]["loss"], rel=1e-6), r["step"]
+            for name in ("policy_loss", "reward", "rollout_kl"):
+                if name in train[r["step"]]:
+                    assert r[name] == pytest.approx(train[r["step"]][name], rel=1e-6), (r["step"], name)
         if r["split"] == "val":
             assert r["reward"] == pytest.approx(whole.val_losses[r["step"]], rel=1e-6), r["step"]
     cfg, _, step = load_run(tmp_path / "resumed")  # the policy: a language model `jaxllm sample` can run
@@ -211,8 +217,8 @@ def test_grpo_without_kl_exact_match_and_token_norm(sft, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "held-out exact match" in out and "policy from" in out and "reference" not in out
     rows = read_metrics(tmp_path / "nokl")
-    assert all("kl" not in r for r in rows if r["split"] in ("train", "val", "rollout"))
-    assert [r["step"] for r in rows if r["split"] == "rollout"] == [4]  # 2 epochs x 2 minibatches per rollout
+    assert all("kl" not in r and "rollout_kl" not in r for r in rows if r["split"] in ("train", "val"))
+    assert [r["step"] for r in rows if "reward" in r and r["split"] == "train"] == [4]  # 2 epochs x 2 minibatches
 
 
 @pytest.mark.parametrize(
@@ -274,7 +280,7 @@ def test_a_reward_model_scores_each_reply_at_its_last_token(shared_sft_run, shar
 
     run_cfg = sft_config(shared_sft_run, [*base, f"grpo.reward_from={shared_reward_run}", f"train.out_dir={tmp_path}"])
     assert sorted(grpo(run_cfg, log=said.append).train_losses) == [1]
-    rollout = [r for r in read_metrics(tmp_path) if r["split"] == "rollout"]
+    rollout = [r for r in read_metrics(tmp_path) if r["split"] == "train" and "reward" in r]
     assert len(rollout) == 1 and rollout[0]["reward_std"] > 0  # real-valued scores, not 0/1
     not_rm = dataclasses.replace(cfg, grpo=dataclasses.replace(cfg.grpo, reward_from=str(shared_sft_run)))
     with pytest.raises(ConfigError, match=f"grpo.reward_from='{shared_sft_run}' is not a reward model"):

@@ -23,10 +23,11 @@ def test_grpo_on_two_processes_equals_one(sft, tmp_path):
     args = ["grpo", str(run), *grpo_args(data), "train.steps=4"]
     one, two = one_and_two_processes(args, tmp_path)
     assert set(one) == set(two)
-    assert {("train", s) for s in (1, 2, 3, 4)} | {("rollout", 2), ("rollout", 4), ("val", 0), ("val", 4)} <= set(one)
-    assert any(row.get("loss", 0.0) != 0.0 for key, row in one.items() if key[0] == "train")  # not a trivial match
+    assert {("train", s) for s in (1, 2, 3, 4)} | {("val", 0), ("val", 2), ("val", 4)} <= set(one)
+    assert "reward" in one[("train", 2)] and "reward" in one[("train", 4)]  # each rollout's figures
+    assert all(row["policy_loss"] != 0.0 for key, row in one.items() if key[0] == "train")  # not a trivial match
     for key, row in one.items():
-        for name in ("loss", "clip_frac", "reward", "kl", "flat_groups", "reply_tokens"):
+        for name in ("policy_loss", "clip_frac", "kl", "reward", "rollout_kl", "flat_groups", "reply_tokens"):
             if name in row:
-                floor = KL_ABS if name == "kl" else 1e-7
+                floor = KL_ABS if name in ("kl", "rollout_kl") else 1e-7
                 assert two[key][name] == pytest.approx(row[name], rel=1e-5, abs=floor), (key, name)

@@ -6,10 +6,12 @@ State between rollouts, saved with each checkpoint beside the policy's train sta
 prompt order and the iteration (which seeds the rollout's sampling and its minibatch
 order), so a stopped run resumes at a rollout boundary exactly.
 
-Metrics: a "train" row per policy update (its loss, clip fraction, KL, ratio, gradient norm:
-the figures that must not depend on how the run is split over processes), a "rollout" row
-per rollout (reward, share of groups with all-equal rewards, KL, reply length, stop share)
-and a "val" row per evaluation (greedy replies to the held-out prompts).
+Metrics: a "train" row per policy update (policy_loss, clip fraction, k3 KL per token, mean
+ratio, gradient norm: figures that must not depend on how the run is split over processes);
+the row of a rollout's last update also holds the rollout's figures (reward, its std, the
+share of groups with all-equal rewards, rollout_kl, reply length, stop share, seconds), so
+`jaxllm plot` draws reward, KL, learning rate and s / iteration as for PPO. A "val" row per
+evaluation: greedy replies to the held-out prompts.
 """
 
 from __future__ import annotations
@@ -163,7 +165,7 @@ class GRPORun:
                  "reply_tokens": float(ro.mask.sum(1).mean()), "stopped": float(ro.stopped.mean())}  # fmt: skip
         if ref_logp is not None:
             data["ref_logprobs"] = ref_logp
-            stats["kl"] = mean_k3(logp, ref_logp, ro.mask)
+            stats["rollout_kl"] = mean_k3(logp, ref_logp, ro.mask)
         return t_sample, data, stats
 
     def minibatches(self, data: dict, index: int) -> Iterator[dict]:
@@ -179,7 +181,7 @@ class GRPORun:
         """One rollout and its policy updates (up to the last step): the new step."""
         t0 = time.perf_counter()
         t_sample, data, stats = self.rollout(self.iteration)
-        updates: list[dict] = []
+        updates: list[tuple[int, dict]] = []
         for mb in self.minibatches(data, self.iteration):
             if step >= self.loop.last_step:
                 break
@@ -189,25 +191,23 @@ class GRPORun:
             if not bool(m["finite"]):
                 self.log(f"warning: non-finite GRPO loss at step {step}; that update was skipped")
             tokens = max(float(m["reply_tokens"]), 1e-12)
-            row = {"loss": float(m["loss"]), "clip_frac": float(m["clipped"]) / tokens,
+            row = {"policy_loss": float(m["loss"]), "clip_frac": float(m["clipped"]) / tokens,
                    "ratio": float(m["ratio"]) / tokens, "grad_norm": float(m["grad_norm"]),
                    "lr": float(m["lr"])}  # fmt: skip
             if "ref_logprobs" in data:
                 row["kl"] = float(m["kl"]) / tokens
-            self.writer.write(step, "train", row)
-            self.result.train_losses[step] = row["loss"]
-            updates.append(row)
+            self.result.train_losses[step] = row["policy_loss"]
+            updates.append((step, row))
         self.iteration += 1
-        stats.update({"loss": float(np.mean([u["loss"] for u in updates])) if updates else 0.0,
-                      "clip_frac": float(np.mean([u["clip_frac"] for u in updates])) if updates else 0.0,
-                      "iteration": self.iteration, "rollout_s": t_sample,
-                      "iteration_s": time.perf_counter() - t0})  # fmt: skip
-        self.writer.write(step, "rollout", stats)
+        loss, clip = (float(np.mean([row[k] for _, row in updates])) for k in ("policy_loss", "clip_frac"))
+        stats.update({"iteration": self.iteration, "rollout_s": t_sample, "iteration_s": time.perf_counter() - t0})
+        for at, row in updates:  # the rollout's figures join its last update's row
+            self.writer.write(at, "train", {**row, **stats} if at == step else row)
         bar, eta = self.loop.progress(step)
-        kl = f"KL {stats['kl']:.4f} | " if "kl" in stats else ""
+        kl = f"KL {stats['rollout_kl']:.4f} | " if "rollout_kl" in stats else ""
         self.log(f"{bar} step {step}/{self.loop.last_step} | rollout {self.iteration} | reward {stats['reward']:.3f} | "
-                 f"flat groups {stats['flat_groups']:.0%} | {kl}loss {stats['loss']:.4f} | "
-                 f"clip {stats['clip_frac']:.2f} | {stats['reply_tokens']:.1f} tok/reply | "
+                 f"flat groups {stats['flat_groups']:.0%} | {kl}policy {loss:.4f} | clip {clip:.2f} | "
+                 f"{stats['reply_tokens']:.1f} tok/reply | "
                  f"{stats['iteration_s']:.1f} s/rollout | ETA {eta}")  # fmt: skip
         return step, None
 

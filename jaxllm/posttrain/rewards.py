@@ -142,7 +142,7 @@ class Rewards:
         if self.fn is None:
             return self.model_score(rollout)[: len(records)]
         out = np.zeros(len(records), np.float64)
-        for i, (record, reply) in enumerate(zip(records, self.replies(rollout), strict=False)):
+        for i, (record, reply) in enumerate(zip(records, self.replies(rollout), strict=True)):
             value = self.fn(record, reply)
             if not isinstance(value, int | float | np.number) or not math.isfinite(float(value)):
                 raise DataError(f"the reward function {getattr(self.fn, '__name__', self.fn)!r} returned {value!r} "
