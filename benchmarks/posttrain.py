@@ -70,12 +70,8 @@ def main() -> None:
         base = quickstart(str(out / "base"), steps=args.pretrain_steps, from_dir=str(_shared()))
     else:
         base = Path(args.base)
-    train_path = out / "sft-train.jsonl"
-    train_path.write_text("".join(json.dumps(r) + "\n" for r in make_records(args.train_records, seed=1)))
-    seen = {(r["instruction"], r["input"]) for r in make_records(args.train_records, seed=1)}
-    fresh = [r for r in make_records(4 * args.eval_records, seed=2) if (r["instruction"], r["input"]) not in seen]
-    per_kind = args.eval_records // 3  # equal shares of each task, none seen in training
-    held_out = [r for kind in ("reverse", "add", "upper") for r in [x for x in fresh if x["kind"] == kind][:per_kind]]
+    train_path, held_out = write_records(out, args.train_records, args.eval_records)
+    per_kind = args.eval_records // 3
 
     base_cfg, base_params, base_step = load_run(base)
     tokenizer = load_run_tokenizer(base_cfg)
@@ -128,6 +124,17 @@ def main() -> None:
     print("\n".join(body))
     if not args.no_write:
         write_section("posttrain_sft", "\n".join(body))
+
+
+def write_records(out: Path, train_records: int, eval_records: int) -> tuple[Path, list[dict]]:
+    """(out/sft-train.jsonl: `train_records` synthetic records, seed 1; `eval_records` held-out
+    ones, seed 2, equal shares of each task, none of their prompts in the training file)."""
+    train_path = out / "sft-train.jsonl"
+    train_path.write_text("".join(json.dumps(r) + "\n" for r in make_records(train_records, seed=1)))
+    seen = {(r["instruction"], r["input"]) for r in make_records(train_records, seed=1)}
+    fresh = [r for r in make_records(4 * eval_records, seed=2) if (r["instruction"], r["input"]) not in seen]
+    per_kind = eval_records // 3
+    return train_path, [r for kind in KINDS for r in [x for x in fresh if x["kind"] == kind][:per_kind]]
 
 
 def _rm_accuracy(cfg, params, tokenizer, records) -> dict[str, float]:

@@ -16,6 +16,7 @@ from safetensors.numpy import load_file
 import jaxllm
 from jaxllm.cli import main
 from jaxllm.config import ConfigError, LoraConfig
+from jaxllm.generation import generate
 from jaxllm.model import lora, quant
 from jaxllm.model.api import init_params
 from jaxllm.model.decoder import Decoder
@@ -98,6 +99,10 @@ def test_merged_and_unmerged_logits_agree(lora_runs, tmp_path):
     y = Decoder(cfg.model).apply({"params": params}, TOKENS)
     y_merged = Decoder(mcfg.model).apply({"params": merged}, TOKENS)
     assert float(jnp.abs(y - y_merged).max() / jnp.abs(y).max()) < 1e-5
+    # Decoding with the KV cache runs the adapters too: greedy tokens equal the merged model's.
+    prompts = [list(TOKENS[0, :5]), list(TOKENS[1, :9])]
+    got, want = (generate(c, p, prompts, 12, temperature=0.0).tokens for c, p in ((cfg, params), (mcfg, merged)))
+    assert got == want
     with pytest.raises(ConfigError, match="has no adapters"):
         merge_run(merged_run, tmp_path / "again")
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import jax.numpy as jnp
 
 from jaxllm.chat import stop_string
-from jaxllm.config import Config, ConfigError, ModelConfig
+from jaxllm.config import Config, ConfigError, LoraConfig, ModelConfig
 from jaxllm.errors import DataError
 from jaxllm.model.decoder import Decoder
 from jaxllm.model.loss import chunked_over_positions
@@ -94,7 +94,8 @@ class PPOModels:
 def ppo_config(cfg: Config) -> Config:
     """The run's config as trained: chat on and dropout off (a dropout mask would make
     the new/old log-prob ratio noise)."""
-    model = dataclasses.replace(cfg.model, dropout=0.0, attention_dropout=0.0, head="lm")
+    model = dataclasses.replace(cfg.model, dropout=0.0, attention_dropout=0.0, head="lm",
+                                lora=dataclasses.replace(cfg.model.lora, dropout=0.0))  # fmt: skip
     return dataclasses.replace(cfg, model=model, chat=dataclasses.replace(cfg.chat, enabled=True))
 
 
@@ -127,11 +128,13 @@ def _check_tokenizer(cfg: Config, tokenizer, reward_cfg: Config) -> None:
 
 
 def critic_config(cfg: Config) -> Config:
-    """The critic's config: the policy's model with a scalar head, its own learning rate
+    """The critic's config: the policy's model with a scalar head (and every weight trained,
+    adapters or not on the policy), its own learning rate
     (ppo.critic_lr) and its checkpoints in RUN_DIR/critic."""
     lr = cfg.ppo.critic_lr or cfg.optimizer.lr
+    model = dataclasses.replace(cfg.model, head="scalar", lora=LoraConfig())
     return dataclasses.replace(
-        cfg, model=dataclasses.replace(cfg.model, head="scalar"), optimizer=dataclasses.replace(cfg.optimizer, lr=lr),
+        cfg, model=model, optimizer=dataclasses.replace(cfg.optimizer, lr=lr),
         train=dataclasses.replace(cfg.train, out_dir=str(Path(cfg.train.out_dir) / "critic")),
     )  # fmt: skip
 
