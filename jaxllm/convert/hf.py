@@ -10,14 +10,17 @@ run's newest weights back as a directory transformers loads. The parts, each in 
   safetensors_io.py   safetensors files and shards (never pickle)
   tokenizer_files.py  the tokenizer files carried both ways
   hf_chat.py          the imported run's tokenizer and chat sections
+  peft_export.py      a LoRA run's adapters as a PEFT adapter (export_hf merges them)
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import jax
 import numpy as np
@@ -35,6 +38,7 @@ from jaxllm.convert.hf_config import (
 from jaxllm.convert.hf_weights import hf_to_params, params_to_hf
 from jaxllm.convert.safetensors_io import DEFAULT_MAX_SHARD_SIZE, describe_source, read_safetensors, write_safetensors
 from jaxllm.convert.tokenizer_files import export_tokenizer, import_tokenizer
+from jaxllm.model import lora
 from jaxllm.train.load import load_run, write_run
 
 Log = Callable[[str], None]
@@ -107,13 +111,37 @@ def export_hf(
 ) -> Path:
     """A jaxllm run's newest weights -> a Hugging Face model directory that
     `transformers.AutoModelForCausalLM.from_pretrained(out_dir)` loads: config.json,
-    safetensors (sharded above max_shard_size bytes) and the tokenizer. Returns out_dir."""
+    safetensors (sharded above max_shard_size bytes) and the tokenizer. A LoRA run
+    (model.lora.rank > 0) exports merged: W + (alpha / r) A B, its base dequantized if
+    stored quantized, since no Hugging Face architecture holds adapters in its own
+    weights (jaxllm/convert/peft_export.py writes them apart). Returns out_dir."""
     out = Path(out_dir)
     _check_directory(out)
     cfg, params, step = load_run(run_dir)
-    family = model_family(cfg.model)
+    merged = ""
+    if cfg.model.lora.rank:
+        lo = cfg.model.lora
+        base = "" if lo.quantize == "none" else f", the {lo.quantize} base dequantized"
+        merged = f" with its LoRA adapters merged in (rank {lo.rank}, alpha {lo.alpha:g}{base})"
+        model, params = lora.merge(cfg.model, params)
+        cfg = dataclasses.replace(cfg, model=model)
+    log(f"exporting {run_dir} (step {step}){merged} as {ARCHITECTURE_OF[model_family(cfg.model)]} to {out}")
+    return write_hf(cfg, params, out, max_shard_size, log, dtype)
+
+
+def write_hf(
+    cfg: Config,
+    params: Any,
+    out: Path,
+    max_shard_size: int = DEFAULT_MAX_SHARD_SIZE,
+    log: Log = print,
+    dtype: str = "float32",
+) -> Path:
+    """`params` of the plain model `cfg.model` (no adapters) written as a Hugging Face model
+    directory at `out`, with the run's tokenizer and chat template: the part of export_hf
+    that the PEFT export also needs for the base model its adapter applies to."""
+    model_family(cfg.model)  # refuses a model no architecture holds, before anything is written
     out.mkdir(parents=True, exist_ok=True)
-    log(f"exporting {run_dir} (step {step}) as {ARCHITECTURE_OF[family]} to {out}")
     tensors = params_to_hf(cfg.model, params, dtype)
     del params
     bos, eos, pad = export_tokenizer(cfg, out, log)
@@ -126,4 +154,4 @@ def export_hf(
     return out
 
 
-__all__ = ["export_hf", "import_hf"]
+__all__ = ["export_hf", "import_hf", "write_hf"]
