@@ -131,6 +131,28 @@ def test_reward_functions_and_their_errors():
         reward_function(":f")
 
 
+def test_prompts_keep_their_records_and_exact_match_needs_outputs(tmp_path):
+    from jaxllm.data.tokenizer import load_tokenizer
+    from jaxllm.errors import DataError
+    from jaxllm.posttrain.rewards import load_prompt_items
+
+    records = [{"instruction": "upper", "input": f"word{i}", "output": f"WORD{i}"} for i in range(10)]
+    data = tmp_path / "tasks.json"
+    data.write_text(json.dumps(records))
+    cfg = jaxllm.load_config("shakespeare-char", [f"posttrain.data={data}", "posttrain.val_fraction=0.2",
+                                                  "grpo.eval_prompts=1", "chat.enabled=true"])  # fmt: skip
+    tok = load_tokenizer("byte")
+    train, val = load_prompt_items(cfg, tok)
+    assert len(train) == 8 and len(val) == 1  # 2 held out, cut to grpo.eval_prompts
+    for item in train + val:
+        assert tok.decode(item.ids).count(item.record["input"]) == 1  # each prompt asks its own record's question
+    data.write_text(json.dumps([*records, {"instruction": "upper", "input": "x"}]))
+    with pytest.raises(DataError, match="record 10 has no string 'output' for grpo.reward=exact_match"):
+        load_prompt_items(cfg, tok)
+    custom = dataclasses.replace(cfg, grpo=dataclasses.replace(cfg.grpo, reward="tests.test_grpo:capitals"))
+    assert len(load_prompt_items(custom, tok)[0]) == 9  # a reward function of its own needs no output
+
+
 # ----------------------------------------------------------------------------- runs
 
 
@@ -206,16 +228,28 @@ def test_grpo_api_and_cli_resume_like_an_uninterrupted_run(sft, tmp_path, capsys
     assert step == 4 and cfg.model.head == "lm" and cfg.model.dropout == 0.0 and cfg.chat.enabled
 
 
-def test_grpo_without_kl_exact_match_and_token_norm(sft, tmp_path, capsys):
-    """kl_coef=0 keeps no reference (no KL anywhere); exact_match reports held-out exact match."""
+def test_grpo_with_lora_without_kl_and_token_norm(sft, tmp_path, capsys):
+    """kl_coef=0 keeps no reference (no KL anywhere); with model.lora only the adapters train
+    (saved on their own too), the base stays the SFT run's."""
+    from flax.traverse_util import flatten_dict
+
     from jaxllm.cli import main
+    from jaxllm.train.load import load_run
 
     run, data = sft
-    argv = ["grpo", str(run), *grpo_args(data), "grpo.kl_coef=0", "grpo.reward=exact_match", "grpo.loss_norm=token",
-            "grpo.scale_rewards=none", "grpo.epochs=2", "train.steps=4", f"train.out_dir={tmp_path}/nokl"]  # fmt: skip
+    argv = ["grpo", str(run), *grpo_args(data), "grpo.kl_coef=0", "grpo.loss_norm=token", "grpo.scale_rewards=none",
+            "grpo.epochs=2", "train.steps=4", "model.lora.rank=4", "model.lora.dropout=0.1",
+            f"train.out_dir={tmp_path}/nokl"]  # fmt: skip
     assert main(argv) == 0
+    cfg, params, _ = load_run(tmp_path / "nokl")
+    assert cfg.model.lora.rank == 4 and cfg.model.lora.dropout == 0.0  # dropout off: the ratio must not be noise
+    assert (tmp_path / "nokl" / "adapter" / "adapter.safetensors").is_file()
+    base, tuned = flatten_dict(load_run(run)[1]), flatten_dict(params)
+    assert all(np.array_equal(v, tuned[k]) for k, v in base.items())  # the base is frozen
+    adapters = {k: v for k, v in tuned.items() if k[-1] == "lora_b"}
+    assert adapters and any(np.abs(v).max() > 0 for v in adapters.values())  # B starts at 0: the adapters moved
     out = capsys.readouterr().out
-    assert "held-out exact match" in out and "policy from" in out and "reference" not in out
+    assert "held-out reward" in out and "policy from" in out and "reference" not in out
     rows = read_metrics(tmp_path / "nokl")
     assert all("kl" not in r and "rollout_kl" not in r for r in rows if r["split"] in ("train", "val"))
     assert [r["step"] for r in rows if "reward" in r and r["split"] == "train"] == [4]  # 2 epochs x 2 minibatches

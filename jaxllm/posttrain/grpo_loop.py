@@ -126,7 +126,7 @@ def grpo(
 def _grpo(cfg: Config, folder: RunFolder, log: Callable[[str], None], stop_after: int | None) -> TrainResult:
     """Build the run's layout once, load the models into it, then the run on the host loop."""
     g, t = cfg.grpo, cfg.train
-    layout = Layout.build(cfg, make_mesh(cfg.mesh), make_optimizer(cfg.optimizer))
+    layout = Layout.build(cfg, make_mesh(cfg.mesh), make_optimizer(cfg.optimizer, cfg.model))
     check_batch(cfg, layout.mesh)
     models, start = load_models(cfg, layout, log)
     prompts = load_prompt_items(cfg, models.tokenizer)

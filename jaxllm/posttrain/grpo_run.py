@@ -33,6 +33,7 @@ from jaxllm.posttrain.pairs import BatchCycle
 from jaxllm.posttrain.ppo_models import token_logprobs
 from jaxllm.posttrain.rewards import PromptItem, Rewards
 from jaxllm.posttrain.rollout import Rollout, build_rollout, pad_rows
+from jaxllm.train.adapters import save_adapters
 from jaxllm.train.checkpoint import Checkpointer
 from jaxllm.train.loop import Hook, HostLoop, format_time, writer_for
 from jaxllm.train.optimizer import make_optimizer
@@ -113,7 +114,7 @@ class GRPORun:
         self.cfg, self.layout, self.models, self.folder, self.log = cfg, layout, models, folder, log
         self.train_items, self.val_items = prompts
         self.rows = cfg.grpo.prompts_per_rollout * cfg.grpo.group_size
-        self.tx = make_optimizer(cfg.optimizer)
+        self.tx = make_optimizer(cfg.optimizer, cfg.model)  # of the adapters alone under model.lora
         self.ckpt = Checkpointer(folder.path / "checkpoints", keep=t.keep_checkpoints, keep_every=t.keep_every)
         self.prompts = BatchCycle(self.train_items, t.seed)
         self.iteration = 0
@@ -234,6 +235,8 @@ class GRPORun:
     def save(self, step: int) -> None:
         data = {"prompts": self.prompts.get_state(), "iteration": self.iteration}
         self.ckpt.save(step, self.state, data, to_dict(self.cfg), force=True)
+        if self.cfg.model.lora.rank:  # the adapters on their own too, as a LoRA training run saves them
+            save_adapters(self.cfg, self.state["params"], self.folder.path, step, self.layout)
         self.saved_at = step
 
     def stop(self, step: int, received: int) -> None:
