@@ -38,12 +38,11 @@ from jaxllm.chat import stop_string
 from jaxllm.config import Config, ConfigError, load_config
 from jaxllm.parallel import distributed
 from jaxllm.parallel.layout import Layout
-from jaxllm.parallel.mesh import make_mesh
 from jaxllm.posttrain.grpo_run import GRPOModels, GRPORun
+from jaxllm.posttrain.pairs import run_layout
 from jaxllm.posttrain.rewards import Rewards, load_prompt_items, reward_function
 from jaxllm.posttrain.sft import run_tokenizer, start_params
 from jaxllm.train.loop import quiet, start_run
-from jaxllm.train.optimizer import make_optimizer
 from jaxllm.train.run_folder import RunFolder, absolute_paths
 from jaxllm.train.task import TrainResult, check_batch
 
@@ -126,7 +125,7 @@ def grpo(
 def _grpo(cfg: Config, folder: RunFolder, log: Callable[[str], None], stop_after: int | None) -> TrainResult:
     """Build the run's layout once, load the models into it, then the run on the host loop."""
     g, t = cfg.grpo, cfg.train
-    layout = Layout.build(cfg, make_mesh(cfg.mesh), make_optimizer(cfg.optimizer, cfg.model))
+    layout = run_layout(cfg)  # the adapters' optimizer under model.lora
     check_batch(cfg, layout.mesh)
     models, start = load_models(cfg, layout, log)
     prompts = load_prompt_items(cfg, models.tokenizer)
