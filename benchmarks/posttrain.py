@@ -28,6 +28,7 @@ import jax
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _report import write_section  # noqa: E402
+from posttrain_rl import add_arguments, grpo_phase, lora_phase  # noqa: E402
 
 from jaxllm.posttrain.sft import sft, sft_config  # noqa: E402
 from jaxllm.posttrain.synthetic import KINDS, exact_match, make_records  # noqa: E402
@@ -51,7 +52,7 @@ def main() -> None:
     ap.add_argument("--rm-steps", type=int, default=1500)
     ap.add_argument("--rm-batch", type=int, default=24)
     ap.add_argument("--dpo-steps", type=int, default=300)
-    ap.add_argument("--dpo-lr", type=float, default=1e-5, help="1e-4 collapsed exact match 68% -> 20% in one run")
+    ap.add_argument("--dpo-lr", type=float, default=1e-5, help="1e-4 collapsed exact match 68%% -> 20%% in one run")
     ap.add_argument("--ppo-start-steps", type=int, default=600, help="SFT steps of the policy PPO starts from")
     ap.add_argument("--ppo-steps", type=int, default=640)
     ap.add_argument("--ppo-lr", type=float, default=2e-5)
@@ -59,6 +60,7 @@ def main() -> None:
     ap.add_argument("--rollout", type=int, default=64, help="prompts per PPO rollout (minibatch = rollout / 4)")
     ap.add_argument("--kl-coef", type=float, default=0.2, help="0.05 let PPO trade correctness for reward (KL ~1)")
     ap.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
+    add_arguments(ap)
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -87,6 +89,7 @@ def main() -> None:
     _, params, _ = load_run(result.run_dir)
     after = exact_match(cfg, params, tokenizer, held_out)
     print(f"after SFT:  {after}")
+    lora_text = lora_phase(args, out, base, train_path, held_out, (after, cfg, sft_time))
 
     start_run = out / f"sft-{args.ppo_start_steps}"  # the same recipe stopped early: PPO's start
     shutil.rmtree(start_run, ignore_errors=True)
@@ -94,7 +97,8 @@ def main() -> None:
                           "optimizer.warmup_steps=50", "train.eval_every=100000", "train.log_every=100",
                           "train.checkpoint_every=100000", f"train.out_dir={start_run}"]))  # fmt: skip
     prefs = _preference_phase(args, out, cfg, result.run_dir, tokenizer, held_out, start_run)
-    prefs += ["", *_ppo_phase(args, out, start_run, held_out)]
+    grpo_text = grpo_phase(args, out, start_run, held_out)  # before PPO's table, which grades it too
+    prefs += ["", *_ppo_phase(args, out, start_run, held_out), "", *grpo_text]
 
     rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     kinds = ("all", "reverse", "add", "upper")
@@ -120,7 +124,7 @@ def main() -> None:
         "",
         *rows,
     ]
-    body += ["", *prefs]
+    body += ["", *lora_text, "", *prefs]
     print("\n".join(body))
     if not args.no_write:
         write_section("posttrain_sft", "\n".join(body))
@@ -267,6 +271,7 @@ def _ppo_phase(args, out: Path, start: Path, held_out: list) -> list[str]:
     rows = []
     for name, run in ((f"SFT, {args.ppo_start_steps} steps (PPO's start and reference)", start),
                       (f"after PPO ({args.ppo_steps} policy steps)", result.run_dir),
+                      (f"after GRPO ({args.ppo_steps} policy steps, exact-match reward)", out / "grpo"),
                       (f"SFT, {args.sft_steps} steps (for comparison)", out / "sft")):  # fmt: skip
         _, params, _ = load_run(run)
         stats, replies = evaluate_policy(cfg, params, ids, seed=11)

@@ -137,7 +137,7 @@ def main() -> None:
     ap.add_argument("--base", required=True, help="a pre-trained run (benchmarks/posttrain.py's base)")
     ap.add_argument("--out", default="runs/bench-lora")
     ap.add_argument("--sft-steps", type=int, default=1500)
-    add_arguments(ap)
+    add_arguments(ap)  # GRPO's budget flags (--rollout, --ppo-steps) are benchmarks/posttrain.py's
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -155,15 +155,14 @@ def main() -> None:
 
 
 def add_arguments(ap: argparse.ArgumentParser) -> None:
-    """The LoRA and GRPO flags (benchmarks/posttrain.py takes them too)."""
+    """The LoRA and GRPO flags (benchmarks/posttrain.py takes them too, beside its --rollout and
+    --ppo-steps, which GRPO's budget follows)."""
     ap.add_argument("--lora-rank", type=int, default=16)
     ap.add_argument("--lora-alpha", type=float, default=32.0)
     ap.add_argument("--lora-lr", type=float, default=3e-3)
     ap.add_argument("--grpo-group", type=int, default=8)
     ap.add_argument("--grpo-lr", type=float, default=2e-5)
     ap.add_argument("--grpo-kl", type=float, default=0.04)
-    ap.add_argument("--rollout", type=int, default=128, help="replies per rollout (PPO's rollout batch)")
-    ap.add_argument("--ppo-steps", type=int, default=640)
 
 
 if __name__ == "__main__":
