@@ -80,7 +80,10 @@ def check_grpo_run(cfg: Config) -> None:
 def _with_source_dropout(cfg: Config) -> Config:
     """`cfg` with the dropout rates of posttrain.init_from's model: they are training settings,
     not architecture, so an SFT run trained with dropout starts a GRPO run that has none."""
-    src = load_config(Path(cfg.posttrain.init_from) / "config.yaml").model
+    path = Path(cfg.posttrain.init_from) / "config.yaml"
+    if not path.is_file():
+        return cfg  # load_run says what is missing
+    src = load_config(path).model
     lora = dataclasses.replace(cfg.model.lora, dropout=src.lora.dropout)
     model = dataclasses.replace(cfg.model, dropout=src.dropout, attention_dropout=src.attention_dropout, lora=lora)
     return dataclasses.replace(cfg, model=model)
