@@ -25,10 +25,10 @@ from tests.fixtures import TEST_XLA_FLAGS, build_once
 
 # Small runs: 8 steps, evaluated and checkpointed twice on 2 batches (the runs are for the
 # commands, not for their losses); PPO's 8 steps are one rollout, after one critic warm-up
-# rollout (not 4), evaluated on 16 held-out prompts (not 64).
+# rollout (not 4), evaluated on 16 held-out prompts (not 64), and so is GRPO.
 SMALL = (
     "train.steps=8 train.eval_every=4 train.log_every=4 train.checkpoint_every=4 train.eval_batches=2 "
-    "ppo.critic_warmup=1 ppo.eval_prompts=16"
+    "ppo.critic_warmup=1 ppo.eval_prompts=16 grpo.eval_prompts=16"
 )
 # Chapters whose time goes to running programs more than to compiling them (perplexity and
 # multiple choice over a tenth of tiny Shakespeare): they compile at XLA's default
