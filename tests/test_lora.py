@@ -177,3 +177,17 @@ def test_bad_lora_settings_are_named(tiny_config):
     ]:
         with pytest.raises(ConfigError, match=match):
             jaxllm.load_config("shakespeare-char", overrides)
+
+
+def test_a_start_run_may_differ_in_dropout_but_not_in_architecture(tiny_config):
+    from jaxllm.train.adapters import start_params
+
+    params = init_params(tiny_config.model, jax.random.PRNGKey(0))
+    layout = Layout.build(tiny_config, make_mesh(tiny_config.mesh))
+    trained_with_dropout = dataclasses.replace(
+        tiny_config, model=dataclasses.replace(tiny_config.model, dropout=0.1, attention_dropout=0.1)
+    )
+    assert start_params(tiny_config, layout, trained_with_dropout, params) is params
+    wider = dataclasses.replace(tiny_config, model=dataclasses.replace(tiny_config.model, d_ff=128))
+    with pytest.raises(ConfigError, match=r"has a different model \(d_ff differ\)"):
+        start_params(tiny_config, layout, wider, params)

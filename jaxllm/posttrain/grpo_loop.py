@@ -30,12 +30,11 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable
-from pathlib import Path
 
 import jax
 
 from jaxllm.chat import stop_string
-from jaxllm.config import Config, ConfigError, load_config
+from jaxllm.config import Config, ConfigError
 from jaxllm.parallel import distributed
 from jaxllm.parallel.layout import Layout
 from jaxllm.posttrain.grpo_run import GRPOModels, GRPORun
@@ -77,22 +76,10 @@ def check_grpo_run(cfg: Config) -> None:
         reward_function(g.reward)  # a bad name or module fails now, not after the models are loaded
 
 
-def _with_source_dropout(cfg: Config) -> Config:
-    """`cfg` with the dropout rates of posttrain.init_from's model: they are training settings,
-    not architecture, so an SFT run trained with dropout starts a GRPO run that has none."""
-    path = Path(cfg.posttrain.init_from) / "config.yaml"
-    if not path.is_file():
-        return cfg  # load_run says what is missing
-    src = load_config(path).model
-    lora = dataclasses.replace(cfg.model.lora, dropout=src.lora.dropout)
-    model = dataclasses.replace(cfg.model, dropout=src.dropout, attention_dropout=src.attention_dropout, lora=lora)
-    return dataclasses.replace(cfg, model=model)
-
-
 def load_models(cfg: Config, layout: Layout, log: Callable[[str], None]) -> tuple[GRPOModels, dict]:
     """The policy's start (posttrain.init_from, read into `layout`), the frozen reference (the
     same arrays: the train state copies them) when grpo.kl_coef > 0, the tokenizer and rewards."""
-    start, step = start_params(_with_source_dropout(cfg), layout)
+    start, step = start_params(cfg, layout)
     log(f"grpo: policy{' and reference' if cfg.grpo.kl_coef else ''} from {cfg.posttrain.init_from} (step {step})")
     tokenizer = run_tokenizer(cfg)
     models = GRPOModels(

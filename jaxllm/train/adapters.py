@@ -24,7 +24,7 @@ import jax
 import numpy as np
 from safetensors.numpy import save_file
 
-from jaxllm.config import Config, ConfigError
+from jaxllm.config import Config, ConfigError, ModelConfig
 from jaxllm.model import lora
 from jaxllm.model.api import boxed_init_fn
 from jaxllm.parallel.layout import Layout
@@ -37,11 +37,20 @@ def _describe_difference(a, b) -> str:
     return ", ".join(f.name for f in dataclasses.fields(a) if getattr(a, f.name) != getattr(b, f.name))
 
 
+def architecture(model: ModelConfig) -> ModelConfig:
+    """`model` less its training-only settings (the dropout rates): two runs whose
+    architectures are equal have interchangeable parameters."""
+    return dataclasses.replace(model, dropout=0.0, attention_dropout=0.0,
+                               lora=dataclasses.replace(model.lora, dropout=0.0))  # fmt: skip
+
+
 def start_params(cfg: Config, layout: Layout, src_cfg: Config, params: Any) -> Any:
     """`params` of a run of `src_cfg.model` as parameters of `cfg.model`, placed in `layout`:
-    adapters added (fresh, seeded by train.seed) or merged away as the two models differ only
-    in model.lora; any other difference is an error naming the fields."""
-    want, have = cfg.model, src_cfg.model
+    as they are when the architectures match (dropout rates may differ: an SFT run trained
+    with dropout starts a PPO or GRPO run without), with adapters added (fresh, seeded by
+    train.seed) or merged away when they differ only in model.lora; any other difference is
+    an error naming the fields."""
+    want, have = architecture(cfg.model), architecture(src_cfg.model)
     if want == have:
         return params
     if lora.base_model(want) != lora.base_model(have):
