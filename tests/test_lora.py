@@ -191,3 +191,18 @@ def test_a_start_run_may_differ_in_dropout_but_not_in_architecture(tiny_config):
     wider = dataclasses.replace(tiny_config, model=dataclasses.replace(tiny_config.model, d_ff=128))
     with pytest.raises(ConfigError, match=r"has a different model \(d_ff differ\)"):
         start_params(tiny_config, layout, wider, params)
+
+
+def test_a_lora_run_holds_a_float32_base_in_bfloat16_and_its_adapters_in_float32(shared_sft_run, tmp_path):
+    _run(shared_sft_run, tmp_path / "bf16", *LORA, "train.steps=2", "model.param_dtype=bfloat16",
+         "model.dtype=bfloat16")  # fmt: skip
+    _, base, _ = load_run(shared_sft_run)
+    cfg, tuned, _ = load_run(tmp_path / "bf16")
+    base, tuned = _flat(base), _flat(tuned)
+    for k, v in tuned.items():
+        if k[-1] in lora.ADAPTER_LEAVES:
+            assert v.dtype == np.float32, k
+        else:  # the start's float32 weights, rounded to bfloat16 once and frozen since
+            assert v.dtype == jnp.bfloat16, k
+            np.testing.assert_array_equal(v, base[k].astype(jnp.bfloat16), err_msg=str(k))
+

@@ -21,6 +21,7 @@ from typing import Any
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 from safetensors.numpy import save_file
 
@@ -38,10 +39,22 @@ def _describe_difference(a, b) -> str:
 
 
 def architecture(model: ModelConfig) -> ModelConfig:
-    """`model` less its training-only settings (the dropout rates): two runs whose
-    architectures are equal have interchangeable parameters."""
-    return dataclasses.replace(model, dropout=0.0, attention_dropout=0.0,
+    """`model` less its training-only settings (the dropout rates) and dtypes: two runs whose
+    architectures are equal have interchangeable parameters, up to a cast."""
+    return dataclasses.replace(model, dropout=0.0, attention_dropout=0.0, dtype="float32", param_dtype="float32",
                                lora=dataclasses.replace(model.lora, dropout=0.0))  # fmt: skip
+
+
+def _cast_base(params: Any, dtype: str) -> Any:
+    """Every floating-point leaf but the adapters (kept in float32) in `dtype`: a float32
+    start run held in bfloat16 by a run with model.param_dtype=bfloat16."""
+    target = jnp.dtype(dtype)
+
+    def cast(path, x):
+        keep = path[-1].key in lora.ADAPTER_LEAVES or not jnp.issubdtype(x.dtype, jnp.floating)
+        return x if keep or x.dtype == target else x.astype(target)
+
+    return jax.tree_util.tree_map_with_path(cast, params)
 
 
 def start_params(cfg: Config, layout: Layout, src_cfg: Config, params: Any) -> Any:
@@ -50,6 +63,9 @@ def start_params(cfg: Config, layout: Layout, src_cfg: Config, params: Any) -> A
     with dropout starts a PPO or GRPO run without), with adapters added (fresh, seeded by
     train.seed) or merged away when they differ only in model.lora; any other difference is
     an error naming the fields."""
+    if src_cfg.model.param_dtype != cfg.model.param_dtype:
+        with jax.set_mesh(layout.mesh):
+            params = jax.jit(lambda p: _cast_base(p, cfg.model.param_dtype))(params)
     want, have = architecture(cfg.model), architecture(src_cfg.model)
     if want == have:
         return params
@@ -59,13 +75,13 @@ def start_params(cfg: Config, layout: Layout, src_cfg: Config, params: Any) -> A
             f"({_describe_difference(lora.base_model(want), lora.base_model(have))} differ); start from its config "
             "(jaxllm sft RUN_DIR ...) or drop the model overrides"
         )
-    _, base = lora.merge(have, params)
+    _, base = lora.merge(dataclasses.replace(src_cfg.model, param_dtype=cfg.model.param_dtype), params)
     if not want.lora.rank:
         return base
 
     def adapted(base_params, rng):
-        fresh = nn.meta.unbox(boxed_init_fn(want)(rng))  # only the adapters are kept: XLA drops the rest
-        return lora.adapt(want, base_params, fresh)
+        fresh = nn.meta.unbox(boxed_init_fn(cfg.model)(rng))  # only the adapters are kept: XLA drops the rest
+        return lora.adapt(cfg.model, base_params, fresh)
 
     with jax.set_mesh(layout.mesh):
         return jax.jit(adapted, out_shardings=layout.params)(base, jax.random.PRNGKey(cfg.train.seed + 17))
