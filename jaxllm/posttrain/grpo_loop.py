@@ -35,13 +35,13 @@ import jax
 
 from jaxllm.chat import stop_string
 from jaxllm.config import Config, ConfigError
-from jaxllm.parallel import distributed
 from jaxllm.parallel.layout import Layout
 from jaxllm.posttrain.grpo_run import GRPOModels, GRPORun
 from jaxllm.posttrain.pairs import run_layout
 from jaxllm.posttrain.rewards import Rewards, load_prompt_items, reward_function
+from jaxllm.posttrain.rollout_run import joined_run
 from jaxllm.posttrain.sft import run_tokenizer, start_params
-from jaxllm.train.loop import quiet, start_run
+from jaxllm.train.loop import start_run
 from jaxllm.train.run_folder import RunFolder, absolute_paths
 from jaxllm.train.task import TrainResult, check_batch
 
@@ -103,13 +103,7 @@ def grpo(
     start_run()
     cfg = absolute_paths(grpo_config(cfg))
     check_grpo_run(cfg)
-    with distributed.joined():
-        primary = jax.process_index() == 0
-        log = log if primary else quiet  # one voice per run
-        with RunFolder(cfg.train.out_dir, primary, log) as folder:
-            if reset:
-                folder.reset()
-            return _grpo(cfg, folder, log, stop_after)
+    return joined_run(cfg, log, reset, lambda folder, log: _grpo(cfg, folder, log, stop_after))
 
 
 def _grpo(cfg: Config, folder: RunFolder, log: Callable[[str], None], stop_after: int | None) -> TrainResult:

@@ -33,9 +33,10 @@ from jaxllm.posttrain.pairs import BatchCycle
 from jaxllm.posttrain.ppo_models import token_logprobs
 from jaxllm.posttrain.rewards import PromptItem, Rewards
 from jaxllm.posttrain.rollout import Rollout, build_rollout, pad_rows
+from jaxllm.posttrain.rollout_run import RolloutRun
 from jaxllm.train.adapters import save_adapters
 from jaxllm.train.checkpoint import Checkpointer
-from jaxllm.train.loop import Hook, HostLoop, format_time, writer_for
+from jaxllm.train.loop import HostLoop, writer_for
 from jaxllm.train.optimizer import make_optimizer
 from jaxllm.train.run_folder import RunFolder
 from jaxllm.train.state import abstract_state, init_state
@@ -104,7 +105,7 @@ def mean_k3(logp: np.ndarray, ref_logp: np.ndarray, mask: np.ndarray) -> float:
     return float((np.asarray(grpo_math.k3_kl(logp, ref_logp)) * mask).sum() / max(mask.sum(), 1.0))
 
 
-class GRPORun:
+class GRPORun(RolloutRun):
     """The policy, its optimizer, checkpoints and step, and the rollout state."""
 
     def __init__(self, cfg: Config, layout: Layout, models: GRPOModels, start: dict,
@@ -239,25 +240,5 @@ class GRPORun:
             save_adapters(self.cfg, self.state["params"], self.folder.path, step, self.layout)
         self.saved_at = step
 
-    def stop(self, step: int, received: int) -> None:
-        if self.saved_at != step:
-            self.save(step)
-        self.log(f"received signal {received} at step {step}: checkpoint saved, stopping")
-
-    def go(self) -> TrainResult:
-        """Evaluate the start (a fresh run), then the loop."""
-        t = self.cfg.train
-        try:
-            if self.loop.step == 0:
-                self.evaluate(0)
-            hooks = [Hook(t.eval_every, self.evaluate), Hook(t.checkpoint_every, self.save)]
-            self.result.interrupted = self.loop.run(self.advance, hooks, self.stop)
-        finally:
-            self.ckpt.wait()
-            self.writer.close()
-        self.ckpt.close()
-        step = self.result.step = self.loop.step
-        if self.result.interrupted is None:
-            self.log(f"done: step {step} in {format_time(self.loop.elapsed())}; checkpoints in {self.ckpt.directory}, "
-                     f"metrics in {self.folder.path / 'metrics.jsonl'}")  # fmt: skip
-        return self.result
+    def checkpointers(self) -> list[Checkpointer]:
+        return [self.ckpt]

@@ -54,12 +54,12 @@ import jax
 
 from jaxllm.chat import stop_string
 from jaxllm.config import Config
-from jaxllm.parallel import distributed
 from jaxllm.parallel.layout import Layout
 from jaxllm.parallel.mesh import make_mesh
 from jaxllm.posttrain.ppo_models import check_ppo, load_models, load_prompts, ppo_config
 from jaxllm.posttrain.ppo_run import PPORun
 from jaxllm.posttrain.rollout import Rollout, build_rollout, make_scorer, pad_rows, rollout_stats, sample
+from jaxllm.posttrain.rollout_run import joined_run
 from jaxllm.train.loop import quiet, start_run
 from jaxllm.train.optimizer import make_optimizer
 from jaxllm.train.run_folder import RunFolder, absolute_paths
@@ -93,13 +93,7 @@ def ppo(
     start_run()
     cfg = absolute_paths(ppo_config(cfg))
     check_ppo(cfg)
-    with distributed.joined():
-        primary = jax.process_index() == 0
-        log = log if primary else quiet  # one voice per run
-        with RunFolder(cfg.train.out_dir, primary, log) as folder:
-            if reset:
-                folder.reset()
-            return _ppo(cfg, folder, log, stop_after)
+    return joined_run(cfg, log, reset, lambda folder, log: _ppo(cfg, folder, log, stop_after))
 
 
 def _ppo(cfg: Config, folder: RunFolder, log: Callable[[str], None], stop_after: int | None) -> TrainResult:

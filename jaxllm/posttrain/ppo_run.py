@@ -26,8 +26,9 @@ from jaxllm.posttrain import ppo as ppo_math
 from jaxllm.posttrain.pairs import BatchCycle
 from jaxllm.posttrain.ppo_models import PPOModels, critic_loss_fn, policy_loss_fn
 from jaxllm.posttrain.rollout import make_scorer, pad_rows, rollout_stats, sample
+from jaxllm.posttrain.rollout_run import RolloutRun
 from jaxllm.train.checkpoint import Checkpointer
-from jaxllm.train.loop import Hook, HostLoop, format_time, writer_for
+from jaxllm.train.loop import HostLoop, writer_for
 from jaxllm.train.optimizer import make_optimizer
 from jaxllm.train.run_folder import RunFolder
 from jaxllm.train.state import abstract_state, init_state
@@ -37,7 +38,7 @@ from jaxllm.train.task import TrainResult
 _UPDATE_KEYS = ("clip_frac", "approx_kl", "entropy", "grad_norm")
 
 
-class PPORun:
+class PPORun(RolloutRun):
     """Policy and critic, their optimizers, checkpoints and steps, and the rollout state."""
 
     def __init__(self, cfg: Config, layout: Layout, models: PPOModels, start: dict, prompts: tuple[list, list],
@@ -221,30 +222,14 @@ class PPORun:
         self.cckpt.save(step, self.cstate, data, to_dict(self.ccfg), force=True)
         self.saved_at = step
 
-    def stop(self, step: int, received: int) -> None:
-        if self.saved_at != step:
-            self.save(step)
-        self.log(f"received signal {received} at step {step}: checkpoint saved, stopping")
+    def checkpointers(self) -> list[Checkpointer]:
+        return [self.ckpt, self.cckpt]
 
-    def go(self) -> TrainResult:
-        """Evaluate the start and warm the critic up (a fresh run), then the loop."""
-        t = self.cfg.train
-        try:
-            if self.loop.step == 0:
-                self.evaluate(0)
-                self.warm_up_critic()
-            hooks = [Hook(t.eval_every, self.evaluate), Hook(t.checkpoint_every, self.save)]
-            self.result.interrupted = self.loop.run(self.advance, hooks, self.stop)
-        finally:
-            self.ckpt.wait()
-            self.cckpt.wait()
-            self.writer.close()
-        self.ckpt.close()
-        self.cckpt.close()
-        step = self.result.step = self.loop.step
-        if self.result.interrupted is None:
-            self.log(f"done: step {step} in {format_time(self.loop.elapsed())}; policy checkpoints in "
-                     f"{self.ckpt.directory}, critic in {self.cckpt.directory}, metrics in "
-                     f"{self.folder.path / 'metrics.jsonl'}")  # fmt: skip
-        return self.result
+    def first(self) -> None:
+        """Evaluate the start and warm the critic up."""
+        self.evaluate(0)
+        self.warm_up_critic()
 
+    def finished(self) -> str:
+        return (f"policy checkpoints in {self.ckpt.directory}, critic in {self.cckpt.directory}, metrics in "
+                f"{self.folder.path / 'metrics.jsonl'}")  # fmt: skip
