@@ -71,27 +71,34 @@ def pytest_configure_node(node):
 # A the first two, B the next two), then, each time a worker finishes one, the next test in
 # this order, queued behind the one it is running. Longest first keeps both workers busy to
 # the end instead of leaving one long test alone at the close. The guide's chapters are placed
-# so that none waits for the runs of another (chapter 0's runs are read by 4, 6, 7 and 8, 4's
-# by 8, 1's by 2): A runs 00, 07, then 01 and 02; B runs 05 (libtpu's long compile, needing
-# nothing), 04, then 08. Seconds measured in a clean-clone CI run in the comments.
+# so that none waits for the runs of another, whichever worker finishes first (chapter 0's runs
+# are read by 4, 6, 7, 8 and the quickstart test, 4's by 8, 1's by 2): A runs 00, 04, then 08
+# (handed to A when 04 starts, so queued behind it); B runs 05 (libtpu's long compile, needing
+# nothing), then 07 (00 is long done). What follows needs no chapter but 01 -> 02, kept apart.
+# Seconds measured in a clean-clone CI run in the comments; "local" ones were measured with
+# `-n 0` beside another test run on 2 cores (tests added since that CI run).
 SLOWEST_FIRST = [
     "tests/test_guide.py::test_the_guide_runs_as_written[00-",  # 40
-    "tests/test_guide.py::test_the_guide_runs_as_written[07-",  # 164
-    "tests/test_guide.py::test_the_guide_runs_as_written[05-",  # 215
     "tests/test_guide.py::test_the_guide_runs_as_written[04-",  # 74
-    "tests/test_guide.py::test_the_guide_runs_as_written[01-",  # 20 (A, queued behind 07)
-    "tests/test_guide.py::test_the_guide_runs_as_written[08-",  # 204 (98 alone; B, queued behind 04)
-    "tests/test_guide.py::test_the_guide_runs_as_written[02-",  # 42 (A, after 01)
+    "tests/test_guide.py::test_the_guide_runs_as_written[05-",  # 215 (88 alone: one libtpu compile is 74)
+    "tests/test_guide.py::test_the_guide_runs_as_written[07-",  # 164 before LoRA and GRPO; ~200 local with them
+    "tests/test_guide.py::test_the_guide_runs_as_written[08-",  # 204 (98 alone; A, queued behind 04)
     "tests/test_multiprocess.py::test_ppo_on_two_processes_equals_one",  # 65 + 51 building the shared PPO run
-    "tests/test_quickstart.py::test_quickstart_runs_the_whole_path",  # 26 (reads chapter 0's run)
+    "tests/test_grpo_multiprocess.py::",  # 73 local (55 + 18 building its SFT run)
+    "tests/test_multiprocess.py::test_two_processes_train_checkpoint_and_resume_like_one",  # 55
     "tests/test_kill_resume.py::",  # 49
     "tests/test_splash.py::test_the_tpu_step_compiles_ahead_of_time",  # 47 (two libtpu compiles)
     "tests/test_multiprocess.py::test_dpo_on_two_processes_equals_one",  # 38
-    "tests/test_multiprocess.py::test_two_processes_train_checkpoint_and_resume_like_one",  # 55
-    "tests/test_multiprocess.py::test_instruction_tuning_on_two_processes_equals_one",  # 26
-    "tests/test_rlhf.py::",  # 32
     "tests/test_guide.py::test_the_guide_runs_as_written[03-",  # 37
+    "tests/test_rlhf.py::",  # 32
+    "tests/test_quickstart.py::test_quickstart_runs_the_whole_path",  # 26 (reads chapter 0's run)
+    "tests/test_guide.py::test_the_guide_runs_as_written[01-",  # 20
+    "tests/test_multiprocess.py::test_instruction_tuning_on_two_processes_equals_one",  # 26
+    "tests/test_multiprocess.py::test_lora_sft_on_two_processes_equals_one",  # 25 local
     "tests/test_multiprocess.py::test_a_signal_to_one_process_stops_both_at_the_same_checkpointed_step",  # 23
+    "tests/test_lora.py::",  # 10-23 each, local (the first on each worker builds the module's LoRA runs)
+    "tests/test_grpo.py::",  # 8-16 each, local
+    "tests/test_guide.py::test_the_guide_runs_as_written[02-",  # 42 before it prepared 6 of the works; 3 local now
 ]
 
 
