@@ -43,7 +43,7 @@ _FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
 # gpt2 checkpoint on the Hub) lack it.
 
 
-def _hf_key(family: str, layout_key: str) -> str:
+def hf_key(family: str, layout_key: str) -> str:
     """torch_layout key -> Hugging Face key (the Llama table already uses HF names)."""
     if family == "gpt2" and layout_key != "lm_head.weight":
         return "transformer." + layout_key
@@ -69,7 +69,7 @@ def _expected_shapes(model: ModelConfig, family: str) -> dict[str, tuple[int, ..
     placeholders = jax.tree.map(lambda s: np.broadcast_to(zero, s.shape), param_shapes(model))
     state = to_torch(model, placeholders, family)
     return {
-        _hf_key(family, key): tuple(w.shape[::-1]) if _is_conv1d(family, key) else tuple(w.shape)
+        hf_key(family, key): tuple(w.shape[::-1]) if _is_conv1d(family, key) else tuple(w.shape)
         for key, w in state.items()
     }
 
@@ -133,7 +133,7 @@ def params_to_hf(model: ModelConfig, params: Mapping[str, Any], dtype: str = "fl
         if model.tie_embeddings and key == "lm_head.weight":
             continue
         w = w.T if _is_conv1d(family, key) else w
-        out[_hf_key(family, key)] = np.ascontiguousarray(np.asarray(w, dtype=np.float32).astype(np_dtype))
+        out[hf_key(family, key)] = np.ascontiguousarray(np.asarray(w, dtype=np.float32).astype(np_dtype))
     return out
 
 

@@ -46,7 +46,7 @@ from safetensors.numpy import save_file
 from jaxllm.config import LoraConfig, ModelConfig
 from jaxllm.convert.hf import write_hf
 from jaxllm.convert.hf_config import ARCHITECTURE_OF, ConversionError, model_family
-from jaxllm.convert.hf_weights import _hf_key
+from jaxllm.convert.hf_weights import hf_key
 from jaxllm.convert.layout_fit import check_family
 from jaxllm.convert.layout_rules import Rule
 from jaxllm.convert.safetensors_io import DEFAULT_MAX_SHARD_SIZE
@@ -75,7 +75,7 @@ def _projection_rules(model: ModelConfig, family: str) -> list[tuple[Rule, str]]
     for rule in FAMILIES[family](check_family(model, family)):
         kernels = [p for p in rule.paths if p[-1] == "kernel" and p[-2] in lora.PROJECTION_AXES]
         if "{i}" in rule.torch_key and kernels and len(kernels) == len(rule.paths):
-            out.append((rule, _hf_key(family, rule.torch_key).removesuffix(".weight")))
+            out.append((rule, hf_key(family, rule.torch_key).removesuffix(".weight")))
     return out
 
 
