@@ -271,7 +271,9 @@ def _ppo_phase(args, out: Path, start: Path, held_out: list) -> list[str]:
     rows = []
     for name, run in ((f"SFT, {args.ppo_start_steps} steps (PPO's start and reference)", start),
                       (f"after PPO ({args.ppo_steps} policy steps)", result.run_dir),
-                      (f"after GRPO ({args.ppo_steps} policy steps, exact-match reward)", out / "grpo"),
+                      (f"after GRPO ({args.ppo_steps} policy steps, PPO's rollouts)", out / "grpo"),
+                      (f"after GRPO ({args.ppo_steps} policy steps, on-policy, 4x the rollouts)",
+                       out / "grpo-onpolicy"),
                       (f"SFT, {args.sft_steps} steps (for comparison)", out / "sft")):  # fmt: skip
         _, params, _ = load_run(run)
         stats, replies = evaluate_policy(cfg, params, ids, seed=11)

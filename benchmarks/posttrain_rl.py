@@ -94,8 +94,17 @@ def lora_phase(args, out: Path, base: Path, train_path: Path, held_out: list, fu
     ]
 
 
+GRPO_VARIANTS = (  # (run name, epochs, what the row says)
+    ("grpo", 4, "PPO's budget: the same rollouts and updates"),
+    ("grpo-onpolicy", 1, "the same updates, on-policy: 1 epoch per rollout, so 4x the rollouts"),
+)
+
+
 def grpo_phase(args, out: Path, start: Path, held_out: list) -> list[str]:
-    """GRPO with the exact-match reward from PPO's start, with PPO's prompts and budget."""
+    """GRPO with the exact-match reward from PPO's start on PPO's prompts, at PPO's budget and
+    on-policy (GRPO_VARIANTS): each run's held-out curve."""
+    from posttrain import TEMPLATE
+
     from jaxllm.posttrain.grpo_loop import grpo
     from jaxllm.train.metrics import read_metrics
 
@@ -103,33 +112,36 @@ def grpo_phase(args, out: Path, start: Path, held_out: list) -> list[str]:
     prompts = [r for r in make_records(3000, seed=5) if (r["instruction"], r["input"]) not in seen]
     path = out / "grpo-prompts.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in prompts))
-    shutil.rmtree(out / "grpo", ignore_errors=True)
-    from posttrain import TEMPLATE
-
-    group = args.grpo_group
-    cfg = sft_config(start, [*TEMPLATE, f"posttrain.data={path}", "posttrain.val_fraction=0.04",
-                             "grpo.eval_prompts=120", f"train.steps={args.ppo_steps}",
-                             f"train.batch_size={args.rollout // 4}", f"grpo.group_size={group}",
-                             f"grpo.prompts_per_rollout={args.rollout // group}", "grpo.epochs=4",
-                             f"optimizer.lr={args.grpo_lr}", "optimizer.warmup_steps=0", "grpo.max_new_tokens=16",
-                             f"grpo.kl_coef={args.grpo_kl}", "train.eval_every=64", "train.checkpoint_every=100000",
-                             f"train.out_dir={out / 'grpo'}"], suffix="grpo")  # fmt: skip
-    t0 = time.perf_counter()
-    result = grpo(cfg)
-    seconds = time.perf_counter() - t0
-    curve = [r for r in read_metrics(result.run_dir) if r["split"] == "val"]
-    keys = [k for k in ("exact_match", "reward", "kl") if curve and k in curve[0]]
-    return [
-        f"GRPO (`jaxllm grpo`, {seconds:.0f} s) from PPO's start on PPO's prompts and budget: rollouts of "
-        f"{args.rollout // group} prompts x {group} replies = {args.rollout} at temperature 1, 4 epochs of minibatch "
-        f"{args.rollout // 4}, {args.ppo_steps} policy updates, lr {args.grpo_lr:g}, kl_coef {args.grpo_kl:g} (k3, "
-        "in the loss); reward 1 when the reply is the right answer, else 0; no reward model, no critic. Held-out "
-        "curve (120 prompts of the GRPO split, greedy):",
-        "",
-        "| step | " + " | ".join(str(r["step"]) for r in curve) + " |",
-        "| --- | " + " | ".join("---" for _ in curve) + " |",
-        *("| " + k + " | " + " | ".join(f"{r[k]:.3f}" for r in curve) + " |" for k in keys),
-    ]
+    group, text = args.grpo_group, []
+    for name, epochs, what in GRPO_VARIANTS:
+        shutil.rmtree(out / name, ignore_errors=True)
+        cfg = sft_config(start, [*TEMPLATE, f"posttrain.data={path}", "posttrain.val_fraction=0.04",
+                                 "grpo.eval_prompts=120", f"train.steps={args.ppo_steps}",
+                                 f"train.batch_size={args.rollout // 4}", f"grpo.group_size={group}",
+                                 f"grpo.prompts_per_rollout={args.rollout // group}", f"grpo.epochs={epochs}",
+                                 f"optimizer.lr={args.grpo_lr}", "optimizer.warmup_steps=0", "grpo.max_new_tokens=16",
+                                 f"grpo.kl_coef={args.grpo_kl}", "train.eval_every=64",
+                                 "train.checkpoint_every=100000", f"train.out_dir={out / name}"],
+                         suffix="grpo")  # fmt: skip
+        t0 = time.perf_counter()
+        result = grpo(cfg)
+        seconds = time.perf_counter() - t0
+        curve = [r for r in read_metrics(result.run_dir) if r["split"] == "val"]
+        rollouts, prompts_each = args.ppo_steps // (epochs * 4), args.rollout // group
+        text += [
+            f"GRPO, {what} (`jaxllm grpo`, {seconds:.0f} s, run {name}): {rollouts} rollouts of {prompts_each} "
+            f"prompts x {group} replies = {args.rollout} at temperature 1, {epochs} epoch(s) of minibatch "
+            f"{args.rollout // 4}, {args.ppo_steps} policy updates, lr {args.grpo_lr:g}, kl_coef {args.grpo_kl:g} (k3, "
+            "in the loss); reward 1 when the reply is the right answer, else 0; no reward model, no critic. Held-out "
+            "curve (greedy exact match and k3 KL per token on 118 prompts of the GRPO split):",
+            "",
+            "| step | " + " | ".join(str(r["step"]) for r in curve) + " |",
+            "| --- | " + " | ".join("---" for _ in curve) + " |",
+            "| exact match | " + " | ".join(f"{r['reward']:.3f}" for r in curve) + " |",
+            "| KL | " + " | ".join(f"{r.get('kl', 0.0):.3f}" for r in curve) + " |",
+            "",
+        ]
+    return text[:-1]
 
 
 def main() -> None:
