@@ -75,8 +75,10 @@ def pytest_configure_node(node):
 # are read by 4, 6, 7, 8 and the quickstart test, 4's by 8, 1's by 2): A runs 00, 04, then 08
 # (handed to A when 04 starts, so queued behind it); B runs 05 (libtpu's long compile, needing
 # nothing), then 07 (00 is long done). What follows needs no chapter but 01 -> 02, kept apart.
-# Seconds measured in a clean-clone CI run in the comments; "local" ones were measured with
-# `-n 0` beside another test run on 2 cores (tests added since that CI run).
+# Seconds measured in a clean-clone CI run in the comments; "local" ones on 2 shared cores,
+# with `-n 0` beside another test run or in a `-n 2` run of some files (tests added since
+# that CI run, and the slowest of test_train.py and test_generate.py, which file order left
+# at the end of the session).
 SLOWEST_FIRST = [
     "tests/test_guide.py::test_the_guide_runs_as_written[00-",  # 40
     "tests/test_guide.py::test_the_guide_runs_as_written[04-",  # 74
@@ -86,12 +88,16 @@ SLOWEST_FIRST = [
     "tests/test_multiprocess.py::test_ppo_on_two_processes_equals_one",  # 65 + 51 building the shared PPO run
     "tests/test_grpo_multiprocess.py::",  # 73 local (55 + 18 building its SFT run)
     "tests/test_multiprocess.py::test_two_processes_train_checkpoint_and_resume_like_one",  # 55
+    "tests/test_train.py::test_sigterm_then_resume_reproduces_the_uninterrupted_run",  # 60 local, -n 2
+    "tests/test_train.py::test_checkpoint_restores_onto_a_different_mesh",  # 55 local, -n 2
     "tests/test_kill_resume.py::",  # 49
     "tests/test_splash.py::test_the_tpu_step_compiles_ahead_of_time",  # 47 (two libtpu compiles)
     "tests/test_multiprocess.py::test_dpo_on_two_processes_equals_one",  # 38
     "tests/test_guide.py::test_the_guide_runs_as_written[03-",  # 37
     "tests/test_rlhf.py::",  # 32
+    "tests/test_train.py::test_resume_across_pipeline_degrees_gives_the_same_next_step",  # 27 local, -n 2
     "tests/test_quickstart.py::test_quickstart_runs_the_whole_path",  # 26 (reads chapter 0's run)
+    "tests/test_generate.py::test_greedy_generate_equals_greedy_recompute_on_a_ragged_batch[gpt2",  # 26 local
     "tests/test_guide.py::test_the_guide_runs_as_written[01-",  # 20
     "tests/test_multiprocess.py::test_instruction_tuning_on_two_processes_equals_one",  # 26
     "tests/test_multiprocess.py::test_lora_sft_on_two_processes_equals_one",  # 25 local
