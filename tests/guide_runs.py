@@ -60,8 +60,7 @@ BY_NUMBER = {chapter.name[:2]: chapter for chapter in chapters()}
 def guide_env(number: str) -> dict[str, str]:
     """The reader's machine: one CPU device, not the 8 that tests/conftest.py asks XLA for,
     SMALL and the chapter's CHAPTER_OVERRIDES, and XLA's default optimisation level for the
-    RUN_BOUND chapters; the session's
-    compilation cache (JAXLLM_COMPILATION_CACHE) is inherited."""
+    RUN_BOUND chapters; the session's compilation cache (JAXLLM_COMPILATION_CACHE) is inherited."""
     dropped = ["device_count"] + (TEST_XLA_FLAGS.split() if number in RUN_BOUND else [])
     xla_flags = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split() if not any(d in f for d in dropped))
     overrides = " ".join([SMALL, CHAPTER_OVERRIDES.get(number, "")]).strip()
