@@ -17,6 +17,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 from jaxllm.host import enable_compilation_cache  # noqa: E402
 from tests import fixtures  # noqa: E402
 from tests.fixtures import (  # noqa: E402
+    grpo_sft,
     sft_run,
     shared_ppo_run,
     shared_reward_run,
@@ -27,8 +28,8 @@ from tests.fixtures import (  # noqa: E402
     tiny_run,
 )
 
-__all__ = ["shared_ppo_run", "shared_reward_run", "shared_sft_run", "shared_tiny_run", "sft_run", "tiny_config",
-           "tiny_dataset", "tiny_run"]  # fmt: skip
+__all__ = ["grpo_sft", "shared_ppo_run", "shared_reward_run", "shared_sft_run", "shared_tiny_run", "sft_run",
+           "tiny_config", "tiny_dataset", "tiny_run"]  # fmt: skip
 
 # Where the session's compiled programs go when this is set (e.g. a folder a CI cache keeps
 # between runs); by default a fresh folder of this session, removed with its other temporaries.

@@ -217,3 +217,28 @@ def shared_ppo_run(tmp_path_factory, shared_sft_run, shared_reward_run) -> Path:
         cli_run(argv, folder)
 
     return build_once(tmp_path_factory, "ppo_run", build) / "run"
+
+
+def build_grpo_sft(root: Path) -> None:
+    """A 1-layer byte-level model SFT-trained for 40 steps on synthetic "upper" records:
+    root/sft (the run) and root/tasks.jsonl (its data), GRPO's start in tests/test_grpo*.py."""
+    import json
+
+    from jaxllm.cli import main
+    from jaxllm.posttrain.synthetic import make_records
+
+    data = root / "tasks.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in make_records(64, seed=0, kinds=("upper",))))
+    args = ["model.num_layers=1", "model.d_model=32", "model.num_heads=2", "model.dropout=0.1", "data.seq_len=128",
+            "model.max_seq_len=128", "train.batch_size=8", "train.steps=40", "train.eval_every=100",
+            "train.tensorboard=false", "optimizer.lr=3e-3", "tokenizer.path=byte", "model.vocab_size=256",
+            f"posttrain.data={data}", f"data.path={root}/none", f"train.out_dir={root}/sft"]  # fmt: skip
+    assert main(["sft", "shakespeare-char", *args]) == 0, "the shared GRPO start run failed"
+
+
+@pytest.fixture(scope="session")
+def grpo_sft(tmp_path_factory) -> tuple[Path, Path]:
+    """(run, data) of build_grpo_sft, built once per session. Read-only."""
+    folder = build_once(tmp_path_factory, "grpo_sft", build_grpo_sft)
+    return folder / "sft", folder / "tasks.jsonl"
+

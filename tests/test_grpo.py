@@ -156,21 +156,6 @@ def test_prompts_keep_their_records_and_exact_match_needs_outputs(tmp_path):
 # ----------------------------------------------------------------------------- runs
 
 
-def build_sft_run(root: Path) -> tuple[Path, Path]:
-    """A 1-layer byte-level model SFT-trained for 40 steps on synthetic "upper" records: (run, data)."""
-    from jaxllm.cli import main
-    from jaxllm.posttrain.synthetic import make_records
-
-    data = root / "tasks.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in make_records(64, seed=0, kinds=("upper",))))
-    args = ["model.num_layers=1", "model.d_model=32", "model.num_heads=2", "model.dropout=0.1", "data.seq_len=128",
-            "model.max_seq_len=128", "train.batch_size=8", "train.steps=40", "train.eval_every=100",
-            "train.tensorboard=false", "optimizer.lr=3e-3", "tokenizer.path=byte", "model.vocab_size=256",
-            f"posttrain.data={data}", f"data.path={root}/none", f"train.out_dir={root}/sft"]  # fmt: skip
-    assert main(["sft", "shakespeare-char", *args]) == 0
-    return root / "sft", data
-
-
 def grpo_args(data: Path, *extra: str) -> list[str]:
     """A small GRPO run: rollouts of 4 prompts x 4 replies, 2 minibatches of 8 rows per rollout."""
     return [f"posttrain.data={data}", "posttrain.val_fraction=0.1", "grpo.group_size=4", "grpo.prompts_per_rollout=4",
@@ -179,9 +164,9 @@ def grpo_args(data: Path, *extra: str) -> list[str]:
             "train.checkpoint_every=2", "train.tensorboard=false", *extra]  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def sft(tmp_path_factory) -> tuple[Path, Path]:
-    return build_sft_run(tmp_path_factory.mktemp("grpo"))
+@pytest.fixture
+def sft(grpo_sft) -> tuple[Path, Path]:
+    return grpo_sft
 
 
 def test_grpo_api_and_cli_resume_like_an_uninterrupted_run(sft, tmp_path, capsys):

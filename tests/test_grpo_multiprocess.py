@@ -4,21 +4,14 @@ scores the whole rollout alike and trains on its own rows of each minibatch."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
-from tests.test_grpo import build_sft_run, grpo_args
+from tests.test_grpo import grpo_args
 from tests.test_multiprocess import KL_ABS, one_and_two_processes
 
 
-@pytest.fixture(scope="module")
-def sft(tmp_path_factory) -> tuple[Path, Path]:
-    return build_sft_run(tmp_path_factory.mktemp("grpo-mp"))
-
-
-def test_grpo_on_two_processes_equals_one(sft, tmp_path):
-    run, data = sft
+def test_grpo_on_two_processes_equals_one(grpo_sft, tmp_path):
+    run, data = grpo_sft
     # Two rollouts of 2 minibatches, the second rollout after a checkpoint (train.checkpoint_every=2).
     args = ["grpo", str(run), *grpo_args(data), "train.steps=4"]
     one, two = one_and_two_processes(args, tmp_path)

@@ -26,8 +26,9 @@ from jaxllm.posttrain.dpo import dpo
 from jaxllm.posttrain.sft import sft, sft_config
 from jaxllm.train.adapters import merge_run
 from jaxllm.train.load import load_run
+from jaxllm.train.metrics import read_metrics
 from jaxllm.train.optimizer import make_optimizer
-from tests.fixtures import PREFS, QUIET
+from tests.fixtures import PREFS, QUIET, build_once
 
 LORA = ["model.lora.rank=4", "model.lora.alpha=8", "train.steps=3", "train.log_every=1", "optimizer.lr=3e-3",
         "optimizer.warmup_steps=0", "train.checkpoint_every=3"]  # fmt: skip
@@ -44,20 +45,28 @@ def _run(source, out, *extra: str, verb=sft):
     return result[0] if isinstance(result, tuple) else result
 
 
-@pytest.fixture(scope="module")
+def _train_losses(run) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in read_metrics(run) if r["split"] == "train"}
+
+
+@pytest.fixture(scope="session")
 def lora_runs(shared_sft_run, tmp_path_factory):
-    """A LoRA SFT run and a full SFT run from the shared SFT run, same data and seed."""
-    root = tmp_path_factory.mktemp("lora")
-    adapted = _run(shared_sft_run, root / "lora", *LORA)
-    full = _run(shared_sft_run, root / "full", "train.steps=1", "train.log_every=1")
-    return shared_sft_run, root / "lora", adapted, full
+    """A LoRA SFT run and a full SFT run from the shared SFT run, same data and seed (built
+    once per session): (start run, LoRA run, its train losses, the full run's)."""
+
+    def build(root):
+        _run(shared_sft_run, root / "lora", *LORA)
+        _run(shared_sft_run, root / "full", "train.steps=1", "train.log_every=1")
+
+    root = build_once(tmp_path_factory, "lora_runs", build)
+    return shared_sft_run, root / "lora", _train_losses(root / "lora"), _train_losses(root / "full")
 
 
 def test_lora_sft_starts_at_the_base_loss_and_keeps_the_base_bit_identical(lora_runs):
     base_run, lora_run, adapted, full = lora_runs
     # B = 0: the adapted model's first loss is the base model's (the full run's first step sees the same batch).
-    assert adapted.train_losses[1] == pytest.approx(full.train_losses[1], rel=1e-6)
-    assert adapted.train_losses[3] < adapted.train_losses[1]  # the adapters learn
+    assert adapted[1] == pytest.approx(full[1], rel=1e-6)
+    assert adapted[3] < adapted[1]  # the adapters learn
     _, base, _ = load_run(base_run)
     cfg, tuned, step = load_run(lora_run)
     assert step == 3 and cfg.model.lora.rank == 4

@@ -29,7 +29,7 @@ from jaxllm.convert.peft_export import export_peft, frozen_base
 from jaxllm.model.decoder import Decoder
 from jaxllm.posttrain.sft import sft, sft_config
 from jaxllm.train.load import load_run
-from tests.fixtures import PREFS, QUIET
+from tests.fixtures import PREFS, QUIET, build_once
 
 ATOL = 1e-4
 LORA = ["model.lora.rank=4", "model.lora.alpha=8", "optimizer.lr=3e-2", "optimizer.warmup_steps=0",
@@ -55,10 +55,18 @@ def _gpt2():
     )  # fmt: skip
 
 
-@pytest.fixture(scope="module")
+CASES = ("llama", "llama-nf4", "gpt2")
+
+
+@pytest.fixture(scope="session")
 def runs(tmp_path_factory):
-    """name -> a LoRA run directory, each from an imported tiny random model."""
-    root = tmp_path_factory.mktemp("peft")
+    """name -> a LoRA run directory, each from an imported tiny random model (built once per
+    session, whichever worker asks first)."""
+    root = build_once(tmp_path_factory, "peft_runs", _build_runs)
+    return {"base": root / "llama-base", **{name: root / name for name in CASES}}
+
+
+def _build_runs(root):
     bases = {}
     for name, build in (("llama", _llama), ("gpt2", _gpt2)):
         torch.manual_seed(0)
@@ -69,11 +77,8 @@ def runs(tmp_path_factory):
         "llama-nf4": (bases["llama"], ["train.steps=1", "model.lora.quantize=nf4", "model.lora.quant_block=32"]),
         "gpt2": (bases["gpt2"], ["train.steps=1", "model.lora.targets=[q_proj,v_proj,down_proj]"]),
     }
-    out = {"base": bases["llama"]}
     for name, (base, extra) in cases.items():
         sft(sft_config(base, [*LORA, *extra, f"train.out_dir={root / name}"]), **QUIET)
-        out[name] = root / name
-    return out
 
 
 def _jaxllm_logits(run) -> np.ndarray:
