@@ -215,3 +215,17 @@ def test_a_lora_run_holds_a_float32_base_in_bfloat16_and_its_adapters_in_float32
             assert v.dtype == jnp.bfloat16, k
             np.testing.assert_array_equal(v, base[k].astype(jnp.bfloat16), err_msg=str(k))
 
+
+
+def test_the_summary_counts_the_base_and_the_adapters_apart(tiny_config):
+    from jaxllm.model.summary import count_params, lora_params, memory_bytes, summary_table
+
+    lora_model = dataclasses.replace(tiny_config.model, lora=LoraConfig(rank=2, quantize="nf4", quant_block=32))
+    q = dataclasses.replace(tiny_config, model=lora_model)
+    params = init_params(lora_model, jax.random.PRNGKey(0))
+    assert count_params(q) == count_params(tiny_config)  # the architecture's own weights
+    assert lora_params(q) == sum(v.size for v in lora.adapter_leaves(params).values()) > 0
+    mem = memory_bytes(q)
+    assert mem["params"] == sum(v.nbytes for v in jax.tree.leaves(params))  # as stored: codes, scales, adapters
+    assert mem["adamw_state"] == 8 * lora_params(q) and mem["grads"] == 4 * lora_params(q)
+    assert "lora adapters" in summary_table(q) and "projections in nf4" in summary_table(q)

@@ -26,6 +26,7 @@ import math
 import jax
 
 from jaxllm.config import Config, ConfigError, ModelConfig
+from jaxllm.model import lora
 from jaxllm.model.api import model_config, param_shapes
 from jaxllm.model.attention import layer_is_local
 
@@ -55,9 +56,11 @@ def _group(names: list[str], moe: bool) -> str:
 def param_counts(config: Config | ModelConfig) -> dict[str, int]:
     """Parameters per group: embedding, position, attention, mlp, router, experts, norm, lm_head
     (mlp is the dense MLP, or an MoE layer's shared experts)."""
-    moe = model_config(config).num_experts > 0
+    m = model_config(config)
+    moe = m.num_experts > 0
     counts: dict[str, int] = {}
-    for path, leaf in jax.tree_util.tree_leaves_with_path(param_shapes(config)):
+    # The architecture's own weights: LoRA adapters and quantized storage are counted apart (lora_params).
+    for path, leaf in jax.tree_util.tree_leaves_with_path(param_shapes(lora.base_model(m))):
         group = _group(_path_names(path), moe)
         counts[group] = counts.get(group, 0) + math.prod(leaf.shape)
     return counts
@@ -136,13 +139,26 @@ def flops_breakdown(config: Config | ModelConfig, seq_len: int) -> dict[str, flo
     return out
 
 
+def lora_params(config: Config | ModelConfig) -> int:
+    """Parameters of the LoRA adapters (model.lora), the only ones such a run trains; 0 without."""
+    m = model_config(config)
+    if not m.lora.rank:
+        return 0
+    adapters = lora.split(m, param_shapes(config))[0]
+    return sum(math.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(adapters))
+
+
 def memory_bytes(config: Config | ModelConfig) -> dict[str, int]:
-    """Bytes for parameters, AdamW moments (float32 mu and nu) and gradients."""
-    n = count_params(config)
+    """Bytes for parameters as stored (a QLoRA base in its codes and scales), AdamW moments
+    (float32 mu and nu) and gradients, both of the trained parameters only (the adapters of
+    a LoRA model, float32)."""
     param_bytes = sum(
         math.prod(leaf.shape) * leaf.dtype.itemsize for leaf in jax.tree_util.tree_leaves(param_shapes(config))
     )
-    return {"params": param_bytes, "adamw_state": 8 * n, "grads": param_bytes}
+    adapters = lora_params(config)
+    if adapters:
+        return {"params": param_bytes, "adamw_state": 8 * adapters, "grads": 4 * adapters}
+    return {"params": param_bytes, "adamw_state": 8 * count_params(config), "grads": param_bytes}
 
 
 def family_lines(m: ModelConfig) -> list[str]:
@@ -202,17 +218,20 @@ def summary_table(config: Config, seq_len: int | None = None) -> str:
     if m.num_experts:
         active = active_params(config)
         lines.append(f"{'active per token':<18}{active:>16,}{active / total:>8.1%}")
+    if m.lora.rank:
+        adapters, base = lora_params(config), "" if m.lora.quantize == "none" else f"; projections in {m.lora.quantize}"
+        lines.append(f"{'lora adapters':<18}{adapters:>16,}{adapters / total:>8.1%}  (trained; the rest frozen{base})")
     lines += ["", f"training FLOPs per token at seq_len {T} (6N + 12LTHD):"]
     ftotal = sum(flops.values())
     for k, v in flops.items():
         lines.append(f"  {k:<16}{v:>16.4g}{v / ftotal:>8.1%}")
     lines.append(f"  {'total':<16}{ftotal:>16.4g}")
-    gib = 1024**3
+    gib, only = 1024**3, ", adapters only" if m.lora.rank else ""
     lines += [
         "",
         "memory (no activations):",
         f"  params        {mem['params'] / gib:10.3f} GiB",
-        f"  AdamW state   {mem['adamw_state'] / gib:10.3f} GiB  (mu + nu, float32)",
+        f"  AdamW state   {mem['adamw_state'] / gib:10.3f} GiB  (mu + nu, float32{only})",
         f"  params+AdamW  {(mem['params'] + mem['adamw_state']) / gib:10.3f} GiB",
         f"  + gradients   {(mem['params'] + mem['adamw_state'] + mem['grads']) / gib:10.3f} GiB  (peak during a step)",
     ]
