@@ -226,8 +226,8 @@ class Plan:
             rows.append(("fits", f"NO: does not fit by {gib(self.total_bytes - self.hbm_bytes)} "
                                  f"({gib(self.hbm_bytes)} per device)"))  # fmt: skip
         per_device = self.analytic_flops / self.devices
-        rows.append(("FLOPs / device / step", f"{per_device:.4g} analytic (6N + attention per token, "
-                                               f"{self.tokens_per_step:,} tokens)"))  # fmt: skip
+        rows.append(("FLOPs / device / step", f"{per_device:.4g} analytic (6N, 4N for a frozen LoRA base, + "
+                                               f"attention per token, {self.tokens_per_step:,} tokens)"))  # fmt: skip
         if self.compiler_flops is not None:
             rows.append(("", f"{self.compiler_flops:.4g} compiler (cost_analysis; "
                              f"{self.compiler_flops / per_device:.2f}x analytic)"))  # fmt: skip
@@ -361,7 +361,7 @@ def plan(cfg: Config, topology: Topology, hbm_bytes: float | None = None, estima
         temp_bytes, out_bytes, kernels, moves, host_bytes = _required_temporaries(refused), 0, 0, {}, 0
     flops, seconds = compiler_estimates(cfg, topology.devices) if estimate else (None, None)
     tokens = cfg.train.batch_size * cfg.data.seq_len
-    per_token = flops_breakdown(cfg, cfg.data.seq_len)  # 6N by matrix, and attention (PaLM's count)
+    per_token = flops_breakdown(cfg, cfg.data.seq_len)  # 6N by matrix (4N frozen), and attention (PaLM's count)
     # per token: the attention work PaLM's count has and the causal (and windowed) mask skips
     keys_skipped = attended_keys(cfg, cfg.data.seq_len) - causal_keys(cfg, cfg.data.seq_len)
     skipped = 12.0 * keys_skipped * cfg.model.num_heads * cfg.model.head_dim

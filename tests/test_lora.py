@@ -229,3 +229,14 @@ def test_the_summary_counts_the_base_and_the_adapters_apart(tiny_config):
     assert mem["params"] == sum(v.nbytes for v in jax.tree.leaves(params))  # as stored: codes, scales, adapters
     assert mem["adamw_state"] == 8 * lora_params(q) and mem["grads"] == 4 * lora_params(q)
     assert "lora adapters" in summary_table(q) and "projections in nf4" in summary_table(q)
+
+
+def test_a_lora_step_counts_no_weight_gradients_for_the_frozen_base(tiny_config):
+    from jaxllm.model.summary import flops_breakdown, lora_params, matmul_params
+
+    lora_cfg = dataclasses.replace(tiny_config, model=dataclasses.replace(tiny_config.model, lora=LoraConfig(rank=2)))
+    full, adapted = flops_breakdown(tiny_config, 32), flops_breakdown(lora_cfg, 32)
+    for k, n in matmul_params(tiny_config).items():
+        assert full[k] == 6 * n and adapted[k] == 4 * n, k
+    assert adapted["lora_adapters"] == 6 * lora_params(lora_cfg)
+    assert adapted["attention_scores"] == full["attention_scores"]

@@ -127,14 +127,20 @@ def causal_keys(config: Config | ModelConfig, seq_len: int) -> float:
 
 
 def flops_per_token(config: Config | ModelConfig, seq_len: int) -> float:
-    """Training FLOPs per token (forward + backward): 6 * N_matmul + 12 * L * T * H * D."""
+    """Training FLOPs per token (forward + backward): 6 * N_matmul + 12 * L * T * H * D (4 * N_matmul
+    plus the adapters' 6 per parameter for a LoRA model, whose base gets no weight gradients)."""
     return sum(flops_breakdown(config, seq_len).values())
 
 
 def flops_breakdown(config: Config | ModelConfig, seq_len: int) -> dict[str, float]:
-    """Training FLOPs per token by component."""
+    """Training FLOPs per token by component. A frozen weight costs 4 per token, not 6 (forward
+    and the input gradient; no weight gradient), so a LoRA model's base counts 4 N and its
+    adapters 6 per parameter, as any trained weight."""
     m = model_config(config)
-    out = {k: 6.0 * v for k, v in matmul_params(config).items()}
+    frozen = 4.0 if m.lora.rank else 6.0
+    out = {k: frozen * v for k, v in matmul_params(config).items()}
+    if m.lora.rank:
+        out["lora_adapters"] = 6.0 * lora_params(config)
     out["attention_scores"] = 12.0 * attended_keys(m, seq_len) * m.num_heads * m.head_dim
     return out
 
@@ -221,7 +227,8 @@ def summary_table(config: Config, seq_len: int | None = None) -> str:
     if m.lora.rank:
         adapters, base = lora_params(config), "" if m.lora.quantize == "none" else f"; projections in {m.lora.quantize}"
         lines.append(f"{'lora adapters':<18}{adapters:>16,}{adapters / total:>8.1%}  (trained; the rest frozen{base})")
-    lines += ["", f"training FLOPs per token at seq_len {T} (6N + 12LTHD):"]
+    rule = "4N frozen + 6 per adapter weight + 12LTHD" if m.lora.rank else "6N + 12LTHD"
+    lines += ["", f"training FLOPs per token at seq_len {T} ({rule}):"]
     ftotal = sum(flops.values())
     for k, v in flops.items():
         lines.append(f"  {k:<16}{v:>16.4g}{v / ftotal:>8.1%}")
