@@ -28,7 +28,7 @@ import jax
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _report import write_section  # noqa: E402
-from posttrain_rl import add_arguments, grpo_phase, lora_phase  # noqa: E402
+from posttrain_rl import add_arguments, curve_table, grpo_phase, lora_phase  # noqa: E402
 
 from jaxllm.posttrain.sft import sft, sft_config  # noqa: E402
 from jaxllm.posttrain.synthetic import KINDS, exact_match, make_records  # noqa: E402
@@ -293,10 +293,7 @@ def _ppo_phase(args, out: Path, start: Path, held_out: list) -> list[str]:
         "split, the same seeded samples each time; reward = raw reward-model score, KL = Σ log π − log π_ref "
         "per reply):",
         "",
-        "| step | " + " | ".join(str(r["step"]) for r in curve) + " |",
-        "| --- | " + " | ".join("---" for _ in curve) + " |",
-        "| reward | " + " | ".join(f"{r['reward']:.2f}" for r in curve) + " |",
-        "| KL | " + " | ".join(f"{r['kl']:.2f}" for r in curve) + " |",
+        *curve_table(curve, [("reward", "reward", "{:.2f}"), ("KL", "kl", "{:.2f}")]),
         "",
         f"On the {len(held_out)} SFT held-out records: one sampled reply each (temperature 1, seed 11), its reward "
         "and KL to PPO's start, and the share of sampled replies that are right; then greedy exact match:",

@@ -94,6 +94,15 @@ def lora_phase(args, out: Path, base: Path, train_path: Path, held_out: list, fu
     ]
 
 
+def curve_table(curve: list[dict], series: list[tuple[str, str, str]]) -> list[str]:
+    """A Markdown table of held-out records by step: one row per (label, metrics key, format);
+    a key a record lacks (no KL without a reference) reads 0."""
+    return ["| step | " + " | ".join(str(r["step"]) for r in curve) + " |",
+            "| --- | " + " | ".join("---" for _ in curve) + " |",
+            *(f"| {label} | " + " | ".join(fmt.format(r.get(key, 0.0)) for r in curve) + " |"
+              for label, key, fmt in series)]  # fmt: skip
+
+
 GRPO_VARIANTS = (  # (run name, epochs, what the row says)
     ("grpo", 4, "PPO's budget: the same rollouts and updates"),
     ("grpo-onpolicy", 1, "the same updates, on-policy: 1 epoch per rollout, so 4x the rollouts"),
@@ -135,10 +144,7 @@ def grpo_phase(args, out: Path, start: Path, held_out: list) -> list[str]:
             "in the loss); reward 1 when the reply is the right answer, else 0; no reward model, no critic. Held-out "
             "curve (greedy exact match and k3 KL per token on 118 prompts of the GRPO split):",
             "",
-            "| step | " + " | ".join(str(r["step"]) for r in curve) + " |",
-            "| --- | " + " | ".join("---" for _ in curve) + " |",
-            "| exact match | " + " | ".join(f"{r['reward']:.3f}" for r in curve) + " |",
-            "| KL | " + " | ".join(f"{r.get('kl', 0.0):.3f}" for r in curve) + " |",
+            *curve_table(curve, [("exact match", "reward", "{:.3f}"), ("KL", "kl", "{:.3f}")]),
             "",
         ]
     return text[:-1]
