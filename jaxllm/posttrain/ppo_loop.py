@@ -56,12 +56,12 @@ from jaxllm.chat import stop_string
 from jaxllm.config import Config
 from jaxllm.parallel.layout import Layout
 from jaxllm.parallel.mesh import make_mesh
+from jaxllm.posttrain.pairs import run_layout
 from jaxllm.posttrain.ppo_models import check_ppo, load_models, load_prompts, ppo_config
 from jaxllm.posttrain.ppo_run import PPORun
 from jaxllm.posttrain.rollout import Rollout, build_rollout, make_scorer, pad_rows, rollout_stats, sample
 from jaxllm.posttrain.rollout_run import joined_run
 from jaxllm.train.loop import quiet, start_run
-from jaxllm.train.optimizer import make_optimizer
 from jaxllm.train.run_folder import RunFolder, absolute_paths
 from jaxllm.train.task import TrainResult, check_batch
 
@@ -99,7 +99,7 @@ def ppo(
 def _ppo(cfg: Config, folder: RunFolder, log: Callable[[str], None], stop_after: int | None) -> TrainResult:
     """Build the run's layout once, load the models into it, then the run on the host loop."""
     p, t = cfg.ppo, cfg.train
-    layout = Layout.build(cfg, make_mesh(cfg.mesh), make_optimizer(cfg.optimizer, cfg.model))
+    layout = run_layout(cfg)  # the post-training runs' one (pairs.py), LoRA-aware
     check_batch(cfg, layout.mesh)
     models, start = load_models(cfg, layout, log)
     prompts = load_prompts(cfg, models.tokenizer)
