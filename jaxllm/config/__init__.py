@@ -32,7 +32,14 @@ from jaxllm.config.loading import (
     parse_override,
 )
 from jaxllm.config.schema import Config
-from jaxllm.config.schema_data import DataConfig, DedupConfig, FilterConfig, TokenizerConfig, TokenizerKind
+from jaxllm.config.schema_data import (
+    DataConfig,
+    DedupConfig,
+    FilterConfig,
+    MixtureComponent,
+    TokenizerConfig,
+    TokenizerKind,
+)
 from jaxllm.config.schema_model import (
     AttentionImpl,
     BlockKind,
@@ -64,6 +71,7 @@ __all__ = [
     "DType",
     "DataConfig",
     "DedupConfig",
+    "MixtureComponent",
     "FilterConfig",
     "GRPOConfig",
     "LORA_TARGETS",

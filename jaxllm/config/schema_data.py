@@ -73,6 +73,19 @@ class DedupConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class MixtureComponent:
+    """One dataset of a streaming training mixture (`data.mixture`; see jaxllm/data/stream.py)."""
+
+    #: A prepared dataset folder (its train split is read), or raw text files/globs (.parquet, .jsonl, .jsonl.zst,
+    #: .array_record of UTF-8 text, .txt) that are tokenized on the fly by the loader.
+    path: str = ""
+    #: Relative sampling weight; the weights of all components are normalized to sum to 1.
+    weight: float = 1.0
+    #: The text field of parquet and JSONL records.
+    field: str = "text"
+
+
+@dataclasses.dataclass(frozen=True)
 class DataConfig:
     """Raw text -> prepared shards (`jaxllm data prepare`) -> batches (the grain pipeline)."""
 
@@ -93,6 +106,9 @@ class DataConfig:
     documents: Literal["file", "paragraph"] = "file"
     #: Tokens per shard file of the prepared dataset.
     shard_tokens: int = 16_777_216
+    #: Shard files prepare writes: "bin" (jaxllm's memory-mappable format) or "array_record" (grain's native
+    #: random-access record format, one record per document); both are listed with their sha256 in the manifest.
+    shard_format: Literal["bin", "array_record"] = "bin"
     #: Tokens per training row: documents are packed into rows of this length. At most model.max_seq_len (the
     #: longest context the model supports); shorter trains on shorter contexts.
     seq_len: int = 256
@@ -102,6 +118,12 @@ class DataConfig:
     num_workers: int = 0
     #: Batches read ahead of the train step.
     prefetch: int = 4
+    #: Streaming training mixture: when set, training reads these datasets through grain (weighted sampling,
+    #: tokenizing raw text on the fly) instead of data.path's packed rows; empty: data.path.
+    mixture: tuple[MixtureComponent, ...] = ()
+    #: Independent reader shards of the streaming mixture; each process reads the documents of its own shards,
+    #: so the global stream is the same for any process count dividing it. 0: the number of processes.
+    stream_shards: int = 0
     #: Document quality filters (see the data.filters keys).
     filters: FilterConfig = FilterConfig()
     #: Deduplication (see the data.dedup keys).
