@@ -11,7 +11,7 @@ import pytest
 
 import jaxllm
 from jaxllm.cli import main
-from jaxllm.data import prepare as prepare_mod
+from jaxllm.data import shards as shards_mod
 from jaxllm.data.clean import clean_text
 from jaxllm.data.loader import DocumentStore
 from jaxllm.data.prepare import load_manifest, prepare
@@ -119,7 +119,7 @@ def test_a_crash_leaves_the_previous_dataset_intact(prepared, tmp_path, monkeypa
     def boom(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(prepare_mod.ShardWriter, "close", boom)
+    monkeypatch.setattr(shards_mod.ShardWriter, "close", boom)
     with pytest.raises(KeyboardInterrupt):
         prepare(
             jaxllm.load_config("shakespeare-char", [f"data.inputs={list(cfg.data.inputs)}", f"data.path={out}"]),

@@ -32,7 +32,7 @@ from absl import flags
 
 from jaxllm.config import Config
 from jaxllm.data.prepare import load_manifest
-from jaxllm.data.shards import Shard, ShardError
+from jaxllm.data.shards import ShardError, open_shard
 from jaxllm.errors import DataError
 from jaxllm.parallel.mesh import batch_sharding
 
@@ -53,7 +53,8 @@ class DocumentStore:
             raise DataError(f"split={split!r} is not in {self.path}; it has {', '.join(self.manifest['splits'])}")
         self.split = split
         self._entries = self.manifest["splits"][split]["shards"]
-        self._shards = [Shard(self.path / e["file"], e["sha256"] if verify else None) for e in self._entries]
+        self._shards = [open_shard(self.path / e["file"], self.manifest, e["sha256"] if verify else None)
+                        for e in self._entries]  # fmt: skip
         for entry, shard in zip(self._entries, self._shards, strict=True):
             if len(shard) != entry["docs"] or shard.n_tokens != entry["tokens"]:
                 raise ShardError(f"shard {shard.path} does not match the manifest (docs/tokens differ)")
@@ -68,7 +69,7 @@ class DocumentStore:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self._shards = [Shard(self.path / e["file"]) for e in self._entries]
+        self._shards = [open_shard(self.path / e["file"], self.manifest) for e in self._entries]
 
     def __len__(self) -> int:
         return int(self.lengths.size)
@@ -77,9 +78,7 @@ class DocumentStore:
         """Tokens [start, stop) of document `doc` (int64)."""
         s = int(np.searchsorted(self._shard_start, doc, side="right") - 1)
         local = doc - int(self._shard_start[s])
-        shard = self._shards[s]
-        base = int(shard.offsets[local])
-        return np.asarray(shard.tokens[base + start : base + stop], dtype=np.int64)
+        return self._shards[s].span(local, start, stop).astype(np.int64)
 
 
 class PackedSequences:

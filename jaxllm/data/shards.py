@@ -16,6 +16,13 @@ memory-map a shard and slice any document or any span of it without parsing, whi
 is what random-access packing (jaxllm.data.loader) needs. The header and the file
 size are checked on every open (a truncated copy fails at once); the sha256 recorded
 in the manifest is checked on demand (`verify=True`, `jaxllm data verify`).
+
+The other format (data.shard_format=array_record) is ArrayRecord, grain's native
+random-access source, for datasets read by the streaming loader (jaxllm.data.stream) on
+many hosts: one record per document, the token ids as little-endian bytes of the
+manifest's dtype, written with group_size 1 so that any document is one read. Its writer
+output is deterministic, so both preparation paths give the same bytes, and its sha256
+goes into the manifest like a `.bin` shard's.
 """
 
 from __future__ import annotations
@@ -89,6 +96,37 @@ class ShardWriter:
         }
 
 
+class ArrayRecordShardWriter(ShardWriter):
+    """`ShardWriter` that writes an ArrayRecord file (one record per document) on `close()`."""
+
+    OPTIONS = "group_size:1"  # every document one random-access read
+
+    def close(self) -> dict[str, object]:
+        from array_record.python.array_record_module import ArrayRecordWriter  # only this format needs it
+
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        writer = ArrayRecordWriter(str(tmp), self.OPTIONS)
+        for doc in self._docs:
+            writer.write(doc.astype(self.dtype.newbyteorder("<")).tobytes())
+        writer.close()
+        with tmp.open("rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+        entry = {"file": self.path.name, "docs": len(self._docs), "tokens": int(self.n_tokens),
+                 "sha256": file_sha256(self.path)}  # fmt: skip
+        self._docs = []
+        return entry
+
+
+SHARD_WRITERS = {"bin": (ShardWriter, ".bin"), "array_record": (ArrayRecordShardWriter, ".array_record")}
+
+
+def shard_writer(directory: Path, split: str, number: int, dtype: np.dtype, fmt: str) -> ShardWriter:
+    """The writer of shard `number` of `split` in format `fmt` ("bin" or "array_record")."""
+    cls, suffix = SHARD_WRITERS[fmt]
+    return cls(directory / f"{split}-{number:05d}{suffix}", dtype)
+
+
 def file_sha256(path: str | os.PathLike[str]) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -135,3 +173,60 @@ class Shard:
 
     def lengths(self) -> np.ndarray:
         return np.diff(self.offsets.astype(np.int64))
+
+    def span(self, i: int, start: int, stop: int) -> np.ndarray:
+        """Tokens [start, stop) of document i, read without touching the rest of it."""
+        base = int(self.offsets[i])
+        return np.asarray(self.tokens[base + start : base + stop])
+
+
+class ArrayRecordShard:
+    """An ArrayRecord shard with `Shard`'s reading interface (len, [i], lengths, span, n_tokens).
+
+    Document lengths are not stored in the file, so opening one reads every record once; the
+    streaming loader (jaxllm.data.stream), which reads these at scale, never needs them."""
+
+    def __init__(self, path: str | os.PathLike[str], dtype: str, expected_sha256: str | None = None):
+        from array_record.python.array_record_module import ArrayRecordReader  # only this format needs it
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise ShardError(f"shard {self.path} is missing; re-run `jaxllm data prepare`")
+        if expected_sha256 is not None and file_sha256(self.path) != expected_sha256:
+            raise ShardError(f"shard {self.path} is corrupt: sha256 differs from the manifest")
+        self.dtype = np.dtype(dtype).newbyteorder("<")
+        try:
+            self._reader = ArrayRecordReader(str(self.path))
+            n = self._reader.num_records()
+            self._lengths = np.array([len(r) // self.dtype.itemsize for r in self._reader.read(0, n)], np.int64)
+        except Exception as e:  # the reader raises plain runtime errors on a damaged file
+            raise ShardError(f"shard {self.path} is not a readable ArrayRecord file: {e}") from None
+        self.n_tokens = int(self._lengths.sum())
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "_reader"}
+
+    def __setstate__(self, state: dict) -> None:
+        from array_record.python.array_record_module import ArrayRecordReader
+
+        self.__dict__.update(state)
+        self._reader = ArrayRecordReader(str(self.path))
+
+    def __len__(self) -> int:
+        return int(self._lengths.size)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return np.frombuffer(self._reader.read([int(i)])[0], dtype=self.dtype)
+
+    def lengths(self) -> np.ndarray:
+        return self._lengths
+
+    def span(self, i: int, start: int, stop: int) -> np.ndarray:
+        return self[i][start:stop]
+
+
+def open_shard(path: Path, manifest: dict, expected_sha256: str | None = None) -> Shard | ArrayRecordShard:
+    """The reader of one shard of a prepared dataset, in the format its manifest names."""
+    if manifest.get("shard_format", "bin") == "array_record":
+        return ArrayRecordShard(path, manifest["tokenizer"]["dtype"], expected_sha256)
+    return Shard(path, expected_sha256)
