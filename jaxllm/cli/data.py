@@ -9,7 +9,7 @@ from pathlib import Path
 
 from jaxllm.cli.args import bounded, config_args, positive
 from jaxllm.config import load_config
-from jaxllm.errors import DataError
+from jaxllm.errors import ConfigError, DataError
 
 
 def _data_fetch(args: argparse.Namespace) -> None:
@@ -19,9 +19,22 @@ def _data_fetch(args: argparse.Namespace) -> None:
 
 
 def _data_prepare(args: argparse.Namespace) -> None:
+    from jaxllm.cli import OVERRIDE
+
+    overrides = [*args.overrides, *(x for x in args.extra if OVERRIDE.match(x))]
+    runner_flags = [x for x in args.extra if not OVERRIDE.match(x)]
+    cfg = load_config(args.config, overrides)
+    if args.beam:
+        from jaxllm.data.pipeline import prepare_beam  # slow import (Apache Beam)
+
+        prepare_beam(cfg, runner_flags)
+        return
+    if runner_flags:
+        raise ConfigError(f"unrecognized arguments: {' '.join(runner_flags)}; Beam runner flags such as --runner "
+                         "need --beam (`jaxllm data prepare CONFIG --beam --runner=DirectRunner ...`)")  # fmt: skip
     from jaxllm.data.prepare import prepare  # slow import (the data layer)
 
-    prepare(load_config(args.config, args.overrides))
+    prepare(cfg)
 
 
 def _data_verify(args: argparse.Namespace) -> None:
@@ -95,7 +108,10 @@ def register(verbs: argparse._SubParsersAction) -> None:
     fetch.set_defaults(func=_data_fetch)
     prep = data.add_parser("prepare", help="clean, filter, dedup and tokenize data.inputs into shards at data.path")
     config_args(prep)
-    prep.set_defaults(func=_data_prepare)
+    prep.add_argument("--beam", action="store_true",
+                      help="run as an Apache Beam pipeline; Beam's flags (--runner=..., --direct_num_workers=N, "
+                      "Dataflow/Flink/Spark options) follow it; see docs/data.md")  # fmt: skip
+    prep.set_defaults(func=_data_prepare, passthrough=True)
     syn = data.add_parser(
         "synthetic",
         help="tasks with checkable answers: instructions, preference pairs, or cloze multiple choice (JSONL)",

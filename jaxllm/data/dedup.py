@@ -183,3 +183,28 @@ class NearDeduplicator:
     def __len__(self) -> int:
         """Number of kept (indexed) documents."""
         return len(self._signatures)
+
+
+# --------------------------------------------------------------------------- resolution
+
+
+def first_occurrence_drops(edges: np.ndarray) -> np.ndarray:
+    """Documents that streaming first-occurrence-wins near-dedup drops, given every confirmed pair.
+
+    `edges` is int64 (E, 2): pairs (i, j), i < j in input order, that share an LSH bucket and
+    whose estimated Jaccard reaches the threshold. `NearDeduplicator` keeps j unless some
+    *kept* i < j is such a neighbour (a dropped document is not indexed), so the answer is the
+    greedy independent set taken in input order: deciding j needs only the decisions on the
+    i < j, which are already made when the pairs are read sorted by j. This is what lets the
+    pipeline (jaxllm.data.pipeline) find candidate pairs by a shuffle over bands on many
+    workers and still drop exactly the documents the single process drops; memory here is the
+    pairs, not the corpus.
+    """
+    if edges.size == 0:
+        return np.zeros(0, np.int64)
+    edges = edges[np.lexsort((edges[:, 0], edges[:, 1]))]
+    dropped: set[int] = set()
+    for i, j in edges.tolist():
+        if j not in dropped and i not in dropped:
+            dropped.add(j)
+    return np.array(sorted(dropped), np.int64)
