@@ -26,6 +26,8 @@ SCRIPTS = {
     "load_memory": "peak host memory of `jaxllm sample` on an imported model vs its weights' size",
     "xla_flags": "compile vs run time of real programs under the tests' XLA flags and the defaults",
     "checkpoint_stall": "how long an async orbax checkpoint save blocks the train step loop (goodput records)",
+    "prepare": "corpus preparation documents/s, single process vs the Beam pipeline; dedup memory at two sizes; "
+    "planted-duplicate recall/precision",
 }
 SUITE = ["train_step", "compile_memory", "loader", "generate"]  # the performance suite
 

@@ -24,7 +24,8 @@ Every document is drawn, in input order, as one of (rates of all documents, `RAT
   too_short, low_alnum, repeated_lines  0.4% / 0.3% / 0.3%: documents the default filters drop.
 
 A duplicate's original is drawn uniformly among all earlier base documents, so it usually lies
-in an earlier file. Base document i is a pure function of (seed, i), so an original is
+in an earlier file; an original has at most one hard negative (two truncations of one
+original would be near duplicates of each other). Base document i is a pure function of (seed, i), so an original is
 regenerated when a duplicate needs it, never stored: generation streams, and its memory is
 one int per base document plus the ground truth (10 bytes per document).
 
@@ -80,7 +81,7 @@ HARD_EDITS = ("block", "header", "truncate", "scatter")
 EDITS = VARIANTS + tuple(dict.fromkeys(NEAR_EDITS + HARD_EDITS))  # bit i of truth["edits"]: EDITS[i]
 NEAR_RANGE, HARD_RANGE = (0.8, 1.0), (0.3, 0.6)
 SHINGLE_WORDS = 5  # jaxllm's default data.dedup.shingle_words: the true Jaccard is measured with it
-VERSION = 1  # of the generator: a cached corpus made by another version is regenerated
+VERSION = 2  # of the generator: a cached corpus made by another version is regenerated
 SYMBOLS = "#*=~-+|<>^%$@&_/"
 
 
@@ -245,11 +246,8 @@ def write_corpus(out_dir: str | Path, n_docs: int, seed: int = 0, files: int = 1
     cumulative = list(np.cumsum([rates[k] for k in names]))
     if cumulative and cumulative[-1] >= 1:
         raise ValueError(f"rates {rates} leave no base documents")
-    kind, edits = np.zeros(n_docs, np.uint8), np.zeros(n_docs, np.uint16)
-    original, jac = np.full(n_docs, -1, np.int32), np.full(n_docs, np.nan, np.float32)
-    bases: list[int] = []
-    draw = random.Random(seed)
-    filters, sizes = FilterConfig(), []
+    planter = _Planter(n_docs, seed, vocab)
+    draw, sizes = random.Random(seed), []
     suffix = ".jsonl.zst" if zst else ".jsonl"
     for f in range(files):
         path = out / f"part-{f:05d}-of-{files:05d}{suffix}"
@@ -257,9 +255,9 @@ def write_corpus(out_dir: str | Path, n_docs: int, seed: int = 0, files: int = 1
             for i in range(f * n_docs // files, (f + 1) * n_docs // files):
                 u = draw.random()
                 k = names[bisect.bisect_right(cumulative, u)] if u < (cumulative[-1] if cumulative else 0) else "base"
-                text = _document(k, i, seed, vocab, bases, draw, kind, original, jac, edits, filters)
-                fh.write(json.dumps({"text": text}, ensure_ascii=False) + "\n")
+                fh.write(json.dumps({"text": planter.document(k, i, draw)}, ensure_ascii=False) + "\n")
         sizes.append(path.stat().st_size)
+    kind = planter.kind
     counts = {k: int((kind == KINDS.index(k)).sum()) for k in KINDS}
     meta = {"version": VERSION, "n_docs": n_docs, "seed": seed, "files": files, "zst": zst, "rates": rates,
             "counts": counts, "file_names": [f"part-{f:05d}-of-{files:05d}{suffix}" for f in range(files)],
@@ -267,38 +265,59 @@ def write_corpus(out_dir: str | Path, n_docs: int, seed: int = 0, files: int = 1
             "sha256": hashlib.sha256(vocab_path.read_bytes()).hexdigest()}, "near_range": NEAR_RANGE,
             "hard_range": HARD_RANGE, "shingle_words": SHINGLE_WORDS, "kinds": KINDS, "edits": EDITS,
             "seconds": round(time.perf_counter() - start_time, 2)}  # fmt: skip
-    np.savez(out / "truth.npz", kind=kind, original=original, jaccard=jac, edits=edits, meta=np.array(json.dumps(meta)))
+    np.savez(out / "truth.npz", kind=kind, original=planter.original, jaccard=planter.jaccard, edits=planter.edits,
+             meta=np.array(json.dumps(meta)))  # fmt: skip
     return meta
 
 
-def _document(k: str, i: int, seed: int, vocab: tuple[str, ...], bases: list[int], draw: random.Random,
-              kind: np.ndarray, original: np.ndarray, jac: np.ndarray, edits: np.ndarray,
-              filters: FilterConfig) -> str:  # fmt: skip
-    """Document i of kind `k` (a base document if `k` needs an original and none exists yet); records its truth."""
-    rng = random.Random((seed << 41) | (i << 1) | 1)  # the planted document's own stream
-    if k in ("too_short", "low_alnum", "repeated_lines"):
-        text = junk(rng, vocab, k)
-        if filter_reason(clean_text(text), filters) != k:
-            raise AssertionError(f"junk document {i} of kind {k} is not dropped as {k}: {text!r}")
-        kind[i] = KINDS.index(k)
-        return text
-    if k != "base" and bases:
-        j = bases[draw.randrange(len(bases))]
-        tokens, width = base_tokens(vocab, seed, j)
-        source = wrap(tokens, width)
-        if k == "exact":
-            text, bits = exact_copy(rng, tokens, width, source)
-            planted = (text, 1.0, bits)
-        else:
-            near = k == "near"
-            planted = edited_copy(rng, vocab, tokens, source, NEAR_RANGE if near else HARD_RANGE,
-                                  NEAR_EDITS if near else HARD_EDITS)  # fmt: skip
-        if planted is not None:
-            kind[i], original[i], (text, jac[i], edits[i]) = KINDS.index(k), j, planted
+class _Planter:
+    """Makes document i of a drawn kind and records its truth; remembers the base documents so far."""
+
+    def __init__(self, n_docs: int, seed: int, vocab: tuple[str, ...]) -> None:
+        self.seed, self.vocab, self.filters = seed, vocab, FilterConfig()
+        self.kind, self.edits = np.zeros(n_docs, np.uint8), np.zeros(n_docs, np.uint16)
+        self.original, self.jaccard = np.full(n_docs, -1, np.int32), np.full(n_docs, np.nan, np.float32)
+        self.bases: list[int] = []
+        self.hard_used: set[int] = set()  # at most one hard negative per original: two truncations of one
+        # original at 45% and 50% would be near duplicates of each other, and the truth would lie
+
+    def _pick(self, k: str, draw: random.Random) -> int | None:
+        """An earlier base document as the original (None: there is none, or none free for a hard negative)."""
+        for _ in range(8 if self.bases else 0):
+            j = self.bases[draw.randrange(len(self.bases))]
+            if k != "hard_negative" or j not in self.hard_used:
+                return j
+        return None
+
+    def document(self, k: str, i: int, draw: random.Random) -> str:
+        """Document i of kind `k` (a base document if `k` needs an original and none is available)."""
+        rng, vocab = random.Random((self.seed << 41) | (i << 1) | 1), self.vocab  # the planted document's own stream
+        if k in ("too_short", "low_alnum", "repeated_lines"):
+            text = junk(rng, vocab, k)
+            if filter_reason(clean_text(text), self.filters) != k:
+                raise AssertionError(f"junk document {i} of kind {k} is not dropped as {k}: {text!r}")
+            self.kind[i] = KINDS.index(k)
             return text
-    tokens, width = base_tokens(vocab, seed, i)
-    bases.append(i)
-    return wrap(tokens, width)
+        j = None if k == "base" else self._pick(k, draw)
+        if j is not None:
+            tokens, width = base_tokens(vocab, self.seed, j)
+            source = wrap(tokens, width)
+            if k == "exact":
+                text, bits = exact_copy(rng, tokens, width, source)
+                planted = (text, 1.0, bits)
+            else:
+                near = k == "near"
+                planted = edited_copy(rng, vocab, tokens, source, NEAR_RANGE if near else HARD_RANGE,
+                                      NEAR_EDITS if near else HARD_EDITS)  # fmt: skip
+            if planted is not None:
+                self.kind[i], self.original[i] = KINDS.index(k), j
+                text, self.jaccard[i], self.edits[i] = planted
+                if k == "hard_negative":
+                    self.hard_used.add(j)
+                return text
+        tokens, width = base_tokens(vocab, self.seed, i)
+        self.bases.append(i)
+        return wrap(tokens, width)
 
 
 @contextlib.contextmanager
