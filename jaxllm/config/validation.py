@@ -159,6 +159,11 @@ def _check_data(cfg: Config) -> None:
     _need(d.shard_tokens > 0, f"data.shard_tokens={d.shard_tokens} must be positive")
     _need(d.num_workers >= 0, f"data.num_workers={d.num_workers} must be >= 0 (0 reads in the main process)")
     _need(d.prefetch >= 0, f"data.prefetch={d.prefetch} must be >= 0")
+    _need(d.stream_shards >= 0, f"data.stream_shards={d.stream_shards} must be >= 0 (0: one reader shard per process)")
+    for i, part in enumerate(d.mixture):
+        _need(bool(part.path), f"data.mixture[{i}].path is empty; name a prepared dataset folder or raw text files")
+        _need(math.isfinite(part.weight) and part.weight > 0, f"data.mixture[{i}].weight={part.weight} must be "
+              "positive and finite (weights are relative: they are normalized to sum to 1)")  # fmt: skip
     f = d.filters
     _need(f.min_chars >= 0, f"data.filters.min_chars={f.min_chars} must be >= 0")
     _need(f.max_chars >= f.min_chars, f"data.filters.max_chars={f.max_chars} must be >= min_chars={f.min_chars}")

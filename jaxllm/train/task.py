@@ -17,7 +17,9 @@ import jax
 
 from jaxllm.config import Config, ConfigError
 from jaxllm.data.loader import make_dataset
+from jaxllm.data.manifest import MANIFEST
 from jaxllm.data.ready import check_dataset
+from jaxllm.data.stream import check_mixture, make_stream
 from jaxllm.errors import DataError
 from jaxllm.parallel.layout import Layout
 from jaxllm.parallel.mesh import BATCH_AXES
@@ -110,10 +112,16 @@ class Task:
     global_batches = False  # True: every process builds the whole global batch and keeps its own rows
 
     def train_iter(self, cfg: Config):
-        """Batches with get_state/set_state (saved with each checkpoint)."""
+        """Batches with get_state/set_state (saved with each checkpoint): the streaming mixture
+        when data.mixture is set (jaxllm/data/stream.py), else data.path's packed rows."""
+        if cfg.data.mixture:
+            check_mixture(cfg, print if jax.process_index() == 0 else quiet)
+            return make_stream(cfg)
         return iter(make_dataset(cfg, "train"))
 
     def has_val(self, cfg: Config) -> bool:
+        if cfg.data.mixture and not (Path(cfg.data.path) / MANIFEST).is_file():
+            return False  # a mixture trains alone; a prepared dataset at data.path adds its validation split
         return bool(check_vocab(cfg, quiet)["splits"]["val"]["docs"])  # `jaxllm train` checked it aloud first
 
     def val_batches(self, cfg: Config):
