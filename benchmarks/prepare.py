@@ -102,7 +102,8 @@ def measure(kind: str, overrides: list[str], args: argparse.Namespace, log_path:
     beam_args = [a.format(workers=args.beam_workers) for a in BEAM_ARGS]
     cmd = [sys.executable, __file__, "--child", kind, "--result", str(result), "--beam-args", json.dumps(beam_args),
            "--overrides", json.dumps(overrides)]  # fmt: skip
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    path = os.pathsep.join([str(HERE.parent), *filter(None, [os.environ.get("PYTHONPATH")])])
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": path}  # this tree's jaxllm, in Beam's workers too
     start, hwm, total = time.perf_counter(), {}, 0
     with log_path.open("w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -146,7 +147,7 @@ def shards_agree(a: dict, b: dict, dir_a: Path, dir_b: Path) -> tuple[bool, int,
 
 def corpora(args: argparse.Namespace) -> list[tuple[str, list[str], Path | None]]:
     """(name, data.* overrides naming the inputs, synthetic corpus folder or None), generating corpora as needed."""
-    from synthetic_corpus import VERSION, load_truth, write_corpus
+    from synthetic_corpus import VERSION, load_truth
 
     out = [("Shakespeare, complete works (paragraphs)",
             [f"data.inputs=[{SHARED}/shakespeare/*.txt]", "data.documents=paragraph"], None)]  # fmt: skip
@@ -157,11 +158,12 @@ def corpora(args: argparse.Namespace) -> list[tuple[str, list[str], Path | None]
             fresh = meta["version"] != VERSION or meta["n_docs"] != n or meta["files"] != args.files
         except (OSError, KeyError, ValueError):
             fresh = True
-        if fresh:
+        if fresh:  # in a process of its own, so the peak RSS it records is the generator's
             print(f"generating {n:,} synthetic documents in {folder}", flush=True)
-            meta = write_corpus(folder, n, args.seed, args.files)
-        print(f"synthetic {n:,}: {meta['bytes'] / MB:,.0f} MB, generated in {meta['seconds']:.0f} s "
-              f"({n / meta['seconds']:,.0f} documents/s)", flush=True)  # fmt: skip
+            subprocess.run([sys.executable, str(HERE / "synthetic_corpus.py"), str(folder), "--docs", str(n),
+                            "--seed", str(args.seed), "--files", str(args.files)], check=True)  # fmt: skip
+            _, meta = load_truth(folder)
+        args.generated.append(meta)
         out.append((f"synthetic {n:,}", [f"data.inputs=[{folder}/part-*.jsonl]"], folder))
     return out
 
@@ -189,13 +191,14 @@ def main() -> None:
     from _dedup_score import evaluate_dedup, index_corpus
     from _report import git_revision, write_section
 
+    args.generated = []
     command = "python benchmarks/prepare.py" + "".join(f" {a}" for a in sys.argv[1:])
     args.workdir.mkdir(parents=True, exist_ok=True)
     load_before = os.getloadavg()
     todo = corpora(args)[1 if args.no_shakespeare else 0 :]
     base = measure("baseline", list(COMMON), args, args.workdir / "baseline.log")
     print(f"baseline (imports, apache_beam included): peak RSS {base['maxrss_self'] / MB:,.0f} MB", flush=True)
-    rows, scores = [], []
+    rows, scores, failed = [], [], []
     for name, inputs, folder in todo:
         runs: dict[str, dict] = {}
         for kind in args.paths:
@@ -204,7 +207,12 @@ def main() -> None:
             shutil.rmtree(out, ignore_errors=True)
             overrides = [*COMMON, *inputs, f"data.path={out}", f"data.shard_tokens={args.shard_tokens}"]
             print(f"{name}: {kind} ...", flush=True)
-            runs[kind] = measure(kind, overrides, args, args.workdir / f"{out.name}.log") | {"out": out}
+            try:
+                runs[kind] = measure(kind, overrides, args, args.workdir / f"{out.name}.log") | {"out": out}
+            except RuntimeError as e:  # one failed run must not lose the others' hours
+                print(e, flush=True)
+                failed.append(f"{name}, {kind}: failed, see {args.workdir / f'{out.name}.log'}")
+                continue
             r = runs[kind]
             docs = r["documents"]["read"]
             print(f"  {docs:,} documents in {r['wall_s']:.1f} s: {docs / r['wall_s']:,.0f} documents/s, "
@@ -231,6 +239,7 @@ def main() -> None:
         for r in runs.values():
             shutil.rmtree(r["out"], ignore_errors=True)  # 1M documents: ~2 GB per dataset
     body = report(command, args, base, rows, scores, load_before, git_revision())
+    body += "".join(f"\n{line}\n" for line in failed)
     print(body)
     if not args.no_write:
         write_section("prepare", body)
@@ -267,6 +276,10 @@ def report(command: str, args: argparse.Namespace, base: dict, rows: list, score
                      f"{pair(s['base_kept'])} | {pair(s['junk_removed_by_its_filter'])} | "
                      f"{'yes' if s['agrees_with_manifest'] else 'NO'} |")  # fmt: skip
     beam = " ".join(a.format(workers=args.beam_workers) for a in BEAM_ARGS)
+    made = "; ".join(f"{m['n_docs']:,} documents, {m['bytes'] / MB:,.0f} MB, written in {m['seconds']:,.1f} s "
+                     f"({m['n_docs'] / m['seconds']:,.0f} documents/s, peak RSS {m['peak_rss_bytes'] / MB:,.0f} MB), "
+                     f"planted {', '.join(f'{k} {v:,}' for k, v in m['counts'].items())}"
+                     for m in args.generated)  # fmt: skip
     return f"""## Corpus preparation: single process vs the Beam pipeline (`{command}`)
 
 Machine: {platform.machine()}, {os.cpu_count()} CPU cores shared with other work (load average
@@ -283,6 +296,9 @@ name between the paths; "counts": the manifests' `documents` (read, filtered, du
 equal; "kept": the same corpus documents in the shards.
 
 {chr(10).join(table)}
+
+Synthetic corpora (`python benchmarks/synthetic_corpus.py DIR --docs N --seed {args.seed} --files {args.files}`, one
+process): {made or "none"}.
 
 Dedup against the planted truth (benchmarks/synthetic_corpus.py; scored by benchmarks/_dedup_score.py):
 recall = planted near duplicates removed / planted; precision = planted near duplicates among the

@@ -51,6 +51,7 @@ import io
 import json
 import random
 import re
+import resource
 import sys
 import time
 from collections.abc import Iterator
@@ -264,7 +265,8 @@ def write_corpus(out_dir: str | Path, n_docs: int, seed: int = 0, files: int = 1
             "bytes": sum(sizes), "vocabulary": {"path": str(vocab_path), "words": len(vocab),
             "sha256": hashlib.sha256(vocab_path.read_bytes()).hexdigest()}, "near_range": NEAR_RANGE,
             "hard_range": HARD_RANGE, "shingle_words": SHINGLE_WORDS, "kinds": KINDS, "edits": EDITS,
-            "seconds": round(time.perf_counter() - start_time, 2)}  # fmt: skip
+            "seconds": round(time.perf_counter() - start_time, 2),
+            "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}  # the process's, so far
     np.savez(out / "truth.npz", kind=kind, original=planter.original, jaccard=planter.jaccard, edits=planter.edits,
              meta=np.array(json.dumps(meta)))  # fmt: skip
     return meta
@@ -347,7 +349,8 @@ def main() -> None:
         return
     meta = write_corpus(args.out, args.docs, args.seed, args.files, args.zst)
     print(f"{args.docs:,} documents, {meta['bytes'] / 1e6:,.1f} MB in {meta['seconds']:.1f} s "
-          f"({args.docs / meta['seconds']:,.0f} documents/s): {meta['counts']}")  # fmt: skip
+          f"({args.docs / meta['seconds']:,.0f} documents/s, peak RSS {meta['peak_rss_bytes'] / 1e6:,.0f} MB): "
+          f"{meta['counts']}")  # fmt: skip
 
 
 if __name__ == "__main__":
