@@ -45,3 +45,7 @@ def test_documented_command_parses(page, line):
         pytest.fail(f"{page}: `{line}` does not parse")
     extra = [x for x in extra if not (isinstance(getattr(args, "overrides", None), list) and OVERRIDE.match(x))]
     assert not extra or getattr(args, "passthrough", False), f"{page}: `{line}`: unknown arguments {extra}"
+    if getattr(args, "beam", False):  # Beam's own flags after --beam: each must be a flag some runner knows
+        from jaxllm.data.pipeline import check_runner_flags
+
+        check_runner_flags(extra)

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import array
 import pickle
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -84,7 +85,7 @@ def _run(tmp: Path, cfg: Config, tokenizer, beam_args: list[str], log: Callable[
     log(f"beam: {len(files)} input file(s), {' '.join(args)}")
     start = time.monotonic()
     with beam.Pipeline(options=PipelineOptions(args)) as p:
-        _build(p, files, cfg, str(tmp), dtype.name)
+        _build(p, files, cfg, str(tmp), dtype.name, verbose=log is print)
     seconds = time.monotonic() - start
     results = pickle.loads((tmp / RESULTS).read_bytes())
     (tmp / RESULTS).unlink()
@@ -137,8 +138,8 @@ def check_runner_flags(args: list[str]) -> None:
 class _Read(beam.DoFn):
     """(file index, path) -> (doc id, raw text) ..., and the file's findings on the 'source' output."""
 
-    def __init__(self, data: DataConfig):
-        self.data = data
+    def __init__(self, data: DataConfig, verbose: bool):
+        self.data, self.verbose = data, verbose
         self.docs = beam.metrics.Metrics.counter(COUNTERS, "documents_read")
         self.bytes = beam.metrics.Metrics.counter(COUNTERS, "bytes_read")
 
@@ -146,6 +147,7 @@ class _Read(beam.DoFn):
         from jaxllm.data.sources import doc_id
 
         file_index, path = element
+        start = time.monotonic()
         source, texts = read_source(Path(path), self.data)
         chars = 0
         for i, text in enumerate(texts):
@@ -153,6 +155,10 @@ class _Read(beam.DoFn):
             yield doc_id(file_index, i), text
         self.docs.inc(source.record.get("docs", 0))
         self.bytes.inc(source.record.get("bytes", 0))
+        if self.verbose:  # progress on the worker's console: on a cluster, the runner's UI shows the counters
+            docs, s = source.record.get("docs", 0), max(time.monotonic() - start, 1e-9)
+            print(f"  read {path}: {docs:,} documents, {source.record.get('bytes', 0) / 1e6:.1f} MB "
+                  f"({docs / s:,.0f} documents/s)", file=sys.stderr, flush=True)  # fmt: skip
         yield beam.pvalue.TaggedOutput("source", (file_index, source, chars))
 
 
@@ -292,10 +298,10 @@ def _write_results(entries, out: str, removed, sources, counts) -> None:
     (Path(out) / RESULTS).write_bytes(pickle.dumps(payload))
 
 
-def _build(p: beam.Pipeline, files: list[str], cfg: Config, out: str, dtype: str) -> None:
+def _build(p: beam.Pipeline, files: list[str], cfg: Config, out: str, dtype: str, verbose: bool) -> None:
     data, dedup = cfg.data, cfg.data.dedup
     read = (p | "files" >> beam.Create(list(enumerate(files))) | "spread files" >> beam.Reshuffle()
-            | "read" >> beam.ParDo(_Read(data)).with_outputs("source", main="docs"))  # fmt: skip
+            | "read" >> beam.ParDo(_Read(data, verbose)).with_outputs("source", main="docs"))  # fmt: skip
     judged = read.docs | "judge" >> beam.Map(lambda d: (d[0], *judge(d[1], data)))
     counts = (judged | "verdict" >> beam.Map(lambda j: j[2] or "kept")
               | "count verdicts" >> beam.combiners.Count.PerElement())  # fmt: skip
