@@ -150,7 +150,7 @@ def corpora(args: argparse.Namespace) -> list[tuple[str, list[str], Path | None]
     from synthetic_corpus import VERSION, load_truth
 
     out = [("Shakespeare, complete works (paragraphs)",
-            [f"data.inputs=[{SHARED}/shakespeare/*.txt]", "data.documents=paragraph"], None)]  # fmt: skip
+            [f"data.inputs=[{args.shared}/shakespeare/*.txt]", "data.documents=paragraph"], None)]  # fmt: skip
     for n in args.sizes:
         folder = args.workdir / f"corpus-{n}-s{args.seed}"
         try:
@@ -161,7 +161,8 @@ def corpora(args: argparse.Namespace) -> list[tuple[str, list[str], Path | None]
         if fresh:  # in a process of its own, so the peak RSS it records is the generator's
             print(f"generating {n:,} synthetic documents in {folder}", flush=True)
             subprocess.run([sys.executable, str(HERE / "synthetic_corpus.py"), str(folder), "--docs", str(n),
-                            "--seed", str(args.seed), "--files", str(args.files)], check=True)  # fmt: skip
+                            "--seed", str(args.seed), "--files", str(args.files),
+                            "--vocab", str(args.shared / "tinyshakespeare.txt")], check=True)  # fmt: skip
             _, meta = load_truth(folder)
         args.generated.append(meta)
         out.append((f"synthetic {n:,}", [f"data.inputs=[{folder}/part-*.jsonl]"], folder))
@@ -178,6 +179,7 @@ def main() -> None:
     ap.add_argument("--files", type=int, default=16, help="JSONL files per synthetic corpus")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/jaxllm-bench-prepare"), help="corpora (kept) and runs")
     ap.add_argument("--no-shakespeare", action="store_true")
+    ap.add_argument("--shared", type=Path, default=SHARED, help="the shared corpora folder (../shared/data)")
     ap.add_argument("--no-write", action="store_true", help="print, do not write BENCHMARKS.md")
     ap.add_argument("--child", choices=["single", "beam", "baseline"], help=argparse.SUPPRESS)
     ap.add_argument("--result", type=Path, help=argparse.SUPPRESS)

@@ -342,12 +342,13 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--files", type=int, default=16)
     ap.add_argument("--zst", action="store_true", help="write .jsonl.zst files")
+    ap.add_argument("--vocab", type=Path, default=VOCAB_SOURCE, help="the text whose words are the vocabulary")
     ap.add_argument("--evaluate", type=Path, metavar="PREPARED", help="score a dataset prepared from OUT instead")
     args = ap.parse_args()
     if args.evaluate:
         print(json.dumps(evaluate_dedup(args.out, args.evaluate), indent=2))
         return
-    meta = write_corpus(args.out, args.docs, args.seed, args.files, args.zst)
+    meta = write_corpus(args.out, args.docs, args.seed, args.files, args.zst, args.vocab)
     print(f"{args.docs:,} documents, {meta['bytes'] / 1e6:,.1f} MB in {meta['seconds']:.1f} s "
           f"({args.docs / meta['seconds']:,.0f} documents/s, peak RSS {meta['peak_rss_bytes'] / 1e6:,.0f} MB): "
           f"{meta['counts']}")  # fmt: skip
