@@ -72,7 +72,7 @@ COUNTERS = "jaxllm.prepare"  # the Beam metrics namespace: documents and bytes r
 def prepare_beam(cfg: Config, beam_args: list[str] | tuple[str, ...] = (), log: Callable[[str], None] = print) -> Path:
     """Prepare `cfg.data` with the Beam pipeline; returns the manifest path. `beam_args` are
     Beam's own flags (--runner, --direct_num_workers, a Dataflow project...)."""
-    return write_dataset(cfg, lambda tmp, tokenizer: _run(tmp, cfg, tokenizer, list(beam_args), log), log)
+    return write_dataset(cfg, lambda tmp, tokenizer, _: _run(tmp, cfg, tokenizer, list(beam_args), log), log)
 
 
 def _run(tmp: Path, cfg: Config, tokenizer, beam_args: list[str], log: Callable[[str], None]) -> dict:

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from jaxllm.config import Config
+from jaxllm.data import prepare_resume as resume
 from jaxllm.data.clean import REASONS, FilterStats
 from jaxllm.data.dedup import ExactDeduplicator, NearDeduplicator
 from jaxllm.data.manifest import FORMAT, MANIFEST, check_replaceable, load_manifest, replace_dataset
@@ -64,15 +65,25 @@ __all__ = ["FORMAT", "MANIFEST", "ReadReport", "expand_inputs", "load_manifest",
 REMOVAL_ORDER = (*REASONS, "exact_duplicate", "near_duplicate")  # the manifest lists removals in this order
 
 
-def prepare(cfg: Config, log: Callable[[str], None] = print, progress_every_s: float = 5.0) -> Path:
-    """Run the whole preparation in this process; returns the manifest path. See the module docstring."""
-    return write_dataset(cfg, lambda tmp, tokenizer: _prepare_into(tmp, cfg, tokenizer, log, progress_every_s), log)
+def prepare(cfg: Config, log: Callable[[str], None] = print, progress_every_s: float = 5.0,
+            resume_every_s: float = 300.0) -> Path:  # fmt: skip
+    """Run the whole preparation in this process; returns the manifest path. See the module docstring.
+
+    After a shard closes, at most every `resume_every_s` seconds, the progress is saved so that a
+    crashed run resumes where it was (jaxllm.data.prepare_resume)."""
+
+    def fill(tmp: Path, tokenizer, state: dict | None) -> dict:
+        return _prepare_into(tmp, cfg, tokenizer, log, progress_every_s, resume_every_s, state)
+
+    return write_dataset(cfg, fill, log, resumable=True)
 
 
-def write_dataset(cfg: Config, fill: Callable[[Path, Any], dict], log: Callable[[str], None] = print) -> Path:
-    """Check data.path may be replaced, let `fill(tmp, tokenizer)` write the shards and manifest into a
-    temporary folder beside it, then swap it into place; returns the manifest path. Any failure
-    removes the temporary folder and leaves the old dataset as it was."""
+def write_dataset(cfg: Config, fill: Callable[[Path, Any, dict | None], dict], log: Callable[[str], None] = print,
+                  resumable: bool = False) -> Path:  # fmt: skip
+    """Check data.path may be replaced, let `fill(tmp, tokenizer, resume_state)` write the shards and
+    manifest into a temporary folder beside it, then swap it into place; returns the manifest path.
+    A failure removes the temporary folder, unless it holds a checkpoint to resume from, and
+    leaves the old dataset as it was."""
     data = cfg.data
     if not data.inputs:
         raise DataError("data.inputs is empty; name text files, globs or .jsonl files, e.g. data.inputs=[corpus/*.txt]")
@@ -80,12 +91,21 @@ def write_dataset(cfg: Config, fill: Callable[[Path, Any], dict], log: Callable[
     check_replaceable(out)  # before any work: a wrong data.path must cost nothing, and lose nothing
     tokenizer = load_tokenizer(cfg.tokenizer.path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))  # a folder of our own, never a guess
+    found = resume.find(out, resume.fingerprint(cfg, tokenizer.identity), log) if resumable else None
+    if found is not None:
+        tmp, state = found
+        log(f"resuming the preparation saved in {tmp} at document {state['seen']:,}")
+    else:  # a folder of our own, never a guess
+        tmp, state = Path(tempfile.mkdtemp(prefix=resume.PREFIX.format(name=out.name), dir=out.parent)), None
     try:
-        manifest = fill(tmp, tokenizer)
+        manifest = fill(tmp, tokenizer, state)
+        (tmp / resume.RESUME).unlink(missing_ok=True)  # the dataset folder holds only the dataset's files
         replace_dataset(tmp, out, log)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if (tmp / resume.RESUME).is_file():
+            log(f"preparation stopped; its progress is saved in {tmp}: run the same command again to resume")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
         raise
     for split in SPLITS:
         s = manifest["splits"][split]
@@ -94,23 +114,28 @@ def write_dataset(cfg: Config, fill: Callable[[Path, Any], dict], log: Callable[
     return out / MANIFEST
 
 
-def _prepare_into(tmp: Path, cfg: Config, tokenizer, log: Callable[[str], None], progress_every_s: float) -> dict:
+def _prepare_into(tmp: Path, cfg: Config, tokenizer, log: Callable[[str], None], progress_every_s: float,
+                  resume_every_s: float, state: dict | None) -> dict:  # fmt: skip
     data = cfg.data
-    report = ReadReport()
-    stats = FilterStats()
-    exact = ExactDeduplicator() if data.dedup.exact else None
-    near = NearDeduplicator(data.dedup) if data.dedup.near else None
-    removed: dict[str, Removed] = {}
     dtype = token_dtype(tokenizer.vocab_size)
-    rollers = {split: ShardRoller(tmp, split, dtype, data.shard_tokens, data.shard_format) for split in SPLITS}
-    seen = tokens_out = chars_in = 0
-    start = last = time.monotonic()
+    st = state or {
+        "fingerprint": resume.fingerprint(cfg, tokenizer.identity),
+        "next": 0, "seen": 0, "chars_in": 0, "tokens_out": 0, "seconds": 0.0,  # next: the doc_id to read on from
+        "report": ReadReport(), "stats": FilterStats(), "removed": {},
+        "exact": ExactDeduplicator() if data.dedup.exact else None,
+        "near": NearDeduplicator(data.dedup) if data.dedup.near else None,
+        "rollers": {split: ShardRoller(tmp, split, dtype, data.shard_tokens, data.shard_format) for split in SPLITS},
+    }  # fmt: skip
+    exact, near, removed, rollers, report = st["exact"], st["near"], st["removed"], st["rollers"], st["report"]
+    start = last = saved = time.monotonic() - st["seconds"]
+    shards_closed = sum(len(r.shards) for r in rollers.values())
 
-    for _, raw in read_numbered(data, report):
-        seen += 1
-        chars_in += len(raw)
+    for doc, raw in read_numbered(data, report, start=st["next"]):
+        st["seen"] += 1
+        st["chars_in"] += len(raw)
+        st["next"] = doc + 1
         text, reason, key = judge(raw, data)
-        stats.record(reason)
+        st["stats"].record(reason)
         if reason is not None:
             removed.setdefault(reason, Removed()).add(text)
             continue
@@ -123,18 +148,22 @@ def _prepare_into(tmp: Path, cfg: Config, tokenizer, log: Callable[[str], None],
         for split, part in split_parts(text, key, data):
             ids = tokenizer.encode(part)
             rollers[split].add(ids)
-            tokens_out += ids.size
+            st["tokens_out"] += ids.size
         now = time.monotonic()
+        closed = sum(len(r.shards) for r in rollers.values())
+        if closed > shards_closed and now - saved >= resume_every_s:  # a shard just closed: a cheap point to save
+            shards_closed, saved, st["seconds"] = closed, now, now - start
+            resume.save(tmp, st)
         if now - last >= progress_every_s:
             last = now
-            log(progress_line(seen, chars_in, tokens_out, now - start))
+            log(progress_line(st["seen"], st["chars_in"], st["tokens_out"], now - start))
     for roller in rollers.values():
         roller.flush()
-    log(progress_line(seen, chars_in, tokens_out, time.monotonic() - start, done=True))
+    log(progress_line(st["seen"], st["chars_in"], st["tokens_out"], time.monotonic() - start, done=True))
     removed = {r: removed[r] for r in REMOVAL_ORDER if r in removed}
     splits = {split: roller.summary() for split, roller in rollers.items()}
-    manifest = build_manifest(cfg, tokenizer_entry(cfg, tokenizer, dtype), splits, seen, stats.as_dict(), removed,
-                              report, engine="single-process")  # fmt: skip
+    manifest = build_manifest(cfg, tokenizer_entry(cfg, tokenizer, dtype), splits, st["seen"], st["stats"].as_dict(),
+                              removed, report, engine="single-process")  # fmt: skip
     return finish_dataset(tmp, manifest, removed, report, log)
 
 

@@ -174,10 +174,18 @@ def read_documents(data: DataConfig, report: ReadReport) -> Iterator[str]:
         yield text
 
 
-def read_numbered(data: DataConfig, report: ReadReport) -> Iterator[tuple[int, str]]:
-    """(doc_id, raw document) of every input document, in input order (ascending doc_id)."""
-    for file_index, path in enumerate(expand_inputs(data.inputs, report)):
+def read_numbered(data: DataConfig, report: ReadReport, start: int = 0) -> Iterator[tuple[int, str]]:
+    """(doc_id, raw document) of every input document from doc_id `start` on, in input order.
+
+    A resumed preparation passes the id it stopped at, with the report it had then: files
+    before it are skipped unread (the report has them already), the one it is in is read
+    from its start and its earlier documents skipped."""
+    first_file, first_doc = start >> FILE_BITS, start & ((1 << FILE_BITS) - 1)
+    for file_index, path in enumerate(expand_inputs(data.inputs, report if start == 0 else ReadReport())):
+        if file_index < first_file:
+            continue
         source, texts = read_source(path, data)
         for i, text in enumerate(texts):
-            yield doc_id(file_index, i), text
+            if file_index > first_file or i >= first_doc:
+                yield doc_id(file_index, i), text
         report.merge(source)
