@@ -79,9 +79,10 @@ def corpus(tmp_path_factory):
     for i, d in enumerate(docs):
         (root / "txt" / f"a{i:02d}.txt").write_text(d)
     (root / "small.jsonl").write_text("".join(json.dumps({"text": f"<b{i}>x"}) + "\n" for i in range(3)))
-    prepare(jaxllm.load_config("shakespeare-char", [f"data.inputs=[{root}/a.jsonl]", f"data.path={root}/bin",
-            "data.val_fraction=0", "data.filters.min_chars=0", "data.dedup.exact=false", "data.dedup.near=false"]),
-            log=lambda _: None)  # fmt: skip
+    keep_all = ["data.val_fraction=0", "data.filters.min_chars=0", "data.dedup.exact=false", "data.dedup.near=false"]
+    for name, fmt in (("bin", "bin"), ("ar-prepared", "array_record")):  # every document, in input order
+        prepare(jaxllm.load_config("shakespeare-char", [f"data.inputs=[{root}/a.jsonl]", f"data.path={root}/{name}",
+                f"data.shard_format={fmt}", "data.shard_tokens=400", *keep_all]), log=lambda _: None)  # fmt: skip
     write_prepared_array_record(root / "ar", docs)
     return SimpleNamespace(root=root, docs=docs)
 
@@ -163,11 +164,12 @@ def test_kill_and_resume_mid_epoch_is_exact_for_every_format(corpus):
 
 
 def test_tokenizing_on_the_fly_equals_the_prepared_ids(corpus):
-    """The same documents in the same order: prepared .bin and ArrayRecord ids, raw JSONL, raw
-    ArrayRecord text and .txt files tokenized on the fly give the same rows."""
+    """The same documents in the same order: prepared .bin and ArrayRecord ids (written to the
+    format's spec here, and by prepare), raw JSONL, raw ArrayRecord text and .txt files
+    tokenized on the fly give the same rows."""
     r = corpus.root
-    streams = [take(make_stream(config(p)), 30) for p in (r / "bin", r / "ar", r / "a.jsonl", r / "a.array_record",
-                                                           r / "txt/*.txt")]  # fmt: skip
+    streams = [take(make_stream(config(p)), 30) for p in (r / "bin", r / "ar", r / "ar-prepared", r / "a.jsonl",
+                                                           r / "a.array_record", r / "txt/*.txt")]  # fmt: skip
     for other in streams[1:]:
         assert_same(other, streams[0])
 
@@ -273,7 +275,7 @@ def test_training_reads_the_mixture_without_a_prepared_data_path(corpus, tmp_pat
     damaged.mkdir()
     for f in (corpus.root / "bin").iterdir():
         damaged.joinpath(f.name).write_bytes(f.read_bytes())
-    shard = next(damaged.glob("train-*.bin"))
+    shard = damaged / "train-00000.bin"
     data = bytearray(shard.read_bytes())
     data[-1] ^= 1
     shard.write_bytes(bytes(data))
