@@ -36,11 +36,14 @@ from pathlib import Path
 from typing import Any
 
 import grain
+import jax
 import numpy as np
 from absl import flags
+from jax.experimental import multihost_utils
 
 from jaxllm.config import Config
 from jaxllm.data.manifest import MANIFEST
+from jaxllm.data.ready import check_dataset
 from jaxllm.data.stream_rows import KEYS, Component, ShardChunks, StreamPlan
 from jaxllm.data.stream_sources import open_source
 from jaxllm.data.tokenizer import load_tokenizer
@@ -88,8 +91,6 @@ def check_mixture(cfg: Config, log: Callable[[str], None] = print) -> None:
     """What training checks before it reads the mixture: the run's tokenizer fits the model,
     and each prepared component is what its manifest records (its tokenizer is the run's, its
     shards have their sha256; jaxllm/data/ready.py, remembered between starts)."""
-    from jaxllm.data.ready import check_dataset  # the preparation layer, only needed here
-
     tokenizer = load_tokenizer(cfg.tokenizer.path)
     if tokenizer.vocab_size > cfg.model.vocab_size:
         raise DataError(f"model.vocab_size={cfg.model.vocab_size} is smaller than the tokenizer's "
@@ -114,8 +115,6 @@ def make_stream(
         raise DataError(f"the streaming mixture is a training stream (split={split!r}); validation reads data.path")
     if not cfg.data.mixture:
         raise DataError("data.mixture is empty; name its components, e.g. data.mixture=[{path: data/prepared}]")
-    import jax  # here, not at the top: grain workers import this package's readers, not jax's runtime
-
     P = jax.process_count() if process_count is None else process_count
     p = jax.process_index() if process_index is None else process_index
     if not 0 <= p < P:
@@ -130,9 +129,6 @@ def gather_states(local: dict[str, Any], allgather: Callable[[np.ndarray], Any] 
     JSON bytes travel in a buffer as long as the longest process's, after one all-gather of
     the lengths: jax's all-gather needs the same shape on every process."""
     if allgather is None:
-        import jax
-        from jax.experimental import multihost_utils
-
         if jax.process_count() == 1:
             return dict(local)
         allgather = multihost_utils.process_allgather

@@ -37,6 +37,7 @@ import grain
 import numpy as np
 
 from jaxllm.data.clean import clean_text
+from jaxllm.data.tokenizer import load_tokenizer
 from jaxllm.errors import DataError
 
 KEYS = ("inputs", "targets", "segment_ids", "positions", "target_mask")
@@ -84,8 +85,6 @@ class Tokenize(grain.transforms.Map):
 
     def map(self, text: str) -> np.ndarray:
         if self._tokenizer is None:
-            from jaxllm.data.tokenizer import load_tokenizer
-
             self._tokenizer = load_tokenizer(self.tokenizer_path)
         return np.asarray(self._tokenizer.encode(clean_text(text)), np.int64)
 

@@ -39,6 +39,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import zstandard
+from array_record.python.array_record_module import ArrayRecordReader
 
 from jaxllm.data.manifest import MANIFEST, load_manifest
 from jaxllm.data.shards import Shard, ShardError
@@ -79,8 +81,6 @@ class _ArrayRecords:
     and 45 us a record in batches of 64 (measured on the works' paragraph shards)."""
 
     def __init__(self, files: list[str]):
-        from array_record.python.array_record_module import ArrayRecordReader
-
         self._readers = [ArrayRecordReader(f, "readahead_buffer_size:0") for f in files]
         counts = [r.num_records() for r in self._readers]
         self.starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
@@ -264,7 +264,7 @@ class ParquetText(_Blocked):
     """`.parquet` files: one document per row, the text in column `field`; a block is a row group."""
 
     def _index(self) -> list[tuple[int, int, int]]:
-        import pyarrow as pa
+        import pyarrow as pa  # slow import (~0.1 s), only for parquet components
         import pyarrow.parquet as pq
 
         where = []
@@ -282,7 +282,7 @@ class ParquetText(_Blocked):
         return where
 
     def _read_block(self, b: int) -> list[str]:
-        import pyarrow.parquet as pq
+        import pyarrow.parquet as pq  # slow import, only for parquet components
 
         f, g, _ = self.where[b]
         texts = pq.ParquetFile(self.files[f]).read_row_group(g, columns=[self.field]).column(0).to_pylist()
@@ -296,8 +296,6 @@ class ZstJsonl(_Blocked):
     decompress from its start to reach any line."""
 
     def _lines(self, f: int) -> list[bytes]:
-        import zstandard
-
         with open(self.files[f], "rb") as fh:
             data = zstandard.ZstdDecompressor().stream_reader(fh).read()
         return [line for line in data.split(b"\n") if line.strip()]
