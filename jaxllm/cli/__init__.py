@@ -12,16 +12,14 @@ import), so `jaxllm --help` and a bad flag answer at once.
 from __future__ import annotations
 
 import argparse
-import re
 from collections.abc import Sequence
 
 from jaxllm.cli import convert, data, describe, evaluate, lora, plan, posttrain, sample, tokenizer, training, viz
-from jaxllm.cli.args import Parser
+from jaxllm.cli.args import OVERRIDE, Parser
 from jaxllm.cli.report import DEBUG_ENV, debug_requested, report
 from jaxllm.host import enable_compilation_cache, restore_interrupts, tune_malloc
 
 # A config override (section.key=value), recognisable wherever it sits on the command line.
-OVERRIDE = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)+=")
 # The verb groups, in the order `jaxllm --help` lists their verbs.
 VERB_GROUPS = (describe, data, training, sample, posttrain, lora, evaluate, convert, plan, viz, tokenizer)
 

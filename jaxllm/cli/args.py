@@ -22,6 +22,9 @@ from typing import Any
 from jaxllm.config import list_presets
 from jaxllm.errors import ConfigError
 
+#: A `section.key=value` config override, recognisable wherever it sits among a verb's arguments.
+OVERRIDE = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)+=")
+
 TOKENIZER_HELP = "'byte', a sentencepiece .model, a scratch BPE .json or an HF tokenizer.json"
 
 

@@ -7,7 +7,7 @@ import argparse
 import json
 from pathlib import Path
 
-from jaxllm.cli.args import bounded, config_args, positive
+from jaxllm.cli.args import OVERRIDE, bounded, config_args, positive
 from jaxllm.config import load_config
 from jaxllm.errors import ConfigError, DataError
 
@@ -19,8 +19,6 @@ def _data_fetch(args: argparse.Namespace) -> None:
 
 
 def _data_prepare(args: argparse.Namespace) -> None:
-    from jaxllm.cli import OVERRIDE
-
     overrides = [*args.overrides, *(x for x in args.extra if OVERRIDE.match(x))]
     runner_flags = [x for x in args.extra if not OVERRIDE.match(x)]
     cfg = load_config(args.config, overrides)

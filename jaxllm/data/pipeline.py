@@ -33,6 +33,7 @@ cluster must be a filesystem every worker sees (NFS, a GCS FUSE mount).
 
 from __future__ import annotations
 
+import argparse
 import array
 import pickle
 import sys
@@ -50,7 +51,7 @@ from jaxllm.data.clean import REASONS
 from jaxllm.data.dedup import estimated_jaccard, first_occurrence_drops, minhash_signature
 from jaxllm.data.prepare import REMOVAL_ORDER, finish_dataset, progress_line, write_dataset
 from jaxllm.data.shards import shard_writer, token_dtype
-from jaxllm.data.sources import ReadReport, expand_inputs, read_source
+from jaxllm.data.sources import ReadReport, doc_id, expand_inputs, read_source
 from jaxllm.data.stages import (
     EXAMPLES_PER_REASON,
     SPLITS,
@@ -114,12 +115,8 @@ def _run(tmp: Path, cfg: Config, tokenizer, beam_args: list[str], log: Callable[
 def check_runner_flags(args: list[str]) -> None:
     """Refuse flags no Beam options class knows (Beam itself only warns and drops them, so a
     misspelt --num_workers would silently run a cluster job on the defaults)."""
-    import argparse
-
-    import apache_beam.options.pipeline_options as po
-
     parser, seen = argparse.ArgumentParser(allow_abbrev=False, add_help=False), set()
-    pending = [po.PipelineOptions]
+    pending = [PipelineOptions]
     while pending:
         for sub in pending.pop().__subclasses__():
             if sub not in seen:
@@ -144,8 +141,6 @@ class _Read(beam.DoFn):
         self.bytes = beam.metrics.Metrics.counter(COUNTERS, "bytes_read")
 
     def process(self, element: tuple[int, str]) -> Iterator[Any]:
-        from jaxllm.data.sources import doc_id
-
         file_index, path = element
         start = time.monotonic()
         source, texts = read_source(Path(path), self.data)

@@ -51,6 +51,8 @@ def ensure_data(cfg: Config, log: Callable[[str], None] = print) -> None:
         train_tokenizer(cfg, log)
     if (Path(cfg.data.path) / MANIFEST).is_file():
         check_dataset(cfg, log)
+    elif cfg.data.mixture and not cfg.data.inputs:  # the stream reads the mixture; nothing to prepare
+        log(f"training on data.mixture alone: {cfg.data.path} holds no prepared dataset, so no validation split")
     else:
         log(f"{cfg.data.path} has no prepared dataset yet: preparing it from data.inputs")
         prepare(cfg, log)  # refuses, touching nothing, a data.path that is a file or a folder of something else

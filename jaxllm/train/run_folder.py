@@ -123,10 +123,11 @@ def absolute_paths(cfg: Config) -> Config:
         return str(Path(path).expanduser().absolute()) if path else path
 
     tok = cfg.tokenizer.path
+    mixture = tuple(dataclasses.replace(m, path=absolute(m.path)) for m in cfg.data.mixture)
     return dataclasses.replace(
         cfg,
         tokenizer=dataclasses.replace(cfg.tokenizer, path=tok if tok == "byte" else absolute(tok)),
-        data=dataclasses.replace(cfg.data, path=absolute(cfg.data.path),
+        data=dataclasses.replace(cfg.data, path=absolute(cfg.data.path), mixture=mixture,
                                  inputs=tuple(absolute(p) for p in cfg.data.inputs)),  # fmt: skip
         train=dataclasses.replace(cfg.train, out_dir=absolute(cfg.train.out_dir)),
         posttrain=dataclasses.replace(cfg.posttrain, data=absolute(cfg.posttrain.data),
