@@ -156,6 +156,7 @@ def corpora(args: argparse.Namespace) -> list[tuple[str, list[str], Path | None]
         try:
             _, meta = load_truth(folder)
             fresh = meta["version"] != VERSION or meta["n_docs"] != n or meta["files"] != args.files
+            fresh = fresh or "peak_rss_bytes" not in meta  # written before the generator recorded it
         except (OSError, KeyError, ValueError):
             fresh = True
         if fresh:  # in a process of its own, so the peak RSS it records is the generator's
@@ -247,6 +248,27 @@ def main() -> None:
         write_section("prepare", body)
 
 
+def unaccounted(run: dict) -> int:
+    """Documents read that are neither in the shards nor counted as removed by any stage (0 unless some are
+    lost). With data.split=document each kept document lies in exactly one split."""
+    docs = run["documents"]
+    removed = sum(v for k, v in docs["filtered"].items() if k != "kept") + sum(docs["duplicates_removed"].values())
+    return docs["read"] - removed - run["splits"]["train"]["docs"] - run["splits"]["val"]["docs"]
+
+
+def growth(rows: list) -> str:
+    """Peak RSS at the smallest and the largest synthetic size, per path: what grows with the corpus."""
+    lines = []
+    for kind in ("single", "beam"):
+        runs = [(r["documents"]["read"], r) for name, k, r, _ in rows if k == kind and name.startswith("synthetic")]
+        if len(runs) >= 2:
+            (n0, a), (n1, b) = min(runs, key=lambda x: x[0]), max(runs, key=lambda x: x[0])
+            what = [("main", "maxrss_self")] + ([("largest child", "largest_child")] if kind == "beam" else [])
+            lines.append(f"- {kind}, {n0:,} -> {n1:,} documents (x{n1 / n0:.0f}): " + "; ".join(
+                f"{w} {a[key] / MB:,.0f} -> {b[key] / MB:,.0f} MB (x{b[key] / a[key]:.1f})" for w, key in what))
+    return "\n".join(lines) or "- (one synthetic size only)"
+
+
 def yes(flag: bool) -> str:
     return "yes" if flag else "NO"
 
@@ -255,8 +277,8 @@ def report(command: str, args: argparse.Namespace, base: dict, rows: list, score
            revision: str) -> str:  # fmt: skip
     """The BENCHMARKS.md section: the speed and memory table, then the dedup scores."""
     table = ["| corpus | documents | input MB | path | wall s | documents/s | input MB/s | peak RSS main MB "
-             "| largest child MB | all processes MB (sampled) | same shards, counts, kept |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+             "| largest child MB | all processes MB (sampled) | unaccounted documents | same shards, counts, kept |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
     for name, kind, r, same in rows:
         docs, wall = r["documents"]["read"], r["wall_s"]
         agree = "-"
@@ -265,7 +287,8 @@ def report(command: str, args: argparse.Namespace, base: dict, rows: list, score
             agree = f"{'yes' if same['shards'] else 'NO'} ({same['count']} shards), {yes(same['documents'])}, {kept}"
         table.append(f"| {name} | {docs:,} | {r['input_bytes'] / MB:,.1f} | {kind} | {wall:,.1f} | {docs / wall:,.0f} "
                      f"| {r['input_bytes'] / MB / wall:.2f} | {r['maxrss_self'] / MB:,.0f} | "
-                     f"{r['largest_child'] / MB:,.0f} | {r['total_rss_sampled'] / MB:,.0f} | {agree} |")  # fmt: skip
+                     f"{r['largest_child'] / MB:,.0f} | {r['total_rss_sampled'] / MB:,.0f} | {unaccounted(r):,} | "
+                     f"{agree} |")  # fmt: skip
     dedup = ["| corpus | path | exact dups removed | near recall | recall by true Jaccard 0.80-0.85 / 0.85-0.90 / "
              "0.90-0.95 / 0.95-1 | near precision | hard negatives kept | base documents kept | junk filtered | "
              "agrees with manifest |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
@@ -279,7 +302,8 @@ def report(command: str, args: argparse.Namespace, base: dict, rows: list, score
                      f"{'yes' if s['agrees_with_manifest'] else 'NO'} |")  # fmt: skip
     beam = " ".join(a.format(workers=args.beam_workers) for a in BEAM_ARGS)
     made = "; ".join(f"{m['n_docs']:,} documents, {m['bytes'] / MB:,.0f} MB, written in {m['seconds']:,.1f} s "
-                     f"({m['n_docs'] / m['seconds']:,.0f} documents/s, peak RSS {m['peak_rss_bytes'] / MB:,.0f} MB), "
+                     f"({m['n_docs'] / m['seconds']:,.0f} documents/s, "
+                     f"peak RSS {m['peak_rss_bytes'] / MB:,.0f} MB), "
                      f"planted {', '.join(f'{k} {v:,}' for k, v in m['counts'].items())}"
                      for m in args.generated)  # fmt: skip
     return f"""## Corpus preparation: single process vs the Beam pipeline (`{command}`)
@@ -299,13 +323,21 @@ equal; "kept": the same corpus documents in the shards.
 
 {chr(10).join(table)}
 
+Peak RSS against corpus size:
+
+{growth(rows)}
+
 Synthetic corpora (`python benchmarks/synthetic_corpus.py DIR --docs N --seed {args.seed} --files {args.files}`, one
 process): {made or "none"}.
 
 Dedup against the planted truth (benchmarks/synthetic_corpus.py; scored by benchmarks/_dedup_score.py):
-recall = planted near duplicates removed / planted; precision = planted near duplicates among the
-documents near dedup removed (neither filtered nor exact duplicates); base documents and hard
-negatives (true Jaccard 0.3-0.6 with their original) must all be kept.
+recall = planted near duplicates removed / planted (per bin of their true Jaccard with the original);
+precision = of the documents near dedup removed (absent from the shards, neither filtered nor exact
+duplicates by a recomputation in input order), the share that are planted near duplicates or have a
+true Jaccard >= 0.8 with a kept earlier document of their family ("false": the rest). Base documents
+and hard negatives (true Jaccard 0.3-0.6 with their original) must all be kept. "Agrees with manifest":
+the recomputed filtered / exact / near counts equal the manifest's. A document missing from the shards
+for no reason counts as removed by near dedup here, so a lost document shows as a false positive.
 
 {chr(10).join(dedup)}
 """
