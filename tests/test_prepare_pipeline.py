@@ -153,3 +153,26 @@ def test_unknown_beam_flag_is_a_clear_error(corpus, tmp_path):
     with pytest.raises(Exception, match="no_such_flag"):
         prepare_beam(cfg, ["--no_such_flag=1"], **QUIET)
     assert not (tmp_path / "x").exists()
+
+
+def test_a_runner_that_loses_documents_is_refused():
+    """The counts the pipeline gathers must balance; a lost document or token is a DataError."""
+    from types import SimpleNamespace
+
+    from jaxllm.data.pipeline import check_accounting
+    from jaxllm.errors import DataError
+
+    def results(shard_docs: int, tokens: int) -> dict:
+        return {"sources": [(0, SimpleNamespace(record={"docs": 10}), 0)],
+                "removed": [("too_short", (2, 0, [])), ("exact_duplicate", (1, 0, [])), ("near_duplicate", (1, 0, []))],
+                "tally": {"kept": 6, "parts": 6, "tokens": 600},
+                "entries": [("train", 0, {"docs": shard_docs, "tokens": tokens})]}  # fmt: skip
+
+    counts = {"kept": 8, "too_short": 2}
+    check_accounting(results(6, 600), counts, 10)
+    with pytest.raises(DataError, match=r"split parts tokenized 6 != documents in the shards 5"):
+        check_accounting(results(5, 600), counts, 10)
+    with pytest.raises(DataError, match=r"tokens tokenized 600 != tokens in the shards 590"):
+        check_accounting(results(6, 590), counts, 10)
+    with pytest.raises(DataError, match=r"documents in the input files 10 != documents judged 9"):
+        check_accounting(results(6, 600), {"kept": 7, "too_short": 2}, 9)
