@@ -1,7 +1,7 @@
 """`jaxllm data prepare --beam`: corpus preparation as an Apache Beam pipeline.
 
 The single process (jaxllm.data.prepare) holds every exact-dedup key and every kept
-document's MinHash signature in memory (~600 B a document: 60 GB at 100M documents) and
+document's MinHash signature in memory (4.2 KB a document measured at 1M: 0.4 TB at 100M) and
 uses one core. This pipeline runs the same stages on a distributed engine, so a corpus is
 limited by the cluster, not one machine: the DirectRunner here (one process, or
 `--direct_num_workers=N --direct_running_mode=multi_processing`), and Dataflow, Flink or
