@@ -133,13 +133,14 @@ def test_the_chain_is_the_greedy_case():
 
 
 def test_cli_prepare_beam_with_runner_flags(corpus, tmp_path):
-    """`jaxllm data prepare CONFIG --beam --runner=... --direct_num_workers=2`: Beam's own flags pass
-    through, here the multi-process local runner; the shards match the single process's."""
+    """`jaxllm data prepare CONFIG --beam --runner=... --direct_running_mode=in_memory`: Beam's own flags
+    pass through, here the local runner in one process (docs/data.md says why not its multi-process
+    mode); the shards match the single process's."""
     out = tmp_path / "cli"
     overrides = [f"data.inputs={corpus['inputs']}", f"data.path={out}", "tokenizer.path=byte",
                  "data.documents=paragraph", "data.shard_tokens=4000"]  # fmt: skip
     cmd = [sys.executable, "-m", "jaxllm.cli", "data", "prepare", "shakespeare-char", *overrides, "--beam",
-           "--runner=DirectRunner", "--direct_num_workers=2", "--direct_running_mode=multi_processing"]  # fmt: skip
+           "--runner=DirectRunner", "--direct_running_mode=in_memory"]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "documents read" in proc.stdout and "/s" in proc.stdout  # progress: documents/s and chars/s
