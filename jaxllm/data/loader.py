@@ -33,6 +33,7 @@ from absl import flags
 from jaxllm.config import Config
 from jaxllm.data.prepare import load_manifest
 from jaxllm.data.shards import ShardError, open_shard
+from jaxllm.data.stream_rows import pack_window
 from jaxllm.errors import DataError
 from jaxllm.parallel.mesh import batch_sharding
 
@@ -132,28 +133,15 @@ class PackedSequences:
         T = self.seq_len
         begin = int(rows[k]) * T
         end = begin + T + 1
-        ids, seg = [], []
+        pieces = []  # one per document fragment in the window
         d = int(np.searchsorted(starts, begin, side="right") - 1)
-        pos, fragment = begin, 1
+        pos = begin
         while pos < end:
             doc_start, doc_end = int(starts[d]), int(starts[d + 1])
             stop = min(end, doc_end)
-            piece = self._augmented(int(order[d]), pos - doc_start, stop - doc_start)
-            ids.append(piece)
-            seg.append(np.full(piece.size, fragment, np.int32))
-            pos, d, fragment = stop, d + 1, fragment + 1
-        window, seg_ids = np.concatenate(ids), np.concatenate(seg)
-        inputs_seg = seg_ids[:-1]
-        first = np.r_[True, inputs_seg[1:] != inputs_seg[:-1]]  # first token of each fragment
-        idx = np.arange(T)
-        positions = idx - np.maximum.accumulate(np.where(first, idx, 0))
-        return {
-            "inputs": window[:-1].astype(np.int32),
-            "targets": window[1:].astype(np.int32),
-            "segment_ids": inputs_seg,
-            "positions": positions.astype(np.int32),
-            "target_mask": (inputs_seg == seg_ids[1:]).astype(np.int32),
-        }
+            pieces.append(self._augmented(int(order[d]), pos - doc_start, stop - doc_start))
+            pos, d = stop, d + 1
+        return pack_window(pieces, T)
 
 
 class ProcessRows:

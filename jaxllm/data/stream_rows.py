@@ -192,8 +192,8 @@ def shard_documents(plan: StreamPlan, c: int, shard: int) -> tuple[grain.MapData
 
 
 def pack_window(pieces: list[np.ndarray], seq_len: int) -> dict[str, np.ndarray]:
-    """One row from the T + 1 tokens of its window, given as one piece per document fragment
-    (loader.py's PackedSequences.__getitem__ contract)."""
+    """One row from the T + 1 tokens of its window, given as one piece per document fragment: the
+    row contract of every packer (loader.py's PackedSequences and the streaming RowPacker)."""
     window = np.concatenate(pieces)
     seg = np.repeat(np.arange(1, len(pieces) + 1, dtype=np.int32), [p.size for p in pieces])
     inputs_seg = seg[:-1]
